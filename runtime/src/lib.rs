@@ -1,0 +1,10 @@
+//! The taskcluster runtime: leader election with fencing, the master/worker task protocol of
+//! docs/protocol.md over ZooKeeper, the client that submits tasks, and the status call.
+
+pub mod connect;
+pub mod paths;
+pub mod records;
+pub mod status;
+
+pub use connect::{ConnectError, ZkTarget};
+pub use status::{read_status, ClusterStatus, LeaderInfo, StatusError};

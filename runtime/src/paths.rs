@@ -1,0 +1,114 @@
+//! The znode layout of docs/protocol.md: seed roots plus the `/taskcluster` extensions.
+
+pub const MASTER: &str = "/master";
+pub const TASKS: &str = "/tasks";
+pub const DATA: &str = "/data";
+pub const WORKERS: &str = "/workers";
+
+pub const EXTENSIONS: &str = "/taskcluster";
+pub const LEADER: &str = "/taskcluster/leader";
+pub const STATUS: &str = "/taskcluster/status";
+pub const CONFIG: &str = "/taskcluster/config";
+pub const ATTEMPTS: &str = "/taskcluster/attempts";
+pub const DEADLETTER: &str = "/taskcluster/deadletter";
+
+/// Persistent znodes every participant makes sure exist, parents first.
+pub const ROOTS: [&str; 7] = [MASTER, TASKS, DATA, WORKERS, EXTENSIONS, ATTEMPTS, DEADLETTER];
+
+/// ZooKeeper's default `jute.maxbuffer` is 1 MiB; a payload must leave room for the request.
+pub const MAX_PAYLOAD_BYTES: usize = 1_000_000;
+
+pub fn task(id: &str) -> String {
+    format!("{TASKS}/{id}")
+}
+
+pub fn data(id: &str) -> String {
+    format!("{DATA}/{id}")
+}
+
+pub fn worker(wid: &str) -> String {
+    format!("{WORKERS}/{wid}")
+}
+
+pub fn attempts(id: &str) -> String {
+    format!("{ATTEMPTS}/{id}")
+}
+
+pub fn deadletter(id: &str) -> String {
+    format!("{DEADLETTER}/{id}")
+}
+
+/// The direct child name of `parent` that `path` names, if `path` is exactly one level below.
+pub fn child_of<'a>(parent: &str, path: &'a str) -> Option<&'a str> {
+    let rest = path.strip_prefix(parent)?.strip_prefix('/')?;
+    (!rest.is_empty() && !rest.contains('/')).then_some(rest)
+}
+
+/// Whether `name` can be a znode name we create or accept as a task or worker id.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && name.chars().all(|c| !c.is_control())
+}
+
+/// The sequence number ZooKeeper appended to a sequential znode name (10 digits).
+pub fn sequence_of(name: &str) -> Option<u64> {
+    let digits = name.get(name.len().checked_sub(10)?..)?;
+    if digits.bytes().all(|b| b.is_ascii_digit()) {
+        digits.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// The contender that leads: the lowest sequence number; names without one are ignored.
+pub fn lowest_contender<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    names
+        .into_iter()
+        .filter_map(|n| sequence_of(n).map(|s| (s, n)))
+        .min()
+        .map(|(_, n)| n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn child_of_accepts_direct_children_only() {
+        assert_eq!(child_of(TASKS, "/tasks/t1"), Some("t1"));
+        assert_eq!(child_of(TASKS, "/tasks"), None);
+        assert_eq!(child_of(TASKS, "/tasks/"), None);
+        assert_eq!(child_of(TASKS, "/tasks/a/b"), None);
+        assert_eq!(child_of(TASKS, "/tasksx/a"), None);
+        assert_eq!(child_of(WORKERS, "/tasks/a"), None);
+    }
+
+    #[test]
+    fn sequence_numbers_parse_from_the_last_ten_digits() {
+        assert_eq!(sequence_of("_c_abc-latch-0000000042"), Some(42));
+        assert_eq!(sequence_of("n_0000000001"), Some(1));
+        assert_eq!(sequence_of("latch-42"), None);
+        assert_eq!(sequence_of("x"), None);
+        assert_eq!(sequence_of("abcdefghij"), None);
+    }
+
+    #[test]
+    fn lowest_sequence_leads_regardless_of_prefix() {
+        let names = ["_c_b-latch-0000000007", "_c_a-latch-0000000009", "garbage", "n_0000000003"];
+        assert_eq!(lowest_contender(names), Some("n_0000000003"));
+        assert_eq!(lowest_contender(["garbage"]), None);
+    }
+
+    #[test]
+    fn names_with_slashes_or_controls_are_rejected() {
+        assert!(is_valid_name("task-1"));
+        assert!(!is_valid_name(""));
+        assert!(!is_valid_name("a/b"));
+        assert!(!is_valid_name(".."));
+        assert!(!is_valid_name("a\nb"));
+    }
+}

@@ -1,0 +1,140 @@
+//! The JSON records of the `/taskcluster` extensions and the failure-result encoding.
+//! Every decoder tolerates garbage written by a foreign client: it returns an error or a
+//! default, never panics.
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of a result that reports a failure (docs/protocol.md).
+pub const FAILURE_PREFIX: &[u8] = b"\0FAILED\0 ";
+
+pub fn failure_result(message: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FAILURE_PREFIX.len() + message.len());
+    out.extend_from_slice(FAILURE_PREFIX);
+    out.extend_from_slice(message.as_bytes());
+    out
+}
+
+/// The outcome a client reads from `/tasks/<id>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskOutcome {
+    Succeeded(Vec<u8>),
+    Failed(String),
+}
+
+impl TaskOutcome {
+    pub fn from_result(data: Vec<u8>) -> Self {
+        match data.strip_prefix(FAILURE_PREFIX) {
+            Some(message) => TaskOutcome::Failed(String::from_utf8_lossy(message).into_owned()),
+            None => TaskOutcome::Succeeded(data),
+        }
+    }
+
+    pub fn is_failure(&self) -> bool {
+        matches!(self, TaskOutcome::Failed(_))
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempts {
+    pub attempts: u32,
+    #[serde(default)]
+    pub last_error: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub attempts: u32,
+    pub error: String,
+    pub at_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderRecord {
+    pub id: String,
+    pub since_ms: u64,
+    #[serde(default)]
+    pub epoch: u64,
+    #[serde(default)]
+    pub contender: String,
+}
+
+/// What a contender writes into its election znode.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContenderRecord {
+    pub id: String,
+}
+
+/// Task settings the leader publishes so that clients and tools share them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSettings {
+    pub max_attempts: u32,
+    pub task_timeout_ms: u64,
+    pub backlog_cap: u64,
+    pub retention_ms: u64,
+}
+
+impl Default for TaskSettings {
+    fn default() -> Self {
+        Self { max_attempts: 3, task_timeout_ms: 60_000, backlog_cap: 200_000, retention_ms: 600_000 }
+    }
+}
+
+/// The leader's published counters (`/taskcluster/status`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRecord {
+    pub leader: String,
+    pub epoch: u64,
+    pub backlog: u64,
+    pub running: u64,
+    pub workers_busy: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub dead_lettered: u64,
+    pub updated_ms: u64,
+}
+
+/// Decodes a JSON record, naming the znode in the error.
+pub fn decode<T: for<'de> Deserialize<'de>>(path: &str, data: &[u8]) -> Result<T, RecordError> {
+    serde_json::from_slice(data).map_err(|e| RecordError { path: path.to_string(), reason: e.to_string() })
+}
+
+pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
+    // Serialising these plain structs cannot fail; an empty record is the safe fallback.
+    serde_json::to_vec(record).unwrap_or_default()
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unreadable record in {path}: {reason}")]
+pub struct RecordError {
+    pub path: String,
+    pub reason: String,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_results_round_trip_and_plain_results_stay_successes() {
+        let failed = TaskOutcome::from_result(failure_result("exit status 1: boom"));
+        assert_eq!(failed, TaskOutcome::Failed("exit status 1: boom".into()));
+        assert!(failed.is_failure());
+        assert_eq!(TaskOutcome::from_result(b"42".to_vec()), TaskOutcome::Succeeded(b"42".to_vec()));
+        assert_eq!(TaskOutcome::from_result(b"\0FAILED".to_vec()), TaskOutcome::Succeeded(b"\0FAILED".to_vec()));
+    }
+
+    #[test]
+    fn garbage_records_are_errors_not_panics() {
+        let err = decode::<Attempts>("/taskcluster/attempts/x", b"\xff\xfe garbage").unwrap_err();
+        assert!(err.to_string().contains("/taskcluster/attempts/x"));
+        let ok: Attempts = decode("/a", br#"{"attempts":2}"#).unwrap();
+        assert_eq!(ok, Attempts { attempts: 2, last_error: String::new() });
+    }
+}
