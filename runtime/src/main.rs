@@ -1,1 +1,7 @@
-fn main() {}
+use clap::Parser;
+
+mod cli;
+
+fn main() {
+    let _cli = cli::Cli::parse();
+}
