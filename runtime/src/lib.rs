@@ -1,6 +1,7 @@
 //! The taskcluster runtime: leader election with fencing, the master/worker task protocol of
 //! docs/protocol.md over ZooKeeper, the client that submits tasks, and the status call.
 
+pub mod cli;
 pub mod connect;
 pub mod paths;
 pub mod records;

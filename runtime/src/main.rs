@@ -1,7 +1,6 @@
 use clap::Parser;
-
-mod cli;
+use taskcluster::cli::Cli;
 
 fn main() {
-    let _cli = cli::Cli::parse();
+    let _cli = Cli::parse();
 }
