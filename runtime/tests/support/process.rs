@@ -1,0 +1,190 @@
+//! Our `taskcluster` binary as a child process: output captured to files, signals, and a
+//! drop that kills it (and whatever it spawned) so no test leaves processes behind.
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::poll::eventually;
+use super::zk_server::tail;
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_taskcluster");
+
+/// Asks the kernel to SIGKILL the child when the thread that spawned it ends: the safety net
+/// for a test binary that is itself killed.
+pub fn die_with_parent(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+pub fn signal_pid(pid: u32, sig: i32) {
+    // SAFETY: plain kill(2) on a pid we spawned.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// Nanoseconds since the Unix epoch: the clock of the exec journal (`date +%s%N`).
+pub fn now_ns() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+/// A running (or finished) `taskcluster` process.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    status: Option<ExitStatus>,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    /// The `--listen` address of a master or worker.
+    pub listen: Option<String>,
+    /// When the test SIGKILLed it (journal clock), so its orphaned children can be told apart.
+    pub killed_at_ns: Option<u128>,
+}
+
+impl Proc {
+    /// Spawns `taskcluster <args>` in its own process group, with stdin from `stdin` (a file)
+    /// or /dev/null, and stdout/stderr into `<dir>/<name>.out` and `<dir>/<name>.err`.
+    pub fn spawn(
+        dir: &Path,
+        name: &str,
+        args: &[String],
+        stdin: Option<&Path>,
+        listen: Option<String>,
+        env: &[(String, String)],
+    ) -> Proc {
+        let stdout = dir.join(format!("{name}.out"));
+        let stderr = dir.join(format!("{name}.err"));
+        let mut command = Command::new(BINARY);
+        command
+            .args(args)
+            .env_remove("TASKCLUSTER_ZK")
+            .env_remove("TASKCLUSTER_ID")
+            .env_remove("TASKCLUSTER_LISTEN")
+            .env_remove("TASKCLUSTER_EXEC")
+            .env_remove("TASKCLUSTER_HANDLER")
+            .env("RUST_BACKTRACE", "1")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(fs::File::create(&stdout).expect("create stdout file"))
+            .stderr(fs::File::create(&stderr).expect("create stderr file"))
+            .process_group(0);
+        match stdin {
+            Some(path) => command.stdin(fs::File::open(path).expect("open stdin file")),
+            None => command.stdin(Stdio::null()),
+        };
+        die_with_parent(&mut command);
+        let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {BINARY}: {e}"));
+        Proc { name: name.to_string(), child, status: None, stdout, stderr, listen, killed_at_ns: None }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        if self.status.is_none() {
+            signal_pid(self.pid(), sig);
+        }
+    }
+
+    /// SIGKILL and reap; records the time for the journal's liveness checks.
+    pub fn kill(&mut self) {
+        if self.try_status().is_none() {
+            self.killed_at_ns = Some(now_ns());
+            signal_pid(self.pid(), libc::SIGKILL);
+            self.status = self.child.wait().ok();
+        }
+    }
+
+    pub fn terminate(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    /// The exit status if it has exited.
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.try_status().is_none()
+    }
+
+    /// Waits for the process to exit, panicking with its output after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let what = format!("{} to exit", self.name);
+        let status = eventually(&what, timeout, || self.try_status()).await;
+        status
+    }
+
+    /// Waits for exit and returns the exit code, failing on a death by signal.
+    pub async fn exit_code(&mut self, timeout: Duration) -> i32 {
+        let status = self.wait_exit(timeout).await;
+        status.code().unwrap_or_else(|| panic!("{} died of a signal: {status:?}\n{}", self.name, self.describe()))
+    }
+
+    pub fn stdout(&self) -> String {
+        fs::read(&self.stdout).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        fs::read(&self.stderr).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    }
+
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout().lines().map(str::to_string).collect()
+    }
+
+    /// Panics if the process ever panicked: no input, fault or signal may make it panic.
+    pub fn assert_no_panic(&self) {
+        let stderr = self.stderr();
+        assert!(!stderr.contains("panicked"), "{} panicked; stderr:\n{stderr}", self.name);
+    }
+
+    /// Name, status and the tail of both outputs, for assertion messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "=== {} (pid {}, status {:?}) ===\n--- stdout (tail) ---\n{}\n--- stderr (tail) ---\n{}",
+            self.name,
+            self.child.id(),
+            self.status,
+            tail(&self.stdout, 20),
+            tail(&self.stderr, 40)
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self.try_status();
+            eprintln!("{}", self.describe());
+        }
+        // The whole group: the process and any `--exec` children it left running.
+        // SAFETY: kill(2) on the process group we created for this child.
+        unsafe {
+            libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL);
+        }
+        if self.status.is_none() {
+            signal_pid(self.pid(), libc::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
