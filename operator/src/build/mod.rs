@@ -1,0 +1,352 @@
+//! The pure build step: every object a TaskCluster owns, rendered from a validated spec.
+//! No I/O here, so each object can be checked against fixtures.
+
+pub mod labels;
+pub mod nodes;
+pub mod security;
+pub mod zookeeper;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, LocalObjectReference, PodSecurityContext, SeccompProfile, SecurityContext, Service,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
+
+use crate::crd::TaskCluster;
+use crate::validate::ValidSpec;
+use labels::{Component, Names};
+
+/// Operator-wide settings that shape the children.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// DNS suffix of the cluster, for the peers' stable names in `zoo.cfg`.
+    pub cluster_domain: String,
+    /// Namespace the operator runs in; the NetworkPolicy admits it to ZooKeeper.
+    pub operator_namespace: Option<String>,
+    /// Pull secrets added to every pod.
+    pub image_pull_secrets: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { cluster_domain: "cluster.local".into(), operator_namespace: None, image_pull_secrets: Vec::new() }
+    }
+}
+
+impl Settings {
+    fn image_pull_secrets(&self) -> Option<Vec<LocalObjectReference>> {
+        if self.image_pull_secrets.is_empty() {
+            return None;
+        }
+        Some(self.image_pull_secrets.iter().map(|name| LocalObjectReference { name: name.clone() }).collect())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("the TaskCluster has no {0} yet; it is probably being created, try again")]
+    MissingMetadata(&'static str),
+}
+
+/// Namespace and owner reference shared by all children.
+#[derive(Clone, Debug)]
+pub struct Owner {
+    pub namespace: String,
+    pub reference: OwnerReference,
+}
+
+impl Owner {
+    pub fn of(tc: &TaskCluster) -> Result<Self, BuildError> {
+        let namespace = tc.namespace().ok_or(BuildError::MissingMetadata("namespace"))?;
+        let reference = tc.controller_owner_ref(&()).ok_or(BuildError::MissingMetadata("uid"))?;
+        Ok(Self { namespace, reference })
+    }
+
+    /// Metadata of a child: name, namespace, labels, and the controller reference that makes
+    /// deleting the TaskCluster garbage-collect it.
+    pub fn meta(&self, name: &str, component: Component) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(labels::labels(&self.reference.name, component)),
+            owner_references: Some(vec![self.reference.clone()]),
+            ..Default::default()
+        }
+    }
+}
+
+/// Non-root, no privilege escalation; the image runs as `uid`, volumes are group `uid`.
+fn pod_security(uid: i64) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(uid),
+        run_as_group: Some(uid),
+        fs_group: Some(uid),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+/// Every object the operator applies for one TaskCluster (the credentials Secret is created
+/// once, separately, because its content is random).
+#[derive(Clone, Debug)]
+pub struct Children {
+    pub headless_service: Service,
+    pub client_service: Service,
+    pub config_map: ConfigMap,
+    pub stateful_set: StatefulSet,
+    pub disruption_budget: PodDisruptionBudget,
+    pub network_policy: NetworkPolicy,
+    pub masters: Deployment,
+    pub workers: Deployment,
+}
+
+pub fn build(tc: &TaskCluster, valid: &ValidSpec, settings: &Settings) -> Result<Children, BuildError> {
+    let owner = Owner::of(tc)?;
+    let names = Names::new(&tc.name_any());
+    let cfg = zookeeper::zoo_cfg(&names, &owner.namespace, valid.spec.zookeeper.replicas, &settings.cluster_domain);
+    Ok(Children {
+        headless_service: zookeeper::headless_service(&owner, &names),
+        client_service: zookeeper::client_service(&owner, &names),
+        config_map: zookeeper::config_map(&owner, &names, &cfg),
+        stateful_set: zookeeper::stateful_set(&owner, &names, valid, settings, &cfg),
+        disruption_budget: zookeeper::disruption_budget(&owner, &names, valid.spec.zookeeper.replicas),
+        network_policy: security::network_policy(&owner, &names, settings),
+        masters: nodes::masters(&owner, &names, valid, settings),
+        workers: nodes::workers(&owner, &names, valid, settings),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1::PodSpec;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+    use super::*;
+    use crate::fixtures;
+    use crate::validate::{validate, Observed};
+
+    fn children(tc: &TaskCluster) -> Children {
+        let settings = Settings { operator_namespace: Some("taskcluster-system".into()), ..Settings::default() };
+        build(tc, &validate(tc, Observed::default()).unwrap(), &settings).unwrap()
+    }
+
+    fn all_meta(c: &Children) -> Vec<&ObjectMeta> {
+        vec![
+            &c.headless_service.metadata,
+            &c.client_service.metadata,
+            &c.config_map.metadata,
+            &c.stateful_set.metadata,
+            &c.disruption_budget.metadata,
+            &c.network_policy.metadata,
+            &c.masters.metadata,
+            &c.workers.metadata,
+        ]
+    }
+
+    fn pod(d: &Deployment) -> &PodSpec {
+        d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+    }
+
+    #[test]
+    fn every_child_is_controlled_by_the_taskcluster_and_labelled() {
+        let c = children(&fixtures::example());
+        for meta in all_meta(&c) {
+            let owners = meta.owner_references.as_ref().unwrap();
+            assert_eq!(owners.len(), 1);
+            assert_eq!(owners[0].kind, "TaskCluster");
+            assert_eq!(owners[0].name, "demo");
+            assert_eq!(owners[0].controller, Some(true));
+            assert_eq!(meta.namespace.as_deref(), Some("default"));
+            let labels = meta.labels.as_ref().unwrap();
+            assert_eq!(labels["app.kubernetes.io/instance"], "demo");
+            assert_eq!(labels["app.kubernetes.io/managed-by"], "taskcluster-operator");
+            assert!(labels.contains_key("app.kubernetes.io/version"));
+        }
+    }
+
+    #[test]
+    fn selectors_survive_an_operator_upgrade() {
+        let c = children(&fixtures::example());
+        let selectors = [
+            c.masters.spec.as_ref().unwrap().selector.match_labels.clone().unwrap(),
+            c.workers.spec.as_ref().unwrap().selector.match_labels.clone().unwrap(),
+            c.stateful_set.spec.as_ref().unwrap().selector.match_labels.clone().unwrap(),
+        ];
+        for selector in selectors {
+            assert!(!selector.contains_key("app.kubernetes.io/version"), "{selector:?}");
+            assert!(selector.contains_key("app.kubernetes.io/component"));
+        }
+    }
+
+    #[test]
+    fn masters_run_with_the_agreed_flags() {
+        let c = children(&fixtures::example());
+        let container = &pod(&c.masters).containers[0];
+        assert_eq!(container.command.as_ref().unwrap(), &vec!["/usr/local/bin/taskcluster".to_string()]);
+        let expected = "master --zk demo-zookeeper.default.svc:2181 --id $(POD_NAME) --listen 0.0.0.0:9090 \
+                        --max-attempts 3 --task-timeout 60s --backlog-cap 200000 --retention 10m --session-timeout 10s";
+        assert_eq!(container.args.as_ref().unwrap().join(" "), expected);
+        assert_eq!(container.image.as_deref(), Some("taskcluster/node:0.1.0"));
+        assert_eq!(c.masters.spec.as_ref().unwrap().replicas, Some(2));
+    }
+
+    #[test]
+    fn workers_get_the_exec_command_and_a_grace_period_longer_than_theirs() {
+        let tc = fixtures::example().with_exec("tr a-z A-Z").with_workers(7);
+        let c = children(&tc);
+        let args = pod(&c.workers).containers[0].args.clone().unwrap();
+        let exec = args.iter().position(|a| a == "--exec").unwrap();
+        assert_eq!(args[exec + 1], "tr a-z A-Z");
+        let grace = args.iter().position(|a| a == "--grace-period").unwrap();
+        assert_eq!(args[grace + 1], "20s");
+        assert_eq!(pod(&c.workers).termination_grace_period_seconds, Some(30));
+        assert_eq!(c.workers.spec.as_ref().unwrap().replicas, Some(7));
+    }
+
+    #[test]
+    fn nodes_read_their_credentials_from_the_generated_secret() {
+        let c = children(&fixtures::example());
+        for d in [&c.masters, &c.workers] {
+            let env = pod(d).containers[0].env.clone().unwrap();
+            let digest = env.iter().find(|e| e.name == "TASKCLUSTER_ZK_DIGEST").unwrap();
+            let secret = digest.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+            assert_eq!(secret.name, "demo-zookeeper-credentials");
+            assert_eq!(secret.key, "digest");
+            assert!(digest.value.is_none(), "the password never appears in the pod spec");
+        }
+    }
+
+    #[test]
+    fn a_setting_change_changes_the_pod_template_hash() {
+        let hash = |tc: &TaskCluster| {
+            let c = children(tc);
+            c.workers.spec.unwrap().template.metadata.unwrap().annotations.unwrap()[labels::CONFIG_HASH].clone()
+        };
+        let base = fixtures::example();
+        assert_eq!(hash(&base), hash(&base.clone()));
+        assert_ne!(hash(&base), hash(&base.clone().with_exec("cat")));
+        assert_eq!(hash(&base), hash(&base.clone().with_workers(9)), "scaling is not a rollout");
+    }
+
+    #[test]
+    fn every_pod_runs_unprivileged_with_a_read_only_root() {
+        let c = children(&fixtures::example());
+        let sts_pod = c.stateful_set.spec.as_ref().unwrap().template.spec.clone().unwrap();
+        for (spec, uid) in [(pod(&c.masters).clone(), 65532), (pod(&c.workers).clone(), 65532), (sts_pod, 1000)] {
+            let pod_sc = spec.security_context.clone().unwrap();
+            assert_eq!(pod_sc.run_as_non_root, Some(true));
+            assert_eq!(pod_sc.run_as_user, Some(uid));
+            assert_eq!(spec.automount_service_account_token, Some(false));
+            for container in &spec.containers {
+                let sc = container.security_context.clone().unwrap();
+                assert_eq!(sc.read_only_root_filesystem, Some(true));
+                assert_eq!(sc.allow_privilege_escalation, Some(false));
+                assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
+            }
+        }
+    }
+
+    #[test]
+    fn zoo_cfg_names_every_server_by_ordinal_plus_one() {
+        let c = children(&fixtures::example());
+        let cfg = &c.config_map.data.as_ref().unwrap()["zoo.cfg"];
+        for (id, ordinal) in [(1, 0), (2, 1), (3, 2)] {
+            let line = format!(
+                "server.{id}=demo-zookeeper-{ordinal}.demo-zookeeper-headless.default.svc.cluster.local:2888:3888;2181\n"
+            );
+            assert!(cfg.contains(&line), "{line} missing from\n{cfg}");
+        }
+        assert!(!cfg.contains("server.4"));
+        assert!(cfg.contains("4lw.commands.whitelist=ruok,srvr,mntr\n"));
+        assert!(cfg.contains("dataDir=/data\n"));
+        assert!(cfg.contains("minSessionTimeout=4000\nmaxSessionTimeout=40000\n"));
+        let sts = c.stateful_set.spec.as_ref().unwrap();
+        assert_eq!(sts.service_name.as_deref(), Some("demo-zookeeper-headless"));
+        assert_eq!(sts.pod_management_policy.as_deref(), Some("Parallel"));
+        let mounts = sts.template.spec.as_ref().unwrap().containers[0].volume_mounts.clone().unwrap();
+        let paths: BTreeMap<_, _> = mounts.iter().map(|m| (m.mount_path.as_str(), m.name.as_str())).collect();
+        assert_eq!(paths.get("/conf"), Some(&"conf"));
+        assert_eq!(paths.get("/data"), Some(&"data"));
+        assert_eq!(sts.template.spec.as_ref().unwrap().security_context.as_ref().unwrap().fs_group, Some(1000));
+        assert!(c.headless_service.spec.as_ref().unwrap().publish_not_ready_addresses == Some(true));
+    }
+
+    #[test]
+    fn storage_follows_the_spec() {
+        let c = children(&fixtures::example());
+        let claims = c.stateful_set.spec.as_ref().unwrap().volume_claim_templates.clone().unwrap();
+        let requests = claims[0].spec.as_ref().unwrap().resources.as_ref().unwrap().requests.clone().unwrap();
+        assert_eq!(requests["storage"].0, "1Gi");
+
+        let mut tc = fixtures::example();
+        tc.spec.zookeeper.storage.ephemeral = true;
+        let c = children(&tc);
+        let sts = c.stateful_set.spec.unwrap();
+        assert!(sts.volume_claim_templates.is_none());
+        let volumes = sts.template.spec.unwrap().volumes.unwrap();
+        assert!(volumes.iter().any(|v| v.name == "data" && v.empty_dir.is_some()));
+    }
+
+    #[test]
+    fn the_disruption_budget_keeps_a_majority() {
+        for (replicas, min) in [(1, 1), (3, 2), (5, 3)] {
+            let mut tc = fixtures::example();
+            tc.spec.zookeeper.replicas = replicas;
+            let pdb = children(&tc).disruption_budget.spec.unwrap();
+            assert_eq!(pdb.min_available, Some(IntOrString::Int(min)), "{replicas} servers");
+        }
+    }
+
+    #[test]
+    fn only_the_cluster_and_the_operator_reach_zookeeper() {
+        let policy = children(&fixtures::example()).network_policy.spec.unwrap();
+        let rules = policy.ingress.unwrap();
+        let client_rule = &rules[0];
+        assert_eq!(client_rule.ports.as_ref().unwrap()[0].port, Some(IntOrString::Int(2181)));
+        let from = client_rule.from.as_ref().unwrap();
+        assert_eq!(from.len(), 3);
+        let operator = from[2].namespace_selector.as_ref().unwrap().match_labels.clone().unwrap();
+        assert_eq!(operator["kubernetes.io/metadata.name"], "taskcluster-system");
+        let peer_rule = &rules[1];
+        let peer_from = peer_rule.from.as_ref().unwrap()[0].pod_selector.clone().unwrap().match_labels.unwrap();
+        assert_eq!(peer_from["app.kubernetes.io/component"], "zookeeper");
+        assert_eq!(peer_rule.ports.as_ref().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn credentials_are_immutable_and_shaped_as_user_colon_password() {
+        let tc = fixtures::example();
+        let owner = Owner::of(&tc).unwrap();
+        let password = security::generate_password();
+        assert_eq!(password.len(), 32);
+        assert_ne!(password, security::generate_password());
+        let secret = security::credentials(&owner, &Names::new("demo"), &password);
+        assert_eq!(secret.immutable, Some(true));
+        let digest = String::from_utf8(secret.data.unwrap()["digest"].0.clone()).unwrap();
+        assert_eq!(digest, format!("taskcluster:{password}"));
+    }
+
+    #[test]
+    fn a_taskcluster_without_uid_is_not_built() {
+        let mut tc = fixtures::example();
+        tc.metadata.uid = None;
+        let valid = validate(&tc, Observed::default()).unwrap();
+        assert!(matches!(build(&tc, &valid, &Settings::default()), Err(BuildError::MissingMetadata("uid"))));
+    }
+}

@@ -1,0 +1,241 @@
+//! The ZooKeeper ensemble: peer and client Services, `zoo.cfg`, StatefulSet, disruption budget.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, ExecAction,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec,
+    Probe, Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+    Affinity,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::labels::{self, Component, Names, CONFIG_HASH};
+use super::{container_security, pod_security, Owner, Settings};
+use crate::validate::ValidSpec;
+
+pub const CLIENT_PORT: i32 = 2181;
+pub const PEER_PORT: i32 = 2888;
+pub const ELECTION_PORT: i32 = 3888;
+/// Bounds the servers grant to sessions; the CRD's sessionTimeout range matches them.
+const TICK_MS: u32 = 2000;
+const ZOOKEEPER_UID: i64 = 1000;
+
+fn port(name: &str, number: i32) -> ServicePort {
+    ServicePort { name: Some(name.into()), port: number, target_port: Some(IntOrString::Int(number)), ..Default::default() }
+}
+
+/// Stable network identities for the peers; published before readiness so an ensemble
+/// that has no quorum yet can still find itself.
+pub fn headless_service(owner: &Owner, names: &Names) -> Service {
+    Service {
+        metadata: owner.meta(&names.zookeeper_headless, Component::ZooKeeper),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(labels::selector(&names.instance, Component::ZooKeeper)),
+            ports: Some(vec![
+                port("client", CLIENT_PORT),
+                port("peer", PEER_PORT),
+                port("election", ELECTION_PORT),
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// What masters, workers and the operator connect to: ready servers only.
+pub fn client_service(owner: &Owner, names: &Names) -> Service {
+    Service {
+        metadata: owner.meta(&names.zookeeper, Component::ZooKeeper),
+        spec: Some(ServiceSpec {
+            selector: Some(labels::selector(&names.instance, Component::ZooKeeper)),
+            ports: Some(vec![port("client", CLIENT_PORT)]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// `zoo.cfg` listing every server by its stable DNS name; server ids are ordinal + 1, which
+/// the image writes to /data/myid from the pod's host name.
+pub fn zoo_cfg(names: &Names, namespace: &str, replicas: i32, cluster_domain: &str) -> String {
+    let mut cfg = format!(
+        "tickTime={TICK_MS}\n\
+         initLimit=10\n\
+         syncLimit=5\n\
+         dataDir=/data\n\
+         clientPort={CLIENT_PORT}\n\
+         maxClientCnxns=0\n\
+         minSessionTimeout={}\n\
+         maxSessionTimeout={}\n\
+         autopurge.snapRetainCount=3\n\
+         autopurge.purgeInterval=1\n\
+         4lw.commands.whitelist=ruok,srvr,mntr\n\
+         admin.enableServer=false\n\
+         reconfigEnabled=false\n\
+         quorumListenOnAllIPs=true\n",
+        TICK_MS * 2,
+        TICK_MS * 20,
+    );
+    for ordinal in 0..replicas {
+        cfg.push_str(&format!(
+            "server.{id}={sts}-{ordinal}.{headless}.{namespace}.svc.{cluster_domain}:{PEER_PORT}:{ELECTION_PORT};{CLIENT_PORT}\n",
+            id = ordinal + 1,
+            sts = names.zookeeper,
+            headless = names.zookeeper_headless,
+        ));
+    }
+    cfg
+}
+
+pub fn config_map(owner: &Owner, names: &Names, cfg: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: owner.meta(&names.zookeeper_config, Component::ZooKeeper),
+        data: Some(BTreeMap::from([("zoo.cfg".to_string(), cfg.to_string())])),
+        ..Default::default()
+    }
+}
+
+fn ready_probe(initial_delay: i32, period: i32, failures: i32) -> Probe {
+    Probe {
+        exec: Some(ExecAction { command: Some(vec!["/usr/local/bin/zookeeper-ready".into()]) }),
+        initial_delay_seconds: Some(initial_delay),
+        period_seconds: Some(period),
+        timeout_seconds: Some(5),
+        failure_threshold: Some(failures),
+        ..Default::default()
+    }
+}
+
+pub fn stateful_set(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &Settings, cfg: &str) -> StatefulSet {
+    let zk = &valid.spec.zookeeper;
+    let selector = labels::selector(&names.instance, Component::ZooKeeper);
+    let mut volumes = vec![
+        Volume {
+            name: "conf".into(),
+            config_map: Some(ConfigMapVolumeSource { name: names.zookeeper_config.clone(), ..Default::default() }),
+            ..Default::default()
+        },
+        Volume { name: "tmp".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
+    ];
+    let claims = if zk.storage.ephemeral {
+        volumes.push(Volume { name: "data".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() });
+        None
+    } else {
+        Some(vec![PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some("data".into()),
+                labels: Some(labels::labels(&names.instance, Component::ZooKeeper)),
+                ..Default::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteOnce".into()]),
+                storage_class_name: zk.storage.storage_class_name.clone(),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([("storage".to_string(), Quantity(zk.storage.size.clone()))])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }])
+    };
+    let container = Container {
+        name: "zookeeper".into(),
+        image: Some(valid.spec.zookeeper_image()),
+        image_pull_policy: Some(valid.spec.image_pull_policy.as_str().into()),
+        env: Some(vec![EnvVar { name: "ZK_HEAP".into(), value: Some(zk.heap.clone()), ..Default::default() }]),
+        ports: Some(vec![
+            ContainerPort { name: Some("client".into()), container_port: CLIENT_PORT, ..Default::default() },
+            ContainerPort { name: Some("peer".into()), container_port: PEER_PORT, ..Default::default() },
+            ContainerPort { name: Some("election".into()), container_port: ELECTION_PORT, ..Default::default() },
+        ]),
+        readiness_probe: Some(ready_probe(5, 5, 3)),
+        // `ruok` answers while the server runs, quorum or not: restarts only a hung JVM.
+        liveness_probe: Some(ready_probe(30, 10, 6)),
+        resources: zk.resources.clone(),
+        security_context: Some(container_security()),
+        volume_mounts: Some(vec![
+            VolumeMount { name: "conf".into(), mount_path: "/conf".into(), read_only: Some(true), ..Default::default() },
+            VolumeMount { name: "data".into(), mount_path: "/data".into(), ..Default::default() },
+            VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() },
+        ]),
+        ..Default::default()
+    };
+    let spread = WeightedPodAffinityTerm {
+        weight: 100,
+        pod_affinity_term: PodAffinityTerm {
+            label_selector: Some(LabelSelector { match_labels: Some(selector.clone()), ..Default::default() }),
+            topology_key: "kubernetes.io/hostname".into(),
+            ..Default::default()
+        },
+    };
+    StatefulSet {
+        metadata: owner.meta(&names.zookeeper, Component::ZooKeeper),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(zk.replicas),
+            service_name: Some(names.zookeeper_headless.clone()),
+            // All servers must start for a quorum to form; ordered start would deadlock readiness.
+            pod_management_policy: Some("Parallel".into()),
+            selector: LabelSelector { match_labels: Some(selector), ..Default::default() },
+            persistent_volume_claim_retention_policy: Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
+                when_deleted: Some("Delete".into()),
+                when_scaled: Some("Retain".into()),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels::labels(&names.instance, Component::ZooKeeper)),
+                    annotations: Some(BTreeMap::from([(CONFIG_HASH.to_string(), labels::stable_hash(cfg.as_bytes()))])),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    security_context: Some(pod_security(ZOOKEEPER_UID)),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    termination_grace_period_seconds: Some(30),
+                    affinity: Some(Affinity {
+                        pod_anti_affinity: Some(PodAntiAffinity {
+                            preferred_during_scheduling_ignored_during_execution: Some(vec![spread]),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    image_pull_secrets: settings.image_pull_secrets(),
+                    ..Default::default()
+                }),
+            },
+            volume_claim_templates: claims,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Voluntary disruptions may never take the ensemble below a majority.
+pub fn disruption_budget(owner: &Owner, names: &Names, replicas: i32) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: owner.meta(&names.zookeeper, Component::ZooKeeper),
+        spec: Some(PodDisruptionBudgetSpec {
+            min_available: Some(IntOrString::Int(quorum(replicas))),
+            selector: Some(LabelSelector {
+                match_labels: Some(labels::selector(&names.instance, Component::ZooKeeper)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Servers needed for a majority.
+pub fn quorum(replicas: i32) -> i32 {
+    replicas / 2 + 1
+}

@@ -1,0 +1,368 @@
+//! The `TaskCluster` custom resource: what users write and what the operator reports back.
+//!
+//! Doc comments on fields become the `kubectl explain` text; schema bounds and CEL rules let
+//! the API server reject a bad spec with a message before the operator ever sees it.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// Version of this operator; the default node image carries the same tag.
+pub const OPERATOR_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Image repository of the master/worker binary.
+pub const NODE_IMAGE_REPOSITORY: &str = "taskcluster/node";
+/// The ZooKeeper image used when the spec names none.
+pub const DEFAULT_ZOOKEEPER_IMAGE: &str = "taskcluster/zookeeper:3.8.0";
+
+/// A master/worker task-processing cluster coordinated by its own ZooKeeper ensemble.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "taskcluster.dev",
+    version = "v1alpha1",
+    kind = "TaskCluster",
+    plural = "taskclusters",
+    shortname = "tc",
+    namespaced,
+    status = "TaskClusterStatus",
+    derive = "PartialEq",
+    doc = "A master/worker task-processing cluster coordinated by its own ZooKeeper ensemble",
+    scale(
+        spec_replicas_path = ".spec.workers",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Masters", type_ = "integer", json_path = ".spec.masters", description = "Desired masters"),
+    printcolumn(name = "Workers", type_ = "integer", json_path = ".spec.workers", description = "Desired workers"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the cluster processes tasks"
+    ),
+    printcolumn(name = "Leader", type_ = "string", json_path = ".status.leader", description = "Leading master pod"),
+    printcolumn(name = "Backlog", type_ = "integer", json_path = ".status.backlog", description = "Tasks waiting for a worker"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("size(self.metadata.name) <= 40").message(
+        "metadata.name must be at most 40 characters: it prefixes the names of the Services and pods the operator creates"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskClusterSpec {
+    /// Master replicas. One leads and assigns tasks, the others stand by to take over.
+    #[serde(default = "default_masters")]
+    #[schemars(range(min = 1, max = 9))]
+    pub masters: i32,
+
+    /// Worker replicas. Also the target of `kubectl scale` and of autoscalers.
+    #[serde(default = "default_workers")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub workers: i32,
+
+    /// Image of the master/worker binary. Defaults to `taskcluster/node:<operator version>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+
+    /// When the kubelet pulls the master/worker and ZooKeeper images.
+    #[serde(default)]
+    pub image_pull_policy: PullPolicy,
+
+    /// CPU and memory requests and limits of each master container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_resources: Option<ResourceRequirements>,
+
+    /// CPU and memory requests and limits of each worker container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_resources: Option<ResourceRequirements>,
+
+    /// Shell command each worker runs per task (`sh -c`): the payload on stdin, stdout is the
+    /// result, a non-zero exit is a failure. Without it workers use the built-in handler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub exec: Option<String>,
+
+    /// Retry, timeout and backlog settings of the masters.
+    #[serde(default)]
+    pub tasks: TaskSettings,
+
+    /// ZooKeeper session timeout of masters and workers: how long a silent process keeps its
+    /// leadership or registration. A duration such as `10s`; between 4s and 40s (the range the
+    /// ensemble grants).
+    #[serde(default = "default_session_timeout")]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('4s') && duration(self) <= duration('40s')")
+        .message("sessionTimeout must be between 4s and 40s"))]
+    pub session_timeout: String,
+
+    /// The ZooKeeper ensemble that coordinates this cluster.
+    #[serde(default)]
+    pub zookeeper: ZooKeeperSpec,
+}
+
+/// When the kubelet pulls an image.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub enum PullPolicy {
+    Always,
+    #[default]
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// Retry, timeout and backlog settings of the masters.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskSettings {
+    /// Attempts per task before it is dead-lettered.
+    #[serde(default = "default_max_attempts")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_attempts: i32,
+
+    /// A running task that takes longer counts as a failed attempt. A duration such as `60s`
+    /// or `5m`; between 1s and 24h.
+    #[serde(default = "default_task_timeout")]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('24h')")
+        .message("tasks.timeout must be between 1s and 24h"))]
+    pub timeout: String,
+
+    /// Clients refuse to submit once this many tasks are pending, running or uncollected.
+    #[serde(default = "default_backlog_cap")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub backlog_cap: i64,
+}
+
+impl Default for TaskSettings {
+    fn default() -> Self {
+        Self { max_attempts: default_max_attempts(), timeout: default_task_timeout(), backlog_cap: default_backlog_cap() }
+    }
+}
+
+/// The ZooKeeper ensemble of one TaskCluster.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ZooKeeperSpec {
+    /// Servers in the ensemble: 1, 3 or 5. A majority must run for the cluster to work, so 3
+    /// tolerates one failure and 5 two. Fixed after creation.
+    #[serde(default = "default_zookeeper_replicas")]
+    #[x_kube(
+        validation = Rule::new("self == 1 || self == 3 || self == 5").message("zookeeper.replicas must be 1, 3 or 5"),
+        validation = Rule::new("self == oldSelf").message(
+            "zookeeper.replicas cannot change after creation; create a new TaskCluster to resize the ensemble"
+        )
+    )]
+    pub replicas: i32,
+
+    /// ZooKeeper image. Defaults to `taskcluster/zookeeper:3.8.0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+
+    /// Java heap of each server, e.g. `256m` or `1g`. Keep it below the memory limit.
+    #[serde(default = "default_heap")]
+    #[schemars(regex(pattern = r"^[0-9]+[kmgKMG]$"))]
+    pub heap: String,
+
+    /// Where each server keeps its snapshots and transaction log. Fixed after creation.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message(
+        "zookeeper.storage cannot change after creation (StatefulSet volume claims are immutable)"
+    ))]
+    pub storage: ZooKeeperStorage,
+
+    /// CPU and memory requests and limits of each ZooKeeper container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for ZooKeeperSpec {
+    fn default() -> Self {
+        Self {
+            replicas: default_zookeeper_replicas(),
+            image: None,
+            heap: default_heap(),
+            storage: ZooKeeperStorage::default(),
+            resources: None,
+        }
+    }
+}
+
+/// Storage of the ZooKeeper servers.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(self.ephemeral && has(self.storageClassName))")
+    .message("zookeeper.storage: storageClassName cannot be combined with ephemeral: true"))]
+pub struct ZooKeeperStorage {
+    /// Keep data in an emptyDir instead of a PersistentVolumeClaim. Data is lost when a pod
+    /// moves; suitable for tests only.
+    #[serde(default)]
+    pub ephemeral: bool,
+
+    /// Size of each server's PersistentVolumeClaim, e.g. `1Gi`.
+    #[serde(default = "default_storage_size")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
+    pub size: String,
+
+    /// StorageClass of the claims; the cluster's default class when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for ZooKeeperStorage {
+    fn default() -> Self {
+        Self { ephemeral: false, size: default_storage_size(), storage_class_name: None }
+    }
+}
+
+/// What the operator observed, from the child objects and from ZooKeeper.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskClusterStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Pod name of the leading master.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+
+    /// When the current leader took over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_since: Option<Time>,
+
+    /// Leadership term: rises by one per takeover.
+    #[serde(default)]
+    pub epoch: i64,
+
+    /// Tasks waiting for a worker.
+    #[serde(default)]
+    pub backlog: i64,
+
+    /// Tasks assigned to a worker and not finished.
+    #[serde(default)]
+    pub running: i64,
+
+    /// Tasks completed successfully since the ensemble was created.
+    #[serde(default)]
+    pub completed: i64,
+
+    /// Failed attempts since the ensemble was created.
+    #[serde(default)]
+    pub failed: i64,
+
+    /// Tasks given up after their last attempt.
+    #[serde(default)]
+    pub dead_lettered: i64,
+
+    /// Worker pods that exist (the scale subresource's current replicas).
+    #[serde(default)]
+    pub replicas: i32,
+
+    /// Label selector of the worker pods, for the scale subresource and autoscalers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+
+    /// Masters: desired, ready, contending in the election.
+    #[serde(default)]
+    pub masters: MastersStatus,
+
+    /// Workers: desired, ready, registered in ZooKeeper, busy.
+    #[serde(default)]
+    pub workers: WorkersStatus,
+
+    /// The ZooKeeper ensemble.
+    #[serde(default)]
+    pub zookeeper: ZooKeeperStatus,
+
+    /// `Ready`, `ZooKeeperReady`, `LeaderElected` and `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Masters of the cluster.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MastersStatus {
+    /// Replicas asked for in the spec.
+    pub desired: i32,
+    /// Pods that pass their readiness probe.
+    pub ready: i32,
+    /// Masters registered in the election, leader included.
+    pub contending: i64,
+}
+
+/// Workers of the cluster.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkersStatus {
+    /// Replicas asked for in the spec.
+    pub desired: i32,
+    /// Pods that pass their readiness probe.
+    pub ready: i32,
+    /// Workers registered in ZooKeeper.
+    pub registered: i64,
+    /// Workers executing a task.
+    pub busy: i64,
+}
+
+/// The ZooKeeper ensemble.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ZooKeeperStatus {
+    /// Servers asked for.
+    pub replicas: i32,
+    /// Servers that answer `ruok`.
+    pub ready_replicas: i32,
+    /// Whether a majority of the servers is ready, so the ensemble can serve.
+    pub quorum: bool,
+}
+
+fn default_masters() -> i32 {
+    2
+}
+fn default_workers() -> i32 {
+    2
+}
+fn default_session_timeout() -> String {
+    "10s".into()
+}
+fn default_max_attempts() -> i32 {
+    3
+}
+fn default_task_timeout() -> String {
+    "60s".into()
+}
+fn default_backlog_cap() -> i64 {
+    200_000
+}
+fn default_zookeeper_replicas() -> i32 {
+    3
+}
+fn default_heap() -> String {
+    "256m".into()
+}
+fn default_storage_size() -> String {
+    "1Gi".into()
+}
+
+impl TaskClusterSpec {
+    /// The master/worker image, defaulting to the operator's own version.
+    pub fn node_image(&self) -> String {
+        self.image.clone().unwrap_or_else(|| format!("{NODE_IMAGE_REPOSITORY}:{OPERATOR_VERSION}"))
+    }
+
+    pub fn zookeeper_image(&self) -> String {
+        self.zookeeper.image.clone().unwrap_or_else(|| DEFAULT_ZOOKEEPER_IMAGE.to_string())
+    }
+}

@@ -1,0 +1,10 @@
+//! The TaskCluster operator: reconciles a ZooKeeper ensemble and the master/worker
+//! Deployments of each `TaskCluster`, and reports leader and backlog in its status.
+
+pub mod crd;
+pub mod build;
+pub mod duration;
+pub mod validate;
+
+#[cfg(test)]
+pub mod fixtures;

@@ -1,0 +1,182 @@
+//! The pure validation step: turns a spec that passed the API server's schema into settings
+//! the build step can use, or explains why it cannot be honoured.
+//!
+//! The schema already rejects most mistakes; this catches what it cannot (objects stored
+//! before a rule existed, a CRD installed without CEL support, changes to fields that are
+//! fixed after creation) so they become a condition instead of a crash loop.
+
+use std::time::Duration;
+
+use crate::crd::{TaskCluster, TaskClusterSpec};
+use crate::duration;
+
+/// Longest TaskCluster name: `<name>-zookeeper-headless` must stay a 63-character DNS label.
+pub const MAX_NAME_LEN: usize = 40;
+
+/// A spec the operator can honour, with durations parsed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidSpec {
+    pub spec: TaskClusterSpec,
+    pub session_timeout: Duration,
+    pub task_timeout: Duration,
+}
+
+/// Why a spec cannot be honoured. `reason()` is the condition reason, `Display` the message.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    #[error("metadata.name {name:?} is {len} characters; at most {MAX_NAME_LEN} are allowed because it prefixes Service and pod names. Recreate the TaskCluster with a shorter name")]
+    NameTooLong { name: String, len: usize },
+    #[error("{field} {value:?} is not a duration such as 10s, 1m30s or 500ms")]
+    BadDuration { field: &'static str, value: String },
+    #[error("{field} is {value:?}; it must be between {min:?} and {max:?}")]
+    DurationOutOfRange { field: &'static str, value: String, min: Duration, max: Duration },
+    #[error("{field} is {value}; it must be between {min} and {max}")]
+    OutOfRange { field: &'static str, value: i64, min: i64, max: i64 },
+    #[error("zookeeper.replicas is {0}; it must be 1, 3 or 5")]
+    EnsembleSize(i32),
+    #[error("zookeeper.replicas changed from {running} to {requested}, but the ensemble size is fixed after creation; set it back to {running}, or create a new TaskCluster")]
+    EnsembleResize { running: i32, requested: i32 },
+    #[error("zookeeper.storage.storageClassName cannot be combined with ephemeral: true")]
+    EphemeralWithClass,
+    #[error("{field} must not be empty")]
+    Empty { field: &'static str },
+}
+
+impl SpecError {
+    /// Stable reason for conditions, events and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SpecError::NameTooLong { .. } => "NameTooLong",
+            SpecError::BadDuration { .. } | SpecError::DurationOutOfRange { .. } => "InvalidDuration",
+            SpecError::OutOfRange { .. } => "OutOfRange",
+            SpecError::EnsembleSize(_) => "InvalidEnsembleSize",
+            SpecError::EnsembleResize { .. } => "EnsembleResizeUnsupported",
+            SpecError::EphemeralWithClass => "InvalidStorage",
+            SpecError::Empty { .. } => "EmptyField",
+        }
+    }
+}
+
+/// What the cluster already runs that constrains the spec.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Replicas of the existing ZooKeeper StatefulSet, if it exists.
+    pub ensemble_replicas: Option<i32>,
+}
+
+fn duration_in(field: &'static str, value: &str, min: Duration, max: Duration) -> Result<Duration, SpecError> {
+    let parsed = duration::parse(value).ok_or_else(|| SpecError::BadDuration { field, value: value.to_string() })?;
+    if parsed < min || parsed > max {
+        return Err(SpecError::DurationOutOfRange { field, value: value.to_string(), min, max });
+    }
+    Ok(parsed)
+}
+
+fn range(field: &'static str, value: i64, min: i64, max: i64) -> Result<(), SpecError> {
+    if value < min || value > max {
+        return Err(SpecError::OutOfRange { field, value, min, max });
+    }
+    Ok(())
+}
+
+fn not_empty(field: &'static str, value: Option<&String>) -> Result<(), SpecError> {
+    match value {
+        Some(v) if v.trim().is_empty() => Err(SpecError::Empty { field }),
+        _ => Ok(()),
+    }
+}
+
+/// Checks the spec against the rules of the schema and against what already runs.
+pub fn validate(tc: &TaskCluster, observed: Observed) -> Result<ValidSpec, SpecError> {
+    let name = tc.metadata.name.clone().unwrap_or_default();
+    if name.len() > MAX_NAME_LEN {
+        return Err(SpecError::NameTooLong { len: name.len(), name });
+    }
+    let spec = &tc.spec;
+    range("masters", spec.masters.into(), 1, 9)?;
+    range("workers", spec.workers.into(), 0, 1000)?;
+    range("tasks.maxAttempts", spec.tasks.max_attempts.into(), 1, 100)?;
+    range("tasks.backlogCap", spec.tasks.backlog_cap, 1, 1_000_000)?;
+    not_empty("image", spec.image.as_ref())?;
+    not_empty("exec", spec.exec.as_ref())?;
+    not_empty("zookeeper.image", spec.zookeeper.image.as_ref())?;
+    let session_timeout =
+        duration_in("sessionTimeout", &spec.session_timeout, Duration::from_secs(4), Duration::from_secs(40))?;
+    let task_timeout =
+        duration_in("tasks.timeout", &spec.tasks.timeout, Duration::from_secs(1), Duration::from_secs(24 * 3600))?;
+    let replicas = spec.zookeeper.replicas;
+    if ![1, 3, 5].contains(&replicas) {
+        return Err(SpecError::EnsembleSize(replicas));
+    }
+    if let Some(running) = observed.ensemble_replicas {
+        if running != replicas {
+            return Err(SpecError::EnsembleResize { running, requested: replicas });
+        }
+    }
+    if spec.zookeeper.storage.ephemeral && spec.zookeeper.storage.storage_class_name.is_some() {
+        return Err(SpecError::EphemeralWithClass);
+    }
+    Ok(ValidSpec { spec: spec.clone(), session_timeout, task_timeout })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures;
+
+    #[test]
+    fn the_example_is_valid() {
+        let tc = fixtures::example();
+        let valid = validate(&tc, Observed::default()).unwrap();
+        assert_eq!(valid.session_timeout, Duration::from_secs(10));
+        assert_eq!(valid.task_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let tc: TaskCluster = fixtures::from_yaml(
+            "apiVersion: taskcluster.dev/v1alpha1\nkind: TaskCluster\nmetadata: {name: minimal, namespace: default}\nspec: {}\n",
+        );
+        assert_eq!(tc.spec.masters, 2);
+        assert_eq!(tc.spec.workers, 2);
+        assert_eq!(tc.spec.zookeeper.replicas, 3);
+        assert!(validate(&tc, Observed::default()).is_ok());
+    }
+
+    #[test]
+    fn each_bad_field_has_its_reason() {
+        let cases: Vec<(fn(&mut TaskCluster), &str)> = vec![
+            (|tc| tc.spec.masters = 0, "OutOfRange"),
+            (|tc| tc.spec.workers = -1, "OutOfRange"),
+            (|tc| tc.spec.session_timeout = "10".into(), "InvalidDuration"),
+            (|tc| tc.spec.session_timeout = "2s".into(), "InvalidDuration"),
+            (|tc| tc.spec.tasks.timeout = "1x".into(), "InvalidDuration"),
+            (|tc| tc.spec.zookeeper.replicas = 2, "InvalidEnsembleSize"),
+            (|tc| tc.spec.exec = Some("  ".into()), "EmptyField"),
+            (|tc| tc.metadata.name = Some("x".repeat(41)), "NameTooLong"),
+            (
+                |tc| {
+                    tc.spec.zookeeper.storage.ephemeral = true;
+                    tc.spec.zookeeper.storage.storage_class_name = Some("fast".into());
+                },
+                "InvalidStorage",
+            ),
+        ];
+        for (mutate, reason) in cases {
+            let mut tc = fixtures::example();
+            mutate(&mut tc);
+            let err = validate(&tc, Observed::default()).unwrap_err();
+            assert_eq!(err.reason(), reason, "{err}");
+        }
+    }
+
+    #[test]
+    fn the_ensemble_size_is_fixed_once_it_runs() {
+        let mut tc = fixtures::example();
+        tc.spec.zookeeper.replicas = 5;
+        let err = validate(&tc, Observed { ensemble_replicas: Some(3) }).unwrap_err();
+        assert_eq!(err, SpecError::EnsembleResize { running: 3, requested: 5 });
+        assert!(err.to_string().contains("set it back to 3"), "{err}");
+        assert!(validate(&tc, Observed { ensemble_replicas: Some(5) }).is_ok());
+    }
+}
