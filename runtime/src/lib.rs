@@ -3,9 +3,11 @@
 
 pub mod cli;
 pub mod connect;
+pub mod master;
 pub mod paths;
 pub mod records;
 pub mod status;
+pub mod telemetry;
 
 pub use connect::{ConnectError, ZkTarget};
 pub use status::{read_status, ClusterStatus, LeaderInfo, StatusError};

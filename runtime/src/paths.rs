@@ -64,10 +64,19 @@ pub fn sequence_of(name: &str) -> Option<u64> {
     }
 }
 
-/// The contender that leads: the lowest sequence number; names without one are ignored.
+/// Name part of our election znodes: `_c_<uuid>-latch-<sequence>` (Curator's LeaderLatch shape).
+pub const CONTENDER_NAME: &str = "latch-";
+
+/// Whether `name` is one of our election znodes (anything else under `/master` is ignored).
+pub fn is_contender(name: &str) -> bool {
+    name.starts_with("_c_") && name.contains("-latch-") && sequence_of(name).is_some()
+}
+
+/// The contender that leads: the lowest sequence number among our election znodes.
 pub fn lowest_contender<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     names
         .into_iter()
+        .filter(|n| is_contender(n))
         .filter_map(|n| sequence_of(n).map(|s| (s, n)))
         .min()
         .map(|(_, n)| n)
@@ -99,7 +108,7 @@ mod tests {
     #[test]
     fn lowest_sequence_leads_regardless_of_prefix() {
         let names = ["_c_b-latch-0000000007", "_c_a-latch-0000000009", "garbage", "n_0000000003"];
-        assert_eq!(lowest_contender(names), Some("n_0000000003"));
+        assert_eq!(lowest_contender(names), Some("_c_b-latch-0000000007"));
         assert_eq!(lowest_contender(["garbage"]), None);
     }
 

@@ -96,7 +96,7 @@ pub async fn read_status(client: &Client) -> Result<ClusterStatus, StatusError> 
         failed: counters.failed,
         dead_lettered: counters.dead_lettered,
         tasks_in_tree: tasks.num_children as u64,
-        masters: contenders.iter().filter(|c| paths::sequence_of(c).is_some()).count() as u64,
+        masters: contenders.iter().filter(|c| paths::is_contender(c)).count() as u64,
         updated_ms: counters.updated_ms,
     })
 }

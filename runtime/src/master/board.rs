@@ -1,0 +1,520 @@
+//! The leader's view of tasks and workers, kept up to date incrementally from ZooKeeper events.
+//! Pure logic: no I/O. The leader loop feeds it events and read results and carries out the
+//! actions it returns.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Why a running task came back without a result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReturnReason {
+    /// The worker cleared its znode without a result: it recorded a failure or gave the task back.
+    Returned,
+    /// The worker's znode vanished: process or session died. Counts as a failed attempt.
+    WorkerDied { worker: String },
+    /// The task ran past the timeout; revoke it from `worker` at `version`.
+    TimedOut { worker: String, version: i32 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskState {
+    /// Waiting for a worker.
+    Pending,
+    /// An assignment write is in flight or done.
+    Assigned { worker: String, since: Instant },
+    /// Back from a worker; the attempts record decides between retry and dead letter.
+    Resolving,
+    /// A result is present; kept until the client collects it or retention expires.
+    Done,
+}
+
+#[derive(Clone, Debug)]
+struct Task {
+    state: TaskState,
+    /// An attempts or dead-letter record may exist and must be removed with the task.
+    has_records: bool,
+}
+
+/// What a worker's znode said at its last known version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Holding {
+    Free,
+    /// Holds a task id (ours or anything a foreign client wrote).
+    Task(String),
+    /// An assignment write is in flight.
+    Assigning(String),
+    /// A revocation write is in flight.
+    Revoking,
+    /// A write to it was rejected: busy until re-read.
+    Unknown,
+}
+
+#[derive(Clone, Debug)]
+struct Worker {
+    version: i32,
+    holding: Holding,
+}
+
+/// One planned assignment: write `task` into the worker's znode at `version`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    pub task: String,
+    pub worker: String,
+    pub version: i32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Read the attempts record of `task` and retry or dead-letter it.
+    Resolve { task: String, reason: ReturnReason },
+    /// Delete the extension records of a task the client collected.
+    DeleteRecords { task: String },
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub backlog: u64,
+    pub running: u64,
+    pub workers_busy: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Board {
+    tasks: HashMap<String, Task>,
+    /// FIFO of pending task ids; entries are checked against `tasks` when popped.
+    pending: VecDeque<String>,
+    pending_count: u64,
+    running_count: u64,
+    workers: HashMap<String, Worker>,
+    /// Free worker ids; entries are checked against `workers` when popped.
+    free: VecDeque<String>,
+    /// Completion order for retention: (completed at, task).
+    done: VecDeque<(Instant, String)>,
+    pub completed: u64,
+}
+
+impl Board {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn task_state(&self, task: &str) -> Option<&TaskState> {
+        self.tasks.get(task).map(|t| &t.state)
+    }
+
+    pub fn counts(&self) -> Counts {
+        let running = self.running_count;
+        let workers_busy = self.workers.values().filter(|w| w.holding != Holding::Free).count() as u64;
+        Counts { backlog: self.pending_count, running, workers_busy }
+    }
+
+    fn set_state(&mut self, task: &str, state: TaskState) {
+        let Some(entry) = self.tasks.get_mut(task) else { return };
+        let was = std::mem::replace(&mut entry.state, state);
+        let is = &entry.state;
+        let running = |s: &TaskState| matches!(s, TaskState::Assigned { .. });
+        match (was == TaskState::Pending, *is == TaskState::Pending) {
+            (false, true) => {
+                self.pending_count += 1;
+                self.pending.push_back(task.to_string());
+            },
+            (true, false) => self.pending_count -= 1,
+            _ => {},
+        }
+        match (running(&was), running(is)) {
+            (false, true) => self.running_count += 1,
+            (true, false) => self.running_count -= 1,
+            _ => {},
+        }
+    }
+
+    /// `/tasks/<id>` exists with empty data (event or rebuild).
+    pub fn task_created(&mut self, task: &str) {
+        if self.tasks.contains_key(task) {
+            return;
+        }
+        self.tasks.insert(task.to_string(), Task { state: TaskState::Done, has_records: false });
+        self.set_state(task, TaskState::Pending);
+    }
+
+    /// `/tasks/<id>` holds a result. `at` is when it completed (rebuild passes its age).
+    pub fn task_completed(&mut self, task: &str, at: Instant) {
+        match self.tasks.get(task) {
+            Some(t) if t.state == TaskState::Done => return,
+            Some(_) => self.set_state(task, TaskState::Done),
+            None => {
+                self.tasks.insert(task.to_string(), Task { state: TaskState::Done, has_records: false });
+            },
+        }
+        self.completed += 1;
+        self.done.push_back((at, task.to_string()));
+    }
+
+    /// The task is finished by us (dead letter written): done without counting a completion.
+    pub fn task_dead_lettered(&mut self, task: &str, at: Instant) {
+        if let Some(entry) = self.tasks.get_mut(task) {
+            entry.has_records = true;
+        }
+        if self.tasks.get(task).is_some_and(|t| t.state != TaskState::Done) {
+            self.set_state(task, TaskState::Done);
+            self.done.push_back((at, task.to_string()));
+        }
+    }
+
+    /// `/tasks/<id>` was deleted (collected by its client, or by retention).
+    pub fn task_deleted(&mut self, task: &str) -> Option<Action> {
+        let entry = self.tasks.get(task)?;
+        let has_records = entry.has_records;
+        self.set_state(task, TaskState::Done);
+        self.tasks.remove(task);
+        has_records.then(|| Action::DeleteRecords { task: task.to_string() })
+    }
+
+    pub fn mark_records(&mut self, task: &str) {
+        if let Some(entry) = self.tasks.get_mut(task) {
+            entry.has_records = true;
+        }
+    }
+
+    /// The outcome of a resolve: back to the queue.
+    pub fn requeue(&mut self, task: &str) {
+        if self.tasks.get(task).is_some_and(|t| t.state == TaskState::Resolving) {
+            self.set_state(task, TaskState::Pending);
+        }
+    }
+
+    /// The current data and version of `/workers/<wid>` (event re-read or rebuild). Reads older
+    /// than what we know are ignored, so out-of-order completions are harmless.
+    pub fn worker_read(&mut self, wid: &str, data: &[u8], version: i32) -> Option<Action> {
+        let holding = if data.is_empty() {
+            Holding::Free
+        } else {
+            Holding::Task(String::from_utf8_lossy(data).into_owned())
+        };
+        let previous = match self.workers.get(wid) {
+            Some(w) if version < w.version => return None,
+            Some(w) if version == w.version && w.holding != Holding::Unknown => return None,
+            Some(w) => Some(w.holding.clone()),
+            None => None,
+        };
+        self.workers.insert(wid.to_string(), Worker { version, holding: holding.clone() });
+        if holding == Holding::Free {
+            self.free.push_back(wid.to_string());
+        }
+        if let Holding::Task(task) = &holding {
+            // Learnt from ZooKeeper (rebuild): the task runs there.
+            if self.tasks.get(task).is_some_and(|t| t.state == TaskState::Pending) {
+                self.set_state(task, TaskState::Assigned { worker: wid.to_string(), since: Instant::now() });
+            }
+        }
+        match previous {
+            Some(Holding::Task(old) | Holding::Assigning(old)) if holding != Holding::Task(old.clone()) => {
+                self.returned(&old, wid, ReturnReason::Returned)
+            },
+            _ => None,
+        }
+    }
+
+    /// `/workers/<wid>` is gone.
+    pub fn worker_deleted(&mut self, wid: &str) -> Option<Action> {
+        let worker = self.workers.remove(wid)?;
+        match worker.holding {
+            Holding::Task(task) | Holding::Assigning(task) => {
+                self.returned(&task, wid, ReturnReason::WorkerDied { worker: wid.to_string() })
+            },
+            Holding::Free | Holding::Revoking | Holding::Unknown => None,
+        }
+    }
+
+    /// `task` left `wid` without a result: resolve it if it was still running there.
+    fn returned(&mut self, task: &str, wid: &str, reason: ReturnReason) -> Option<Action> {
+        match self.tasks.get(task).map(|t| &t.state) {
+            Some(TaskState::Assigned { worker, .. }) if worker == wid => {
+                self.set_state(task, TaskState::Resolving);
+                Some(Action::Resolve { task: task.to_string(), reason })
+            },
+            _ => None,
+        }
+    }
+
+    /// Pairs pending tasks with free workers, FIFO, at most `limit` pairs.
+    pub fn plan(&mut self, limit: usize) -> Vec<Assignment> {
+        let mut planned = Vec::new();
+        while planned.len() < limit {
+            let Some(wid) = self.pop_free_worker() else { break };
+            let Some(task) = self.pop_pending_task() else {
+                self.free.push_front(wid);
+                break;
+            };
+            let worker = self.workers.get_mut(&wid).expect("popped worker exists");
+            worker.holding = Holding::Assigning(task.clone());
+            let version = worker.version;
+            self.set_state(&task, TaskState::Assigned { worker: wid.clone(), since: Instant::now() });
+            planned.push(Assignment { task, worker: wid, version });
+        }
+        planned
+    }
+
+    fn pop_free_worker(&mut self) -> Option<String> {
+        while let Some(wid) = self.free.pop_front() {
+            if self.workers.get(&wid).is_some_and(|w| w.holding == Holding::Free) {
+                return Some(wid);
+            }
+        }
+        None
+    }
+
+    fn pop_pending_task(&mut self) -> Option<String> {
+        while let Some(task) = self.pending.pop_front() {
+            if self.tasks.get(&task).is_some_and(|t| t.state == TaskState::Pending) {
+                return Some(task);
+            }
+        }
+        None
+    }
+
+    /// The assignment write succeeded: the worker's znode is at `version` holding the task.
+    pub fn assigned(&mut self, a: &Assignment, version: i32) {
+        if let Some(worker) = self.workers.get_mut(&a.worker) {
+            if worker.holding == Holding::Assigning(a.task.clone()) && version > worker.version {
+                worker.version = version;
+                worker.holding = Holding::Task(a.task.clone());
+            }
+        }
+    }
+
+    /// The assignment write was rejected (worker or task changed meanwhile): undo it. The
+    /// caller re-reads the worker, whose read brings it back to the pool.
+    pub fn assignment_failed(&mut self, a: &Assignment) {
+        if let Some(worker) = self.workers.get_mut(&a.worker) {
+            if worker.holding == Holding::Assigning(a.task.clone()) {
+                // Not free, so it is not planned until re-read.
+                worker.holding = Holding::Unknown;
+            }
+        }
+        if matches!(self.tasks.get(&a.task).map(|t| &t.state), Some(TaskState::Assigned { worker, .. }) if *worker == a.worker)
+        {
+            self.set_state(&a.task, TaskState::Pending);
+            // Keep its place at the head of the queue.
+            if let Some(last) = self.pending.pop_back() {
+                self.pending.push_front(last);
+            }
+        }
+    }
+
+    /// Running tasks older than `timeout`: marked resolving, to be revoked by the caller.
+    /// Walks the workers, not the tasks: O(workers) per call.
+    pub fn expired(&mut self, timeout: Duration, now: Instant) -> Vec<Action> {
+        let mut expired = Vec::new();
+        for (wid, worker) in &self.workers {
+            let Holding::Task(task) = &worker.holding else { continue };
+            if let Some(TaskState::Assigned { worker: holder, since }) = self.tasks.get(task).map(|t| &t.state) {
+                if holder == wid && now.duration_since(*since) >= timeout {
+                    expired.push((task.clone(), wid.clone(), worker.version));
+                }
+            }
+        }
+        let mut actions = Vec::new();
+        for (task, wid, version) in expired {
+            if let Some(worker) = self.workers.get_mut(&wid) {
+                worker.holding = Holding::Revoking;
+            }
+            self.set_state(&task, TaskState::Resolving);
+            actions.push(Action::Resolve { task, reason: ReturnReason::TimedOut { worker: wid, version } });
+        }
+        actions
+    }
+
+    /// A revocation succeeded: the worker is free at `version`.
+    pub fn revoked(&mut self, wid: &str, version: i32) {
+        if let Some(worker) = self.workers.get_mut(wid) {
+            if version > worker.version {
+                worker.version = version;
+                worker.holding = Holding::Free;
+                self.free.push_back(wid.to_string());
+            }
+        }
+    }
+
+    /// A revocation was rejected: the worker changed meanwhile; re-read it.
+    pub fn revocation_failed(&mut self, wid: &str) {
+        if let Some(worker) = self.workers.get_mut(wid) {
+            if worker.holding == Holding::Revoking {
+                worker.holding = Holding::Unknown;
+            }
+        }
+    }
+
+    /// Completed tasks older than `retention`, removed from the retention queue.
+    pub fn past_retention(&mut self, retention: Duration, now: Instant) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some((at, _)) = self.done.front() {
+            if now.duration_since(*at) < retention {
+                break;
+            }
+            let Some((_, task)) = self.done.pop_front() else { break };
+            if self.tasks.get(&task).is_some_and(|t| t.state == TaskState::Done) {
+                out.push(task);
+            }
+        }
+        out
+    }
+
+    /// Workers whose state must be re-read after a rejected write.
+    pub fn workers_needing_read(&self) -> Vec<String> {
+        self.workers.iter().filter(|(_, w)| w.holding == Holding::Unknown).map(|(id, _)| id.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn board_with(tasks: &[&str], workers: &[&str]) -> Board {
+        let mut b = Board::new();
+        for w in workers {
+            b.worker_read(w, b"", 0);
+        }
+        for t in tasks {
+            b.task_created(t);
+        }
+        b
+    }
+
+    #[test]
+    fn plans_fifo_and_never_gives_one_worker_two_tasks() {
+        let mut b = board_with(&["t1", "t2", "t3"], &["w1", "w2"]);
+        let plan = b.plan(100);
+        assert_eq!(
+            plan,
+            vec![
+                Assignment { task: "t1".into(), worker: "w1".into(), version: 0 },
+                Assignment { task: "t2".into(), worker: "w2".into(), version: 0 },
+            ]
+        );
+        assert!(b.plan(100).is_empty(), "no free worker left");
+        assert_eq!(b.counts(), Counts { backlog: 1, running: 2, workers_busy: 2 });
+    }
+
+    #[test]
+    fn duplicate_events_are_idempotent() {
+        let mut b = board_with(&["t1", "t1"], &["w1"]);
+        b.worker_read("w1", b"", 0);
+        assert_eq!(b.plan(100).len(), 1);
+        assert!(b.plan(100).is_empty());
+        assert_eq!(b.counts().backlog, 0);
+    }
+
+    #[test]
+    fn completion_then_worker_clear_frees_the_worker_without_resolving() {
+        let mut b = board_with(&["t1", "t2"], &["w1"]);
+        let a = b.plan(100).remove(0);
+        b.assigned(&a, 1);
+        b.task_completed("t1", Instant::now());
+        assert_eq!(b.worker_read("w1", b"", 2), None, "a completed task is not resolved");
+        assert_eq!(b.plan(100)[0].task, "t2");
+        assert_eq!(b.completed, 1);
+    }
+
+    #[test]
+    fn a_worker_clearing_without_result_returns_the_task() {
+        let mut b = board_with(&["t1"], &["w1"]);
+        let a = b.plan(100).remove(0);
+        b.assigned(&a, 1);
+        let action = b.worker_read("w1", b"", 2);
+        assert_eq!(action, Some(Action::Resolve { task: "t1".into(), reason: ReturnReason::Returned }));
+        assert_eq!(b.task_state("t1"), Some(&TaskState::Resolving));
+        assert!(b.plan(100).is_empty(), "resolving tasks are not planned");
+        b.requeue("t1");
+        assert_eq!(b.plan(100)[0].task, "t1");
+    }
+
+    #[test]
+    fn stale_reads_are_ignored() {
+        let mut b = board_with(&["t1"], &["w1"]);
+        let a = b.plan(100).remove(0);
+        b.worker_read("w1", b"", 2); // worker already cleared (version 2)
+        b.assigned(&a, 1); // late completion of our own write
+        assert_eq!(b.worker_read("w1", b"t1", 1), None, "older version ignored");
+        assert_eq!(b.counts().workers_busy, 0);
+    }
+
+    #[test]
+    fn a_dead_worker_returns_its_task_as_a_failure() {
+        let mut b = board_with(&["t1"], &["w1"]);
+        let a = b.plan(100).remove(0);
+        b.assigned(&a, 1);
+        assert_eq!(
+            b.worker_deleted("w1"),
+            Some(Action::Resolve { task: "t1".into(), reason: ReturnReason::WorkerDied { worker: "w1".into() } })
+        );
+        assert_eq!(b.worker_deleted("w1"), None);
+    }
+
+    #[test]
+    fn a_rejected_assignment_puts_the_task_back_first() {
+        let mut b = board_with(&["t1", "t2"], &["w1", "w2"]);
+        let plan = b.plan(1);
+        b.assignment_failed(&plan[0]);
+        assert_eq!(b.workers_needing_read(), vec!["w1".to_string()]);
+        assert_eq!(b.plan(100)[0].task, "t1", "t1 keeps its place");
+    }
+
+    #[test]
+    fn rebuild_learns_running_tasks_from_worker_data() {
+        let mut b = Board::new();
+        b.task_created("t1");
+        b.task_created("t2");
+        b.worker_read("w1", b"t1", 5);
+        let counts = b.counts();
+        assert_eq!(counts, Counts { backlog: 1, running: 1, workers_busy: 1 });
+    }
+
+    #[test]
+    fn garbage_in_a_worker_znode_makes_it_busy_not_a_crash() {
+        let mut b = board_with(&["t1"], &[]);
+        b.worker_read("w1", b"\xff\xfe", 3);
+        assert!(b.plan(10).is_empty());
+        b.worker_read("w1", b"", 4);
+        assert_eq!(b.plan(10).len(), 1);
+    }
+
+    #[test]
+    fn timeouts_revoke_only_settled_assignments() {
+        let mut b = board_with(&["t1"], &["w1"]);
+        let a = b.plan(10).remove(0);
+        let later = Instant::now() + Duration::from_secs(5);
+        assert!(b.expired(Duration::from_secs(1), later).is_empty(), "write still in flight");
+        b.assigned(&a, 1);
+        let actions = b.expired(Duration::from_secs(1), later);
+        assert_eq!(
+            actions,
+            vec![Action::Resolve {
+                task: "t1".into(),
+                reason: ReturnReason::TimedOut { worker: "w1".into(), version: 1 }
+            }]
+        );
+        b.revoked("w1", 2);
+        b.requeue("t1");
+        assert_eq!(b.plan(10)[0].task, "t1");
+    }
+
+    #[test]
+    fn retention_returns_only_old_uncollected_results() {
+        let mut b = board_with(&["t1", "t2"], &[]);
+        let start = Instant::now();
+        b.task_completed("t1", start);
+        b.task_completed("t2", start);
+        assert_eq!(b.task_deleted("t2"), None);
+        assert!(b.past_retention(Duration::from_secs(60), start).is_empty());
+        assert_eq!(b.past_retention(Duration::from_secs(60), start + Duration::from_secs(61)), vec!["t1".to_string()]);
+    }
+
+    #[test]
+    fn collected_tasks_with_records_ask_for_their_removal() {
+        let mut b = board_with(&["t1"], &[]);
+        b.mark_records("t1");
+        assert_eq!(b.task_deleted("t1"), Some(Action::DeleteRecords { task: "t1".into() }));
+        assert_eq!(b.counts().backlog, 0);
+    }
+}

@@ -1,0 +1,544 @@
+//! The leader loop: watch `/tasks` and `/workers`, keep the board current, assign, resolve
+//! returned tasks, enforce timeouts and retention, publish status. Every write is fenced.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
+use tokio_util::sync::CancellationToken;
+use zookeeper_client::{AddWatchMode, Client, Error as ZkError, EventType, OwnedLockClient, SessionState, Stat, WatchedEvent};
+
+use super::board::{Action, Assignment, Board, ReturnReason};
+use super::writes::{self, Resolution, WriteError};
+use super::MasterContext;
+use crate::paths;
+use crate::records::{self, LeaderRecord, StatusRecord};
+
+/// Why leading ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LeadEnd {
+    Shutdown,
+    /// The session expired or closed: rejoin with a new one.
+    SessionLost,
+    /// Our election znode vanished or a write was fenced: step down.
+    LeadershipLost,
+}
+
+/// Assignments per multi: large enough to amortise, small enough to stay far below 1 MB.
+const BATCH: usize = 128;
+/// Status and housekeeping period.
+const TICK: Duration = Duration::from_millis(250);
+const STATUS_PERIOD: Duration = Duration::from_millis(500);
+/// Reads in flight while rebuilding.
+const REBUILD_WINDOW: usize = 2_000;
+
+enum Completion {
+    WorkerRead { generation: u64, wid: String, result: Result<(Vec<u8>, Stat), ZkError> },
+    Assigned { generation: u64, batch: Vec<Assignment>, result: Result<Vec<i32>, WriteError> },
+    Resolved { generation: u64, task: String, reason: ReturnReason, result: Result<Resolution, WriteError> },
+    Cleaned { result: Result<(), WriteError>, expired: bool },
+    StatusWritten { result: Result<i32, WriteError> },
+}
+
+type Pending<'a> = FuturesUnordered<Pin<Box<dyn Future<Output = Completion> + Send + 'a>>>;
+
+struct Leader<'a> {
+    lock: &'a OwnedLockClient,
+    ctx: &'a MasterContext,
+    board: Board,
+    /// Bumped at every rebuild; completions of older generations are dropped.
+    generation: u64,
+    epoch: u64,
+    since_ms: u64,
+    paused: bool,
+    counters: StatusRecord,
+    last_published: Option<StatusRecord>,
+    last_status_at: Instant,
+    status_in_flight: bool,
+    pending: Pending<'a>,
+    end: Option<LeadEnd>,
+}
+
+pub async fn lead(lock: &OwnedLockClient, ctx: &MasterContext, shutdown: &CancellationToken) -> LeadEnd {
+    let client = lock.client();
+    let mut state = client.state_watcher();
+    // Watches first, reads second: nothing that changes in between is missed.
+    let watches = tokio::try_join!(
+        client.watch(paths::TASKS, AddWatchMode::PersistentRecursive),
+        client.watch(paths::WORKERS, AddWatchMode::PersistentRecursive),
+        client.check_and_watch_stat(lock.lock_path()),
+    );
+    let (mut tasks_watch, mut workers_watch, lock_watch) = match watches {
+        Ok((t, w, (Some(_), l))) => (t, w, l),
+        Ok((_, _, (None, _))) => return LeadEnd::LeadershipLost,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch the task tree; stepping down");
+            return end_for(&error);
+        },
+    };
+    let mut lock_gone = Box::pin(lock_watch.changed());
+
+    let mut leader = Leader {
+        lock,
+        ctx,
+        board: Board::new(),
+        generation: 0,
+        epoch: 0,
+        since_ms: records::now_ms(),
+        paused: false,
+        counters: StatusRecord::default(),
+        last_published: None,
+        last_status_at: Instant::now(),
+        status_in_flight: false,
+        pending: FuturesUnordered::new(),
+        end: None,
+    };
+    if let Err(end) = leader.take_over().await {
+        return end;
+    }
+    if let Err(end) = leader.rebuild().await {
+        return end;
+    }
+    ctx.metrics.is_leader.set(1);
+    ctx.metrics.takeovers.inc();
+    tracing::info!(epoch = leader.epoch, id = %ctx.id, "leading");
+
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => leader.end = Some(LeadEnd::Shutdown),
+            event = &mut lock_gone => {
+                if event.event_type != EventType::Session || event.session_state.is_terminated() {
+                    leader.end = Some(LeadEnd::LeadershipLost);
+                }
+            },
+            session = state.changed() => leader.on_session(session).await,
+            event = tasks_watch.changed() => leader.on_task_event(event),
+            event = workers_watch.changed() => leader.on_worker_event(event),
+            Some(done) = leader.pending.next() => leader.on_completion(done),
+            _ = tick.tick() => leader.on_tick(),
+        }
+        if leader.end.is_none() {
+            // Apply everything already delivered before planning, so the plan sees a
+            // consistent picture (a completion's events arrive before later reads).
+            loop {
+                let mut progressed = false;
+                while let Some(event) = tasks_watch.changed().now_or_never() {
+                    leader.on_task_event(event);
+                    progressed = true;
+                    if leader.end.is_some() {
+                        break;
+                    }
+                }
+                while leader.end.is_none() {
+                    let Some(event) = workers_watch.changed().now_or_never() else { break };
+                    leader.on_worker_event(event);
+                    progressed = true;
+                }
+                if leader.end.is_some() || !progressed {
+                    break;
+                }
+            }
+        }
+        if let Some(end) = leader.end.take() {
+            ctx.metrics.is_leader.set(0);
+            tracing::info!(?end, epoch = leader.epoch, "no longer leading");
+            return end;
+        }
+        leader.assign();
+    }
+}
+
+fn end_for(error: &ZkError) -> LeadEnd {
+    match error {
+        ZkError::SessionExpired | ZkError::ClientClosed | ZkError::AuthFailed => LeadEnd::SessionLost,
+        _ => LeadEnd::LeadershipLost,
+    }
+}
+
+impl<'a> Leader<'a> {
+    fn client(&self) -> &'a Client {
+        self.lock.client()
+    }
+
+    fn fenced(&mut self, error: &WriteError) {
+        self.ctx.metrics.fenced_writes.inc();
+        tracing::warn!(%error, "write rejected: leadership lost");
+        self.end = Some(LeadEnd::LeadershipLost);
+    }
+
+    /// Publishes who leads (raising the epoch) and the task settings; loads the counters.
+    async fn take_over(&mut self) -> Result<(), LeadEnd> {
+        let client = self.client();
+        let acls = self.ctx.target.acls();
+        let previous = match client.get_data(paths::LEADER).await {
+            Ok((_, stat)) => Some(stat.version),
+            Err(ZkError::NoNode) => None,
+            Err(error) => return Err(end_for(&error)),
+        };
+        if let Ok((data, _)) = client.get_data(paths::STATUS).await {
+            if let Ok(record) = records::decode::<StatusRecord>(paths::STATUS, &data) {
+                self.counters = record;
+            }
+        }
+        self.epoch = previous.map_or(1, |v| v as u64 + 2);
+        let contender = self.lock.lock_path().rsplit('/').next().unwrap_or_default().to_string();
+        let record = LeaderRecord { id: self.ctx.id.clone(), since_ms: self.since_ms, epoch: self.epoch, contender };
+        let steps = [
+            (paths::LEADER, records::encode(&record), previous),
+            (paths::CONFIG, records::encode(&self.ctx.settings), None),
+        ];
+        for (path, data, version) in steps {
+            if let Err(error) = writes::put_record(self.lock, acls, path, &data, version).await {
+                if error.is_fenced() {
+                    self.ctx.metrics.fenced_writes.inc();
+                }
+                tracing::warn!(%error, path, "cannot publish leadership");
+                return Err(LeadEnd::LeadershipLost);
+            }
+        }
+        self.counters.leader = self.ctx.id.clone();
+        self.counters.epoch = self.epoch;
+        Ok(())
+    }
+
+    /// Builds the board from ZooKeeper: tasks first (so a worker's task is known), then workers,
+    /// then the extension records.
+    async fn rebuild(&mut self) -> Result<(), LeadEnd> {
+        let started = Instant::now();
+        let client = self.client();
+        let mut board = Board::new();
+        board.completed = self.board.completed;
+        let ids = client.list_children(paths::TASKS).await.map_err(|e| end_for(&e))?;
+        let now_ms = records::now_ms() as i64;
+        let now = Instant::now();
+        let mut finished = Vec::new();
+        for chunk in ids.chunks(REBUILD_WINDOW) {
+            let stats = futures::future::join_all(chunk.iter().map(|id| client.check_stat(&paths::task(id)))).await;
+            for (id, stat) in chunk.iter().zip(stats) {
+                match stat.map_err(|e| end_for(&e))? {
+                    Some(stat) if stat.data_length > 0 => finished.push((stat.mtime, id.clone())),
+                    Some(_) => board.task_created(id),
+                    None => {},
+                }
+            }
+        }
+        finished.sort();
+        for (mtime, id) in finished {
+            let age = Duration::from_millis(now_ms.saturating_sub(mtime).max(0) as u64);
+            board.task_completed(&id, now.checked_sub(age).unwrap_or(now));
+        }
+        board.completed = self.board.completed;
+
+        let workers = client.list_children(paths::WORKERS).await.map_err(|e| end_for(&e))?;
+        let reads = futures::future::join_all(workers.iter().map(|w| client.get_data(&paths::worker(w)))).await;
+        for (wid, read) in workers.iter().zip(reads) {
+            match read {
+                Ok((data, stat)) => {
+                    board.worker_read(wid, &data, stat.version);
+                },
+                Err(ZkError::NoNode) => {},
+                Err(error) => return Err(end_for(&error)),
+            }
+        }
+
+        for dir in [paths::ATTEMPTS, paths::DEADLETTER] {
+            let names = client.list_children(dir).await.unwrap_or_default();
+            for name in names {
+                if board.task_state(&name).is_some() {
+                    board.mark_records(&name);
+                } else {
+                    // Records of a task that is gone: remove them.
+                    self.spawn_cleanup(name, false);
+                }
+            }
+        }
+        self.board = board;
+        self.generation += 1;
+        let counts = self.board.counts();
+        tracing::info!(
+            tasks = ids.len(),
+            workers = workers.len(),
+            backlog = counts.backlog,
+            running = counts.running,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "rebuilt view from ZooKeeper"
+        );
+        Ok(())
+    }
+
+    async fn on_session(&mut self, state: SessionState) {
+        match state {
+            SessionState::Disconnected => {
+                tracing::warn!("disconnected from ZooKeeper: assignments paused");
+                self.paused = true;
+            },
+            SessionState::SyncConnected | SessionState::ConnectedReadOnly if self.paused => {
+                // Events during the disconnection may be lost: rebuild before assigning.
+                match self.rebuild().await {
+                    Ok(()) => {
+                        self.paused = false;
+                        tracing::info!("reconnected: assignments resumed");
+                    },
+                    Err(end) => self.end = Some(end),
+                }
+            },
+            state if state.is_terminated() => self.end = Some(LeadEnd::SessionLost),
+            _ => {},
+        }
+    }
+
+    fn on_session_event(&mut self, event: &WatchedEvent) -> bool {
+        if event.event_type != EventType::Session {
+            return false;
+        }
+        if event.session_state.is_terminated() {
+            self.end = Some(LeadEnd::SessionLost);
+        }
+        true
+    }
+
+    fn on_task_event(&mut self, event: WatchedEvent) {
+        if self.on_session_event(&event) {
+            return;
+        }
+        let Some(id) = paths::child_of(paths::TASKS, &event.path) else { return };
+        match event.event_type {
+            EventType::NodeCreated => self.board.task_created(id),
+            EventType::NodeDataChanged => {
+                if self.board.task_state(id).is_some() {
+                    let before = self.board.completed;
+                    self.board.task_completed(id, Instant::now());
+                    if self.board.completed > before {
+                        self.counters.completed += 1;
+                        self.ctx.metrics.completed.inc();
+                    }
+                }
+            },
+            EventType::NodeDeleted => {
+                if let Some(action) = self.board.task_deleted(id) {
+                    self.act(action);
+                }
+            },
+            _ => {},
+        }
+    }
+
+    fn on_worker_event(&mut self, event: WatchedEvent) {
+        if self.on_session_event(&event) {
+            return;
+        }
+        let Some(wid) = paths::child_of(paths::WORKERS, &event.path) else { return };
+        match event.event_type {
+            EventType::NodeCreated | EventType::NodeDataChanged => self.read_worker(wid.to_string()),
+            EventType::NodeDeleted => {
+                if let Some(action) = self.board.worker_deleted(wid) {
+                    self.act(action);
+                }
+            },
+            _ => {},
+        }
+    }
+
+    /// Level-triggered: what the read returns is the worker's truth at that version.
+    fn read_worker(&mut self, wid: String) {
+        let generation = self.generation;
+        let read = self.client().get_data(&paths::worker(&wid));
+        self.pending.push(Box::pin(async move { Completion::WorkerRead { generation, wid, result: read.await } }));
+    }
+
+    fn act(&mut self, action: Action) {
+        match action {
+            Action::Resolve { task, reason } => {
+                let (lock, generation) = (self.lock, self.generation);
+                let acls = self.ctx.target.acls();
+                let max = self.ctx.settings.max_attempts;
+                self.pending.push(Box::pin(async move {
+                    let result = writes::resolve(lock, acls, &task, &reason, max).await;
+                    Completion::Resolved { generation, task, reason, result }
+                }));
+            },
+            Action::DeleteRecords { task } => self.spawn_cleanup(task, false),
+        }
+    }
+
+    fn spawn_cleanup(&mut self, task: String, with_task: bool) {
+        let lock = self.lock;
+        self.pending.push(Box::pin(async move {
+            Completion::Cleaned { result: writes::delete_task_nodes(lock, &task, with_task).await, expired: with_task }
+        }));
+    }
+
+    fn on_completion(&mut self, done: Completion) {
+        match done {
+            Completion::WorkerRead { generation, wid, result } => {
+                if generation != self.generation {
+                    return;
+                }
+                match result {
+                    Ok((data, stat)) => {
+                        if let Some(action) = self.board.worker_read(&wid, &data, stat.version) {
+                            self.act(action);
+                        }
+                    },
+                    Err(ZkError::NoNode) => {
+                        if let Some(action) = self.board.worker_deleted(&wid) {
+                            self.act(action);
+                        }
+                    },
+                    Err(error) => tracing::debug!(%error, %wid, "worker read failed; the next event or rebuild covers it"),
+                }
+            },
+            Completion::Assigned { generation, batch, result } => match result {
+                Ok(versions) => {
+                    self.ctx.metrics.assignments.inc_by(batch.len() as u64);
+                    if generation == self.generation {
+                        for (a, version) in batch.iter().zip(versions) {
+                            self.board.assigned(a, version);
+                        }
+                    }
+                },
+                Err(error) if error.is_fenced() => self.fenced(&error),
+                Err(WriteError::Unknown) => self.paused = true,
+                Err(error) => {
+                    tracing::debug!(%error, size = batch.len(), "assignment batch rejected; re-planning");
+                    if generation == self.generation {
+                        for a in batch.iter().rev() {
+                            self.board.assignment_failed(a);
+                        }
+                        for wid in self.board.workers_needing_read() {
+                            self.read_worker(wid);
+                        }
+                    }
+                },
+            },
+            Completion::Resolved { generation, task, reason, result } => {
+                if generation != self.generation {
+                    return;
+                }
+                match result {
+                    Ok(resolution) => self.resolved(&task, &reason, resolution),
+                    Err(error) if error.is_fenced() => self.fenced(&error),
+                    Err(error) => {
+                        tracing::warn!(%error, %task, "cannot record the attempt; retrying the task");
+                        if let ReturnReason::TimedOut { worker, .. } = &reason {
+                            self.board.revocation_failed(worker);
+                            self.read_worker(worker.clone());
+                        }
+                        self.board.requeue(&task);
+                    },
+                }
+            },
+            Completion::Cleaned { result, expired } => match result {
+                Ok(()) if expired => {
+                    self.ctx.metrics.expired_results.inc();
+                },
+                Ok(()) => {},
+                Err(error) if error.is_fenced() => self.fenced(&error),
+                Err(error) => tracing::debug!(%error, "cleanup failed; retention retries later"),
+            },
+            Completion::StatusWritten { result } => {
+                self.status_in_flight = false;
+                if let Err(error) = result {
+                    if error.is_fenced() {
+                        self.fenced(&error);
+                    } else {
+                        self.last_published = None;
+                    }
+                }
+            },
+        }
+    }
+
+    fn resolved(&mut self, task: &str, reason: &ReturnReason, resolution: Resolution) {
+        if let Some((worker, version)) = &resolution.revoked {
+            self.board.revoked(worker, *version);
+        }
+        if resolution.counted_failure || matches!(reason, ReturnReason::Returned) && resolution.attempts > 0 {
+            self.board.mark_records(task);
+        }
+        if resolution.counted_failure {
+            self.counters.failed += 1;
+            self.ctx.metrics.failed_attempts.inc();
+        } else if matches!(reason, ReturnReason::Returned) && resolution.attempts > 0 {
+            // The worker recorded its failure itself.
+            self.counters.failed += 1;
+            self.ctx.metrics.failed_attempts.inc();
+        }
+        if resolution.dead_lettered {
+            self.counters.dead_lettered += 1;
+            self.ctx.metrics.dead_lettered.inc();
+            self.board.task_dead_lettered(task, Instant::now());
+            tracing::warn!(%task, attempts = resolution.attempts, "task dead-lettered");
+        } else {
+            self.board.requeue(task);
+            tracing::info!(%task, attempts = resolution.attempts, ?reason, "task back in the queue");
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if self.paused {
+            return;
+        }
+        let now = Instant::now();
+        let timeout = Duration::from_millis(self.ctx.settings.task_timeout_ms);
+        for action in self.board.expired(timeout, now) {
+            self.act(action);
+        }
+        let retention = Duration::from_millis(self.ctx.settings.retention_ms);
+        for task in self.board.past_retention(retention, now) {
+            self.spawn_cleanup(task, true);
+        }
+        for wid in self.board.workers_needing_read() {
+            self.read_worker(wid);
+        }
+        self.publish_status(now);
+    }
+
+    fn publish_status(&mut self, now: Instant) {
+        let counts = self.board.counts();
+        self.ctx.metrics.backlog.set(counts.backlog as i64);
+        self.ctx.metrics.running.set(counts.running as i64);
+        if self.status_in_flight || now.duration_since(self.last_status_at) < STATUS_PERIOD {
+            return;
+        }
+        let mut record = self.counters.clone();
+        record.backlog = counts.backlog;
+        record.running = counts.running;
+        record.workers_busy = counts.workers_busy;
+        record.updated_ms = 0;
+        if self.last_published.as_ref() == Some(&record) {
+            return;
+        }
+        self.last_published = Some(record.clone());
+        self.last_status_at = now;
+        self.status_in_flight = true;
+        record.updated_ms = records::now_ms();
+        let (lock, acls) = (self.lock, self.ctx.target.acls());
+        self.pending.push(Box::pin(async move {
+            let result = writes::put_record(lock, acls, paths::STATUS, &records::encode(&record), None).await;
+            Completion::StatusWritten { result }
+        }));
+    }
+
+    fn assign(&mut self) {
+        if self.paused {
+            return;
+        }
+        loop {
+            let batch = self.board.plan(BATCH);
+            if batch.is_empty() {
+                return;
+            }
+            let (lock, generation) = (self.lock, self.generation);
+            self.pending.push(Box::pin(async move {
+                let result = writes::assign(lock, &batch).await;
+                Completion::Assigned { generation, batch, result }
+            }));
+        }
+    }
+}

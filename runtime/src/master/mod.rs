@@ -1,0 +1,114 @@
+//! A master: contends for leadership under `/master` and leads until it loses it.
+
+pub mod board;
+mod leader;
+mod writes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use zookeeper_client::{Client, Error as ZkError, LockOptions, LockPrefix};
+
+use crate::connect::{ConnectError, ZkTarget};
+use crate::paths;
+use crate::records::{self, ContenderRecord, TaskSettings};
+use crate::telemetry::http::Probes;
+use crate::telemetry::metrics::MasterMetrics;
+use leader::LeadEnd;
+
+pub struct MasterContext {
+    pub id: String,
+    pub target: ZkTarget,
+    pub settings: TaskSettings,
+    pub metrics: MasterMetrics,
+    pub probes: Arc<Probes>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+}
+
+/// Runs until `shutdown`: connect, contend, lead, and start over with a new session whenever
+/// the old one is lost. Only a configuration error ends it early.
+pub async fn run(ctx: &MasterContext, shutdown: &CancellationToken) -> Result<(), MasterError> {
+    ctx.target.validate()?;
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        let client = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            client = ctx.target.connect_with_roots() => client,
+        };
+        let client = match client {
+            Ok(client) => client,
+            Err(error @ (ConnectError::BadAddress { .. } | ConnectError::BadDigest(_))) => return Err(error.into()),
+            Err(error) => {
+                tracing::error!(%error, retry_in = ?backoff, "cannot start a ZooKeeper session");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {},
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            },
+        };
+        backoff = Duration::from_millis(100);
+        ctx.probes.set_ready(true);
+        let end = contend_and_lead(&client, ctx, shutdown).await;
+        ctx.probes.set_ready(false);
+        close(client).await;
+        if end == LeadEnd::Shutdown {
+            break;
+        }
+    }
+    Ok(())
+}
+
+async fn contend_and_lead(client: &Client, ctx: &MasterContext, shutdown: &CancellationToken) -> LeadEnd {
+    let record = records::encode(&ContenderRecord { id: ctx.id.clone() });
+    let prefix = match LockPrefix::new_curator(paths::MASTER, paths::CONTENDER_NAME) {
+        Ok(prefix) => prefix,
+        Err(error) => {
+            tracing::error!(%error, "invalid election path");
+            return LeadEnd::Shutdown;
+        },
+    };
+    tracing::info!(id = %ctx.id, session = %client.session_id(), "contending for leadership");
+    let lock = tokio::select! {
+        _ = shutdown.cancelled() => return LeadEnd::Shutdown,
+        lock = client.lock(prefix, &record, LockOptions::new(ctx.target.acls())) => lock,
+    };
+    match lock {
+        Ok(lock) => {
+            let lock = lock.into_owned();
+            let end = leader::lead(&lock, ctx, shutdown).await;
+            // Dropping the lock deletes our election znode at once, so a standby takes over
+            // without waiting for the session to expire.
+            drop(lock);
+            end
+        },
+        Err(ZkError::SessionExpired | ZkError::ClientClosed) => LeadEnd::SessionLost,
+        Err(error) => {
+            tracing::warn!(%error, "election interrupted; contending again");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            LeadEnd::LeadershipLost
+        },
+    }
+}
+
+/// Closes the session and waits (briefly) until the server confirmed, so our ephemeral
+/// znodes vanish now rather than after the session timeout.
+pub(crate) async fn close(client: Client) {
+    let mut state = client.state_watcher();
+    drop(client);
+    let closed = async {
+        loop {
+            if state.changed().await.is_terminated() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), closed).await;
+}

@@ -1,0 +1,197 @@
+//! The leader's fenced writes: every one is a multi whose first op checks the leader's own
+//! election znode, so a master that lost leadership cannot change anything.
+
+use zookeeper_client::{Acls, CheckWriteError, CreateMode, Error as ZkError, MultiWriteResult, OwnedLockClient};
+
+use super::board::{Assignment, ReturnReason};
+use crate::paths;
+use crate::records::{self, Attempts, DeadLetter};
+
+/// A write that did not go through.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum WriteError {
+    /// This master is no longer the leader (its election znode or session is gone).
+    #[error("rejected: this master no longer leads ({0})")]
+    Fenced(ZkError),
+    /// The connection dropped: the write may or may not have been applied.
+    #[error("outcome unknown, connection lost")]
+    Unknown,
+    /// A guard failed (version changed, node gone) at op `index` (0 = first op after the check).
+    #[error("guard failed at op {index}: {source}")]
+    Conflict { index: usize, source: ZkError },
+    #[error("{0}")]
+    Other(ZkError),
+}
+
+impl WriteError {
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, WriteError::Fenced(_))
+    }
+}
+
+fn classify_zk(err: ZkError) -> WriteError {
+    match err {
+        ZkError::SessionExpired | ZkError::ClientClosed | ZkError::RuntimeInconsistent | ZkError::AuthFailed => {
+            WriteError::Fenced(err)
+        },
+        ZkError::ConnectionLoss => WriteError::Unknown,
+        other => WriteError::Other(other),
+    }
+}
+
+pub fn classify(err: CheckWriteError) -> WriteError {
+    match err {
+        CheckWriteError::CheckFailed { source } => WriteError::Fenced(source),
+        CheckWriteError::RequestFailed { source } => classify_zk(source),
+        // Index 0 is the lock check; report positions among our own ops.
+        CheckWriteError::OperationFailed { index, source } => {
+            WriteError::Conflict { index: index.saturating_sub(1), source }
+        },
+    }
+}
+
+/// Writes a batch of assignments in one multi. Returns each worker znode's new version.
+pub async fn assign(lock: &OwnedLockClient, batch: &[Assignment]) -> Result<Vec<i32>, WriteError> {
+    let mut writer = lock.new_check_writer();
+    for a in batch {
+        let task = paths::task(&a.task);
+        let worker = paths::worker(&a.worker);
+        // -1: the task must exist, whatever its version.
+        writer.add_check_version(&task, -1).map_err(WriteError::Other)?;
+        writer.add_set_data(&worker, a.task.as_bytes(), Some(a.version)).map_err(WriteError::Other)?;
+    }
+    let results = writer.commit().await.map_err(classify)?;
+    Ok(results
+        .into_iter()
+        .filter_map(|r| match r {
+            MultiWriteResult::SetData { stat } => Some(stat.version),
+            _ => None,
+        })
+        .collect())
+}
+
+/// What became of a task that came back from a worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolution {
+    /// Attempts recorded for the task after this resolution.
+    pub attempts: u32,
+    /// This resolution recorded a failed attempt.
+    pub counted_failure: bool,
+    pub dead_lettered: bool,
+    /// For a timeout: the revoked worker's new znode version.
+    pub revoked: Option<(String, i32)>,
+}
+
+/// Reads the attempts record, counts a failed attempt when the worker could not, revokes a
+/// timed-out assignment, and writes the dead letter after the last attempt; all in one multi.
+pub async fn resolve(
+    lock: &OwnedLockClient,
+    acls: Acls<'static>,
+    task: &str,
+    reason: &ReturnReason,
+    max_attempts: u32,
+) -> Result<Resolution, WriteError> {
+    let client = lock.client();
+    let path = paths::attempts(task);
+    let (mut record, version) = match client.get_data(&path).await {
+        Ok((data, stat)) => {
+            let record = records::decode::<Attempts>(&path, &data).unwrap_or_else(|error| {
+                tracing::warn!(%error, "replacing unreadable attempts record");
+                Attempts::default()
+            });
+            (record, Some(stat.version))
+        },
+        Err(ZkError::NoNode) => (Attempts::default(), None),
+        Err(err) => return Err(classify_zk(err)),
+    };
+    let counts_failure = match reason {
+        ReturnReason::Returned => false,
+        ReturnReason::WorkerDied { worker } => {
+            record.last_error = format!("worker {worker} died while running the task");
+            true
+        },
+        ReturnReason::TimedOut { worker, .. } => {
+            record.last_error = format!("timed out on worker {worker}");
+            true
+        },
+    };
+    if counts_failure {
+        record.attempts += 1;
+    }
+    let dead = record.attempts >= max_attempts;
+    let options = CreateMode::Persistent.with_acls(acls);
+    let mut writer = lock.new_check_writer();
+    let mut ops = 0;
+    if counts_failure {
+        let data = records::encode(&record);
+        match version {
+            Some(v) => writer.add_set_data(&path, &data, Some(v)),
+            None => writer.add_create(&path, &data, &options),
+        }
+        .map_err(WriteError::Other)?;
+        ops += 1;
+    }
+    let mut revoked_at = None;
+    if let ReturnReason::TimedOut { worker, version } = reason {
+        writer.add_set_data(&paths::worker(worker), b"", Some(*version)).map_err(WriteError::Other)?;
+        revoked_at = Some((ops, worker.clone()));
+        ops += 1;
+    }
+    if dead {
+        let message = format!("dead-lettered after {} attempts: {}", record.attempts, record.last_error);
+        writer.add_set_data(&paths::task(task), &records::failure_result(&message), None).map_err(WriteError::Other)?;
+        let letter = DeadLetter { attempts: record.attempts, error: record.last_error.clone(), at_ms: records::now_ms() };
+        writer.add_create(&paths::deadletter(task), &records::encode(&letter), &options).map_err(WriteError::Other)?;
+        ops += 2;
+    }
+    let mut revoked = None;
+    if ops > 0 {
+        let results = writer.commit().await.map_err(classify)?;
+        if let Some((index, worker)) = revoked_at {
+            if let Some(MultiWriteResult::SetData { stat }) = results.get(index) {
+                revoked = Some((worker, stat.version));
+            }
+        }
+    }
+    Ok(Resolution { attempts: record.attempts, counted_failure: counts_failure, dead_lettered: dead, revoked })
+}
+
+/// Deletes a task's znodes and records (retention, or records of a collected task). Missing
+/// nodes are fine: the client may be collecting at the same time.
+pub async fn delete_task_nodes(lock: &OwnedLockClient, task: &str, with_task: bool) -> Result<(), WriteError> {
+    let mut paths_to_delete = Vec::with_capacity(4);
+    if with_task {
+        paths_to_delete.push(paths::task(task));
+        paths_to_delete.push(paths::data(task));
+    }
+    paths_to_delete.push(paths::attempts(task));
+    paths_to_delete.push(paths::deadletter(task));
+    for path in paths_to_delete {
+        match lock.delete(&path, None).await {
+            Ok(()) | Err(ZkError::NoNode) => {},
+            Err(err) => return Err(classify_zk(err)),
+        }
+    }
+    Ok(())
+}
+
+/// Sets a record znode, creating it when missing. Returns the new version.
+pub async fn put_record(
+    lock: &OwnedLockClient,
+    acls: Acls<'static>,
+    path: &str,
+    data: &[u8],
+    expected_version: Option<i32>,
+) -> Result<i32, WriteError> {
+    match lock.set_data(path, data, expected_version).await {
+        Ok(stat) => Ok(stat.version),
+        Err(ZkError::NoNode) => {
+            let options = CreateMode::Persistent.with_acls(acls);
+            match lock.create(path, data, &options).await {
+                Ok((stat, _)) => Ok(stat.version.max(0)),
+                Err(err) => Err(classify_zk(err)),
+            }
+        },
+        Err(err) => Err(classify_zk(err)),
+    }
+}
