@@ -259,3 +259,24 @@ pub async fn wait_single_leader(masters: &[&Proc], timeout: Duration) -> usize {
     })
     .await
 }
+
+/// After every client has exited: no task and no payload is left in the tree.
+pub async fn assert_tree_drained(tc: &TestCluster) {
+    let zk = tc.inspector().await;
+    zk.sync("/tasks").await;
+    let tasks = zk.children("/tasks").await;
+    let data = zk.children("/data").await;
+    assert!(tasks.is_empty() && data.is_empty(), "clients left tasks {tasks:?} and payloads {data:?} behind");
+}
+
+/// Every task in the tree has a result (nothing pending forever), as seen by ZooKeeper.
+pub async fn all_tasks_have_results(zk: &Inspector) -> bool {
+    for id in zk.children("/tasks").await {
+        match zk.stat(&format!("/tasks/{id}")).await {
+            Some(stat) if stat.data_length > 0 => {},
+            Some(_) => return false,
+            None => {},
+        }
+    }
+    true
+}

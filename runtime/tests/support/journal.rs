@@ -132,6 +132,11 @@ impl Journal {
         }
     }
 
+    /// The run `worker` has started and not ended, if any.
+    pub fn open_run(&self, worker: &str) -> Option<Run> {
+        self.runs(&HashMap::new()).into_iter().rev().find(|r| r.worker == worker && r.end.is_none())
+    }
+
     /// Workers that started at least one run.
     pub fn workers_used(&self) -> Vec<String> {
         let mut workers: Vec<String> = self.starts().into_iter().map(|e| e.worker).collect();

@@ -14,13 +14,13 @@ pub mod process;
 pub mod results;
 pub mod zk_server;
 
-pub use cluster::{is_leader, scrape, wait_http_ok, wait_ready, wait_single_leader, MasterOpts, TestCluster, WorkerOpts};
+pub use cluster::{all_tasks_have_results, assert_tree_drained, is_leader, scrape, wait_http_ok, wait_ready, wait_single_leader, MasterOpts, TestCluster, WorkerOpts};
 pub use inspect::Inspector;
 pub use journal::Journal;
 pub use metrics::Metrics;
 pub use poll::{eventually, eventually_async, settle};
 pub use process::{now_ns, Proc};
-pub use results::{assert_exactly_one_ok_result_each, seed_result, ResultLine};
+pub use results::{assert_exactly_one_ok_result_each, payloads, seed_result, seed_results, ResultLine};
 pub use zk_server::{free_port, shared_standalone, ZkCluster};
 
 use std::time::Duration;

@@ -93,3 +93,12 @@ mod tests {
         assert_eq!(seed_result("  alpha beta\tgamma "), "GAMMA BETA ALPHA");
     }
 }
+
+/// `n` distinct payloads of three words, e.g. `alpha word7 item7`.
+pub fn payloads(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix} word{i} item{i}")).collect()
+}
+
+pub fn seed_results(payloads: &[String]) -> Vec<String> {
+    payloads.iter().map(|p| seed_result(p)).collect()
+}
