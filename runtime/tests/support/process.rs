@@ -60,9 +60,22 @@ impl Proc {
         listen: Option<String>,
         env: &[(String, String)],
     ) -> Proc {
+        Self::spawn_program(Path::new(BINARY), dir, name, args, stdin, listen, env)
+    }
+
+    /// Like [`Proc::spawn`] for another program (e.g. the Kazoo scripts under python3).
+    pub fn spawn_program(
+        program: &Path,
+        dir: &Path,
+        name: &str,
+        args: &[String],
+        stdin: Option<&Path>,
+        listen: Option<String>,
+        env: &[(String, String)],
+    ) -> Proc {
         let stdout = dir.join(format!("{name}.out"));
         let stderr = dir.join(format!("{name}.err"));
-        let mut command = Command::new(BINARY);
+        let mut command = Command::new(program);
         command
             .args(args)
             .env_remove("TASKCLUSTER_ZK")
@@ -80,7 +93,7 @@ impl Proc {
             None => command.stdin(Stdio::null()),
         };
         die_with_parent(&mut command);
-        let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {BINARY}: {e}"));
+        let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
         Proc { name: name.to_string(), child, status: None, stdout, stderr, listen, killed_at_ns: None }
     }
 
