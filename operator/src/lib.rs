@@ -8,3 +8,9 @@ pub mod validate;
 
 #[cfg(test)]
 pub mod fixtures;
+pub mod apply;
+pub mod controller;
+pub mod metrics;
+pub mod status;
+pub mod zk;
+pub mod http;

@@ -1,1 +1,99 @@
-fn main() {}
+//! `taskcluster-operator`: reconciles TaskCluster resources. Configured by environment:
+//! `RUST_LOG` (log filter), `LOG_FORMAT` (`text` or `json`), `LISTEN` (metrics and probes
+//! address, default `0.0.0.0:8080`), `POD_NAMESPACE`, `CLUSTER_DOMAIN`, `IMAGE_PULL_SECRETS`.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::ListParams;
+use kube::{Api, Client};
+use taskcluster_operator::build::Settings;
+use taskcluster_operator::controller;
+use taskcluster_operator::crd::TaskCluster;
+use taskcluster_operator::http::{self, Health};
+use taskcluster_operator::metrics::Metrics;
+use taskcluster_operator::zk::ZkStatusReader;
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn settings() -> Settings {
+    let defaults = Settings::default();
+    Settings {
+        cluster_domain: std::env::var("CLUSTER_DOMAIN").unwrap_or(defaults.cluster_domain),
+        operator_namespace: std::env::var("POD_NAMESPACE").ok().filter(|n| !n.is_empty()),
+        image_pull_secrets: std::env::var("IMAGE_PULL_SECRETS")
+            .map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
+            .unwrap_or_default(),
+    }
+}
+
+/// Says plainly when the CRD is missing instead of failing on every watch.
+async fn check_crd(client: &Client) -> Result<(), String> {
+    let api: Api<TaskCluster> = Api::all(client.clone());
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Err(
+            "the TaskCluster CRD (taskclusters.taskcluster.dev) is not installed; install it with \
+             `kubectl apply -f crds/taskcluster.yaml` or the Helm chart, then restart the operator"
+                .into(),
+        ),
+        Err(kube::Error::Api(status)) if status.code == 403 => Err(format!(
+            "the operator may not list TaskClusters ({}); check its ClusterRole and ClusterRoleBinding",
+            status.message
+        )),
+        Err(err) => Err(format!("cannot reach the Kubernetes API server: {err}")),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_logging();
+    let listen = std::env::var("LISTEN").unwrap_or_else(|_| "0.0.0.0:8080".into());
+    let addr: SocketAddr = match listen.parse() {
+        Ok(addr) => addr,
+        Err(_) => {
+            error!("LISTEN={listen:?} is not an IP:PORT address");
+            return ExitCode::FAILURE;
+        },
+    };
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let health = Health { metrics: metrics.clone(), ready: ready.clone() };
+    tokio::spawn(async move {
+        if let Err(err) = http::serve(addr, health).await {
+            error!(%addr, error = %err, "cannot serve metrics and probes");
+        }
+    });
+
+    let client = match Client::try_default().await {
+        Ok(client) => client,
+        Err(err) => {
+            error!(error = %err, "no Kubernetes configuration found (in-cluster service account or kubeconfig)");
+            return ExitCode::FAILURE;
+        },
+    };
+    if let Err(message) = check_crd(&client).await {
+        error!("{message}");
+        return ExitCode::FAILURE;
+    }
+    let settings = settings();
+    info!(version = taskcluster_operator::crd::OPERATOR_VERSION, ?settings, "starting");
+    ready.store(true, Ordering::Relaxed);
+    let zookeeper = Arc::new(ZkStatusReader::new(Duration::from_millis(1500)));
+    controller::run(client, settings, metrics, zookeeper).await;
+    info!("stopped");
+    ExitCode::SUCCESS
+}

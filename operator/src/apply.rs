@@ -1,0 +1,145 @@
+//! The apply step: server-side apply of the built children under one field manager, skipping
+//! every write whose result is already in place.
+//!
+//! Each child carries the hash of what was applied. A child is rewritten when the desired
+//! hash differs, when someone else changed its spec (its generation moved past the one our
+//! last write produced), when it is missing, or at the periodic resync.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::Mutex;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::build::labels::{stable_hash, APPLIED_HASH};
+
+/// The one field manager of everything the operator writes.
+pub const FIELD_MANAGER: &str = "taskcluster-operator";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("cannot apply {kind} {namespace}/{name}: {source}")]
+    Apply { kind: String, namespace: String, name: String, source: kube::Error },
+    #[error("cannot serialize {kind} {name}: {source}")]
+    Serialize { kind: String, name: String, source: serde_json::Error },
+    #[error("cannot read or create Secret {namespace}/{name}: {source}")]
+    Credentials { namespace: String, name: String, source: kube::Error },
+}
+
+/// What one apply did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    Unchanged,
+    Created,
+    Updated,
+}
+
+/// Generations our own writes produced, per child: a larger one in the cache means another
+/// writer changed the spec and we must put ours back.
+#[derive(Default)]
+pub struct Ledger {
+    generations: Mutex<HashMap<String, i64>>,
+}
+
+impl Ledger {
+    fn key<K: Resource<DynamicType = ()>>(namespace: &str, name: &str) -> String {
+        format!("{}/{namespace}/{name}", K::kind(&()))
+    }
+
+    fn get(&self, key: &str) -> Option<i64> {
+        self.generations.lock().ok()?.get(key).copied()
+    }
+
+    fn record(&self, key: String, generation: Option<i64>) {
+        if let (Ok(mut generations), Some(generation)) = (self.generations.lock(), generation) {
+            generations.insert(key, generation);
+        }
+    }
+
+    /// Forgets every child of a namespace/name prefix (the TaskCluster is gone).
+    pub fn forget_instance(&self, namespace: &str, prefix: &str) {
+        if let Ok(mut generations) = self.generations.lock() {
+            let needle = format!("/{namespace}/{prefix}-");
+            generations.retain(|key, _| !key.contains(&needle));
+        }
+    }
+}
+
+/// Everything the apply step needs: the client, the caches of current children, the ledger.
+pub struct Applier<'a> {
+    pub client: &'a Client,
+    pub ledger: &'a Ledger,
+    /// Apply even when the hashes match (periodic resync).
+    pub force: bool,
+}
+
+impl Applier<'_> {
+    /// Applies `desired` unless the cached `current` already is what we would write.
+    pub async fn apply<K>(&self, store: &Store<K>, mut desired: K) -> Result<Applied, ApplyError>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Debug
+            + Serialize
+            + DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+    {
+        let kind = K::kind(&()).to_string();
+        let name = desired.name_any();
+        let namespace = desired.namespace().unwrap_or_default();
+        let body = serde_json::to_vec(&desired)
+            .map_err(|source| ApplyError::Serialize { kind: kind.clone(), name: name.clone(), source })?;
+        let hash = stable_hash(&body);
+        desired.annotations_mut().insert(APPLIED_HASH.into(), hash.clone());
+
+        let key = Ledger::key::<K>(&namespace, &name);
+        let current = store.get(&ObjectRef::new(&name).within(&namespace));
+        if let Some(current) = &current {
+            let same_hash = current.annotations().get(APPLIED_HASH) == Some(&hash);
+            let changed_by_others = match (self.ledger.get(&key), current.meta().generation) {
+                (Some(ours), Some(seen)) => seen > ours,
+                _ => false,
+            };
+            if same_hash && !changed_by_others && !self.force {
+                return Ok(Applied::Unchanged);
+            }
+        }
+        let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let written = api.patch(&name, &params, &Patch::Apply(&desired)).await.map_err(|source| {
+            ApplyError::Apply { kind: kind.clone(), namespace: namespace.clone(), name: name.clone(), source }
+        })?;
+        self.ledger.record(key, written.meta().generation);
+        Ok(if current.is_some() { Applied::Updated } else { Applied::Created })
+    }
+}
+
+/// Makes sure the credentials Secret exists, creating it with `make` when it does not.
+/// It is never updated: the ACLs in ZooKeeper name the identity it holds.
+pub async fn ensure_secret(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    make: impl FnOnce() -> Secret,
+) -> Result<Applied, ApplyError> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let failed = |source| ApplyError::Credentials { namespace: namespace.into(), name: name.into(), source };
+    if api.get_metadata_opt(name).await.map_err(failed)?.is_some() {
+        return Ok(Applied::Unchanged);
+    }
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
+    match api.create(&params, &make()).await {
+        Ok(_) => Ok(Applied::Created),
+        // Created concurrently by a previous operator instance: the existing one wins.
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(Applied::Unchanged),
+        Err(source) => Err(failed(source)),
+    }
+}

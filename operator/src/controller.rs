@@ -1,0 +1,435 @@
+//! The reconcile loop: validate (pure) → build (pure) → apply (server-side apply) → status.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tracing::{debug, field, info, info_span, warn, Instrument, Span};
+
+use crate::apply::{self, Applied, Applier, ApplyError, Ledger, FIELD_MANAGER};
+use crate::build::labels::{Names, MANAGED_BY};
+use crate::build::{self, security, BuildError, Settings};
+use crate::crd::{TaskCluster, TaskClusterStatus};
+use crate::metrics::Metrics;
+use crate::status::{self, Observation, ZkReading};
+use crate::validate::{self, Observed};
+use crate::zk::StatusSource;
+
+/// How often a running cluster's status is refreshed from ZooKeeper: leader and backlog are
+/// then at most this plus the leader's 500 ms publishing period stale.
+pub const REFRESH: Duration = Duration::from_secs(1);
+/// How often a cluster without a ZooKeeper quorum is looked at, besides child changes.
+const WAIT: Duration = Duration::from_secs(10);
+/// Every child is rewritten this often, whatever the hashes say, to undo drift the cheap
+/// checks cannot see (a hand edit of a ConfigMap or Service).
+const RESYNC: Duration = Duration::from_secs(600);
+const RETRY: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error("cannot write the status of TaskCluster {namespace}/{name}: {source}")]
+    Status { namespace: String, name: String, source: kube::Error },
+}
+
+impl Error {
+    /// Stable label for metrics and Warning events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Build(_) => "BuildFailed",
+            Error::Apply(ApplyError::Credentials { .. }) => "CredentialsFailed",
+            Error::Apply(_) => "ApplyFailed",
+            Error::Status { .. } => "StatusWriteFailed",
+        }
+    }
+}
+
+/// Caches of the children, filled by the watches that also trigger reconciles.
+#[derive(Clone)]
+pub struct ChildStores {
+    pub services: Store<Service>,
+    pub config_maps: Store<ConfigMap>,
+    pub stateful_sets: Store<StatefulSet>,
+    pub disruption_budgets: Store<PodDisruptionBudget>,
+    pub network_policies: Store<NetworkPolicy>,
+    pub deployments: Store<Deployment>,
+}
+
+impl ChildStores {
+    async fn wait_until_ready(&self) {
+        // Without this, the first reconciles after a start would rewrite every child.
+        let all = async {
+            let _ = self.services.wait_until_ready().await;
+            let _ = self.config_maps.wait_until_ready().await;
+            let _ = self.stateful_sets.wait_until_ready().await;
+            let _ = self.disruption_budgets.wait_until_ready().await;
+            let _ = self.network_policies.wait_until_ready().await;
+            let _ = self.deployments.wait_until_ready().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(30), all).await;
+    }
+}
+
+/// Everything a reconcile needs; no globals.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub settings: Settings,
+    pub zookeeper: Arc<dyn StatusSource>,
+    pub stores: ChildStores,
+    pub ledger: Ledger,
+    /// When each TaskCluster's children were last applied unconditionally.
+    last_resync: Mutex<HashMap<String, Instant>>,
+    /// TaskClusters (by uid) whose credentials Secret is known to exist.
+    credentials: Mutex<HashSet<String>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+        zookeeper: Arc<dyn StatusSource>,
+        stores: ChildStores,
+    ) -> Self {
+        let reporter = Reporter { controller: MANAGED_BY.into(), instance: std::env::var("POD_NAME").ok() };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            settings,
+            zookeeper,
+            stores,
+            ledger: Ledger::default(),
+            last_resync: Mutex::new(HashMap::new()),
+            credentials: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// True at most once per RESYNC per cluster; the first reconcile after a start only
+    /// starts the clock, since the caches already tell what exists.
+    fn resync_due(&self, key: &str) -> bool {
+        let Ok(mut last) = self.last_resync.lock() else { return false };
+        let now = Instant::now();
+        match last.get(key) {
+            Some(at) if now.duration_since(*at) < RESYNC => false,
+            Some(_) => {
+                last.insert(key.to_string(), now);
+                true
+            },
+            None => {
+                last.insert(key.to_string(), now);
+                false
+            },
+        }
+    }
+
+    fn credentials_known(&self, uid: &str) -> bool {
+        self.credentials.lock().map(|known| known.contains(uid)).unwrap_or(false)
+    }
+
+    fn remember_credentials(&self, uid: &str) {
+        if let Ok(mut known) = self.credentials.lock() {
+            known.insert(uid.to_string());
+        }
+    }
+
+    fn forget(&self, tc: &TaskCluster, key: &str) {
+        self.zookeeper.forget(key);
+        self.ledger.forget_instance(&tc.namespace().unwrap_or_default(), &tc.name_any());
+        if let Ok(mut last) = self.last_resync.lock() {
+            last.remove(key);
+        }
+        if let (Ok(mut known), Some(uid)) = (self.credentials.lock(), tc.uid()) {
+            known.remove(&uid);
+        }
+    }
+
+    async fn publish(&self, reference: &ObjectReference, type_: EventType, reason: &str, note: String) {
+        let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+        if let Err(err) = self.recorder.publish(&event, reference).await {
+            warn!(reason, error = %err, "cannot publish event");
+        } else {
+            self.metrics.wrote("Event");
+        }
+    }
+}
+
+/// Entry point of the controller: one span and one timer per reconcile.
+pub async fn reconcile(object: Arc<DeserializeGuard<TaskCluster>>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciliations.inc();
+    let started = Instant::now();
+    let result = match &object.0 {
+        Ok(tc) => {
+            let span = info_span!("reconcile", cluster = %format!("{}/{}", tc.namespace().unwrap_or_default(), tc.name_any()), writes = field::Empty);
+            reconcile_cluster(tc, &ctx).instrument(span).await
+        },
+        Err(invalid) => Ok(reject_invalid(invalid, &ctx).await),
+    };
+    ctx.metrics.observe(started.elapsed());
+    result
+}
+
+/// A TaskCluster that does not even decode (e.g. stored before a schema change): say so on
+/// the object and carry on with the others.
+async fn reject_invalid(invalid: &InvalidObject, ctx: &Context) -> Action {
+    ctx.metrics.invalid_objects.inc();
+    let meta = &invalid.metadata;
+    warn!(namespace = ?meta.namespace, name = ?meta.name, error = %invalid.error, "TaskCluster cannot be decoded; fix or delete it");
+    let reference = ObjectReference {
+        api_version: Some(TaskCluster::api_version(&()).into()),
+        kind: Some(TaskCluster::kind(&()).into()),
+        name: meta.name.clone(),
+        namespace: meta.namespace.clone(),
+        uid: meta.uid.clone(),
+        resource_version: meta.resource_version.clone(),
+        ..Default::default()
+    };
+    let note = format!("the spec cannot be read: {}; fix it with kubectl edit, or delete and re-apply it", invalid.error);
+    ctx.publish(&reference, EventType::Warning, "InvalidSpec", note).await;
+    Action::await_change()
+}
+
+fn cached<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<Arc<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + 'static,
+{
+    store.get(&ObjectRef::new(name).within(namespace))
+}
+
+async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Error> {
+    let namespace = tc.namespace().unwrap_or_default();
+    let name = tc.name_any();
+    let key = format!("{namespace}/{name}");
+    if tc.meta().deletion_timestamp.is_some() {
+        // Owner references make the garbage collector delete the children.
+        ctx.forget(tc, &key);
+        return Ok(Action::await_change());
+    }
+    ctx.stores.wait_until_ready().await;
+    let names = Names::new(&name);
+    let reference = tc.object_ref(&());
+    let mut writes = 0u32;
+
+    // Validate.
+    let ensemble = cached(&ctx.stores.stateful_sets, &namespace, &names.zookeeper);
+    let observed = Observed { ensemble_replicas: ensemble.as_ref().and_then(|s| s.spec.as_ref()?.replicas) };
+    let valid = validate::validate(tc, observed);
+
+    if let Ok(valid) = &valid {
+        // Build.
+        let children = build::build(tc, valid, &ctx.settings)?;
+        // Apply: credentials first, since the pods refer to them.
+        let uid = tc.uid().unwrap_or_default();
+        if !ctx.credentials_known(&uid) {
+            let owner = build::Owner::of(tc)?;
+            let created = apply::ensure_secret(&ctx.client, &namespace, &names.credentials, || {
+                security::credentials(&owner, &names, &security::generate_password())
+            })
+            .await?;
+            if created == Applied::Created {
+                ctx.metrics.wrote("Secret");
+                writes += 1;
+            }
+            ctx.remember_credentials(&uid);
+        }
+        let previous_workers = cached(&ctx.stores.deployments, &namespace, &names.workers)
+            .and_then(|d| d.spec.as_ref()?.replicas);
+        let previous_masters = cached(&ctx.stores.deployments, &namespace, &names.masters)
+            .and_then(|d| d.spec.as_ref()?.replicas);
+        let applier = Applier { client: &ctx.client, ledger: &ctx.ledger, force: ctx.resync_due(&key) };
+        let s = &ctx.stores;
+        let results = [
+            ("Service", applier.apply(&s.services, children.headless_service).await?),
+            ("Service", applier.apply(&s.services, children.client_service).await?),
+            ("ConfigMap", applier.apply(&s.config_maps, children.config_map).await?),
+            ("NetworkPolicy", applier.apply(&s.network_policies, children.network_policy).await?),
+            ("PodDisruptionBudget", applier.apply(&s.disruption_budgets, children.disruption_budget).await?),
+            ("StatefulSet", applier.apply(&s.stateful_sets, children.stateful_set).await?),
+            ("Deployment", applier.apply(&s.deployments, children.masters).await?),
+            ("Deployment", applier.apply(&s.deployments, children.workers).await?),
+        ];
+        for (kind, applied) in results {
+            if applied != Applied::Unchanged {
+                ctx.metrics.wrote(kind);
+                writes += 1;
+            }
+        }
+        if ensemble.is_none() && results[5].1 == Applied::Created {
+            let note = format!(
+                "created a {}-server ZooKeeper ensemble, {} masters and {} workers",
+                valid.spec.zookeeper.replicas, valid.spec.masters, valid.spec.workers
+            );
+            info!("{note}");
+            ctx.publish(&reference, EventType::Normal, "Created", note).await;
+        }
+        for (role, before, after) in [
+            ("workers", previous_workers, valid.spec.workers),
+            ("masters", previous_masters, valid.spec.masters),
+        ] {
+            if let Some(before) = before.filter(|b| *b != after) {
+                let note = format!("scaled {role} from {before} to {after}");
+                info!("{note}");
+                ctx.publish(&reference, EventType::Normal, "Scaled", note).await;
+            }
+        }
+    }
+
+    // Status.
+    let zookeeper = cached(&ctx.stores.stateful_sets, &namespace, &names.zookeeper);
+    let ready_servers = zookeeper.as_ref().and_then(|s| s.status.as_ref()?.ready_replicas).unwrap_or(0);
+    let reading = if ready_servers >= build::zookeeper::quorum(tc.spec.zookeeper.replicas) {
+        ctx.metrics.zookeeper_reads.inc();
+        let connect = format!("{}.{namespace}.svc.{}:2181", names.zookeeper, ctx.settings.cluster_domain);
+        match ctx.zookeeper.read(&key, &connect).await {
+            Ok(cluster) => ZkReading::Read(cluster),
+            Err(err) => {
+                ctx.metrics.zookeeper_failures.get_or_create(&crate::metrics::ReasonLabel { reason: err.reason().into() }).inc();
+                debug!(error = %err, "cannot read the cluster status from ZooKeeper");
+                ZkReading::Failed(err)
+            },
+        }
+    } else {
+        ZkReading::Skipped
+    };
+    let masters = cached(&ctx.stores.deployments, &namespace, &names.masters);
+    let workers = cached(&ctx.stores.deployments, &namespace, &names.workers);
+    let observation = Observation {
+        spec_error: valid.as_ref().err(),
+        masters: masters.as_deref(),
+        workers: workers.as_deref(),
+        zookeeper: zookeeper.as_deref(),
+        reading: &reading,
+    };
+    let previous = tc.status.as_ref();
+    let next = status::compute(tc, previous, &observation, Timestamp::now());
+    if previous != Some(&next) {
+        write_status(ctx, &namespace, &name, &next).await?;
+        writes += 1;
+        transition_events(ctx, &reference, previous, &next).await;
+    }
+    Span::current().record("writes", writes);
+    if writes > 0 {
+        debug!(writes, "reconciled");
+    }
+    ctx.metrics.zookeeper_sessions.set(i64::try_from(ctx.zookeeper.sessions()).unwrap_or(i64::MAX));
+    Ok(match reading {
+        ZkReading::Skipped => Action::requeue(WAIT),
+        _ => Action::requeue(REFRESH),
+    })
+}
+
+async fn write_status(ctx: &Context, namespace: &str, name: &str, status: &TaskClusterStatus) -> Result<(), Error> {
+    let api: Api<TaskCluster> = Api::namespaced(ctx.client.clone(), namespace);
+    let patch = serde_json::json!({
+        "apiVersion": TaskCluster::api_version(&()),
+        "kind": TaskCluster::kind(&()),
+        "status": status,
+    });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch_status(name, &params, &Patch::Apply(&patch)).await.map_err(|source| Error::Status {
+        namespace: namespace.into(),
+        name: name.into(),
+        source,
+    })?;
+    ctx.metrics.wrote("TaskCluster/status");
+    Ok(())
+}
+
+/// Events for what a user wants to hear about: a new leader, a spec that cannot be honoured.
+async fn transition_events(
+    ctx: &Context,
+    reference: &ObjectReference,
+    previous: Option<&TaskClusterStatus>,
+    next: &TaskClusterStatus,
+) {
+    let before = previous.and_then(|p| p.leader.clone());
+    if let Some(leader) = &next.leader {
+        if before.as_ref() != Some(leader) {
+            let note = match &before {
+                Some(old) => format!("master {leader} took over from {old} (epoch {})", next.epoch),
+                None => format!("master {leader} leads (epoch {})", next.epoch),
+            };
+            info!("{note}");
+            ctx.publish(reference, EventType::Normal, "LeaderChanged", note).await;
+        }
+    }
+    let was = status::find(previous, status::DEGRADED).map(|c| c.reason.clone());
+    if let Some(degraded) = status::find(Some(next), status::DEGRADED) {
+        if degraded.reason == "InvalidSpec" && was.as_deref() != Some("InvalidSpec") {
+            warn!(message = %degraded.message, "spec cannot be honoured");
+            ctx.publish(reference, EventType::Warning, "InvalidSpec", degraded.message.clone()).await;
+        }
+    }
+}
+
+pub fn error_policy(object: Arc<DeserializeGuard<TaskCluster>>, error: &Error, ctx: Arc<Context>) -> Action {
+    let name = object.0.as_ref().map(|tc| tc.name_any()).unwrap_or_default();
+    warn!(cluster = %name, reason = error.reason(), error = %error, "reconcile failed; retrying");
+    ctx.metrics.failed(error.reason());
+    Action::requeue(RETRY)
+}
+
+fn child_stream<K>(
+    client: &Client,
+) -> (Store<K>, impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let config = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
+    let stream = watcher(Api::<K>::all(client.clone()), config)
+        .default_backoff()
+        // Field-manager bookkeeping is the bulk of each object and never read here.
+        .modify(|object: &mut K| object.managed_fields_mut().clear())
+        .reflect(writer)
+        .touched_objects();
+    (store, stream)
+}
+
+/// Runs the controller until SIGTERM or SIGINT.
+pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, zookeeper: Arc<dyn StatusSource>) {
+    let (services, services_stream) = child_stream::<Service>(&client);
+    let (config_maps, config_maps_stream) = child_stream::<ConfigMap>(&client);
+    let (stateful_sets, stateful_sets_stream) = child_stream::<StatefulSet>(&client);
+    let (disruption_budgets, disruption_budgets_stream) = child_stream::<PodDisruptionBudget>(&client);
+    let (network_policies, network_policies_stream) = child_stream::<NetworkPolicy>(&client);
+    let (deployments, deployments_stream) = child_stream::<Deployment>(&client);
+    let stores = ChildStores { services, config_maps, stateful_sets, disruption_budgets, network_policies, deployments };
+    let ctx = Arc::new(Context::new(client.clone(), metrics, settings, zookeeper, stores));
+    let clusters = Api::<DeserializeGuard<TaskCluster>>::all(client);
+    Controller::new(clusters, watcher::Config::default().any_semantic())
+        .owns_stream(services_stream)
+        .owns_stream(config_maps_stream)
+        .owns_stream(stateful_sets_stream)
+        .owns_stream(disruption_budgets_stream)
+        .owns_stream(network_policies_stream)
+        .owns_stream(deployments_stream)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => debug!(cluster = %object, "reconciled"),
+                Err(err) => debug!(error = %err, "reconcile did not complete"),
+            }
+        })
+        .await;
+}

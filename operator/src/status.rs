@@ -1,0 +1,191 @@
+//! The pure status step: what the child objects and ZooKeeper say, folded into the
+//! TaskCluster status with standard conditions.
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use taskcluster::ClusterStatus;
+
+use crate::build::labels::{self, Component};
+use crate::build::zookeeper::quorum;
+use crate::crd::{MastersStatus, TaskCluster, TaskClusterStatus, WorkersStatus, ZooKeeperStatus};
+use crate::validate::SpecError;
+use crate::zk::ZkStatusError;
+
+pub const READY: &str = "Ready";
+pub const ZOOKEEPER_READY: &str = "ZooKeeperReady";
+pub const LEADER_ELECTED: &str = "LeaderElected";
+pub const DEGRADED: &str = "Degraded";
+
+/// What ZooKeeper said this time.
+#[derive(Debug)]
+pub enum ZkReading {
+    /// Not asked: the ensemble has no quorum, or the spec is invalid.
+    Skipped,
+    Read(ClusterStatus),
+    Failed(ZkStatusError),
+}
+
+/// Everything the status is computed from.
+#[derive(Debug)]
+pub struct Observation<'a> {
+    pub spec_error: Option<&'a SpecError>,
+    pub masters: Option<&'a Deployment>,
+    pub workers: Option<&'a Deployment>,
+    pub zookeeper: Option<&'a StatefulSet>,
+    pub reading: &'a ZkReading,
+}
+
+fn deployment_counts(d: Option<&Deployment>) -> (i32, i32) {
+    let status = d.and_then(|d| d.status.as_ref());
+    (status.and_then(|s| s.replicas).unwrap_or(0), status.and_then(|s| s.ready_replicas).unwrap_or(0))
+}
+
+/// Whole seconds: the API server stores times at that precision, and a finer one would make
+/// every reconcile see a change.
+fn millis_to_time(ms: u64) -> Option<Time> {
+    let seconds = i64::try_from(ms / 1000).ok()?;
+    Timestamp::from_second(seconds).ok().map(Time)
+}
+
+fn as_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+struct Verdict {
+    type_: &'static str,
+    status: bool,
+    reason: String,
+    message: String,
+}
+
+fn verdict(type_: &'static str, status: bool, reason: impl Into<String>, message: impl Into<String>) -> Verdict {
+    Verdict { type_, status, reason: reason.into(), message: message.into() }
+}
+
+/// Folds an observation into a new status. `previous` keeps transition times of conditions
+/// that did not change, and the last known counters while ZooKeeper cannot be read, so an
+/// unchanged cluster yields an identical status (and no write).
+pub fn compute(tc: &TaskCluster, previous: Option<&TaskClusterStatus>, obs: &Observation, now: Timestamp) -> TaskClusterStatus {
+    let generation = tc.metadata.generation;
+    let instance = tc.metadata.name.clone().unwrap_or_default();
+    let prev = previous.cloned().unwrap_or_default();
+
+    let zk_replicas = tc.spec.zookeeper.replicas;
+    let zk_ready = obs.zookeeper.and_then(|s| s.status.as_ref()).and_then(|s| s.ready_replicas).unwrap_or(0);
+    let has_quorum = zk_ready >= quorum(zk_replicas);
+    let (_, masters_ready) = deployment_counts(obs.masters);
+    let (worker_pods, workers_ready) = deployment_counts(obs.workers);
+
+    let mut status = TaskClusterStatus {
+        observed_generation: generation,
+        replicas: worker_pods,
+        selector: Some(labels::selector_string(&labels::selector(&instance, Component::Worker))),
+        masters: MastersStatus { desired: tc.spec.masters, ready: masters_ready, contending: prev.masters.contending },
+        workers: WorkersStatus {
+            desired: tc.spec.workers,
+            ready: workers_ready,
+            registered: prev.workers.registered,
+            busy: prev.workers.busy,
+        },
+        zookeeper: ZooKeeperStatus { replicas: zk_replicas, ready_replicas: zk_ready, quorum: has_quorum },
+        ..prev.clone()
+    };
+    status.conditions = Vec::new();
+
+    if let ZkReading::Read(cluster) = obs.reading {
+        let leader = cluster.leader.as_ref().map(|l| l.id.clone());
+        status.leader_since = match (&cluster.leader, &prev.leader) {
+            (Some(l), _) if l.since_ms > 0 => millis_to_time(l.since_ms),
+            // The new leader has not published its takeover time yet.
+            (Some(l), Some(p)) if &l.id == p => prev.leader_since.clone(),
+            _ => None,
+        };
+        status.leader = leader;
+        status.epoch = as_i64(cluster.epoch);
+        status.backlog = as_i64(cluster.backlog);
+        status.running = as_i64(cluster.running);
+        status.completed = as_i64(cluster.completed);
+        status.failed = as_i64(cluster.failed);
+        status.dead_lettered = as_i64(cluster.dead_lettered);
+        status.masters.contending = as_i64(cluster.masters);
+        status.workers.registered = as_i64(cluster.workers_registered);
+        status.workers.busy = as_i64(cluster.workers_busy);
+    }
+
+    let zookeeper_ready = if has_quorum {
+        verdict(ZOOKEEPER_READY, true, "QuorumReady", format!("{zk_ready} of {zk_replicas} ZooKeeper servers ready"))
+    } else if obs.zookeeper.is_none() {
+        verdict(ZOOKEEPER_READY, false, "Creating", "the ZooKeeper ensemble does not exist yet")
+    } else {
+        verdict(
+            ZOOKEEPER_READY,
+            false,
+            "NoQuorum",
+            format!("{zk_ready} of {zk_replicas} ZooKeeper servers ready; {} needed for a majority", quorum(zk_replicas)),
+        )
+    };
+    let leader_elected = match obs.reading {
+        ZkReading::Read(ClusterStatus { leader: Some(l), .. }) => {
+            verdict(LEADER_ELECTED, true, "Elected", format!("master {} leads (epoch {})", l.id, status.epoch))
+        },
+        ZkReading::Read(_) => verdict(LEADER_ELECTED, false, "NoLeader", "no master is contending for leadership"),
+        ZkReading::Failed(err) => verdict(LEADER_ELECTED, false, err.reason(), err.to_string()),
+        ZkReading::Skipped => verdict(LEADER_ELECTED, false, "ZooKeeperNotReady", "waiting for a ZooKeeper quorum"),
+    };
+
+    let mut shortfalls = Vec::new();
+    if zk_ready < zk_replicas {
+        shortfalls.push(format!("{zk_ready}/{zk_replicas} ZooKeeper servers ready"));
+    }
+    if masters_ready < tc.spec.masters {
+        shortfalls.push(format!("{masters_ready}/{} masters ready", tc.spec.masters));
+    }
+    if workers_ready < tc.spec.workers {
+        shortfalls.push(format!("{workers_ready}/{} workers ready", tc.spec.workers));
+    }
+    let degraded = match (obs.spec_error, obs.reading) {
+        (Some(err), _) => verdict(DEGRADED, true, "InvalidSpec", err.to_string()),
+        (None, ZkReading::Failed(err)) => verdict(DEGRADED, true, err.reason(), err.to_string()),
+        _ if !shortfalls.is_empty() => verdict(DEGRADED, true, "ReplicasNotReady", shortfalls.join(", ")),
+        _ => verdict(DEGRADED, false, "AllReplicasReady", "every replica is ready"),
+    };
+    let ready = if let Some(err) = obs.spec_error {
+        verdict(READY, false, err.reason(), format!("{err}; the last valid spec keeps running"))
+    } else if !zookeeper_ready.status {
+        verdict(READY, false, zookeeper_ready.reason.clone(), zookeeper_ready.message.clone())
+    } else if !leader_elected.status {
+        verdict(READY, false, leader_elected.reason.clone(), leader_elected.message.clone())
+    } else if tc.spec.workers > 0 && workers_ready == 0 {
+        verdict(READY, false, "NoWorkers", "no worker is ready to execute tasks")
+    } else {
+        verdict(READY, true, "ClusterReady", "a leader assigns tasks to ready workers")
+    };
+
+    for v in [ready, zookeeper_ready, leader_elected, degraded] {
+        status.conditions.push(condition(&prev.conditions, v, generation, now));
+    }
+    status
+}
+
+fn condition(previous: &[Condition], v: Verdict, generation: Option<i64>, now: Timestamp) -> Condition {
+    let status = if v.status { "True" } else { "False" };
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == v.type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(Timestamp::from_second(now.as_second()).unwrap_or(now)));
+    Condition {
+        type_: v.type_.into(),
+        status: status.into(),
+        reason: v.reason,
+        message: v.message,
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}
+
+/// The condition of `type_`, if set.
+pub fn find<'a>(status: Option<&'a TaskClusterStatus>, type_: &str) -> Option<&'a Condition> {
+    status?.conditions.iter().find(|c| c.type_ == type_)
+}
