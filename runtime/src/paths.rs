@@ -15,6 +15,10 @@ pub const DEADLETTER: &str = "/taskcluster/deadletter";
 /// Persistent znodes every participant makes sure exist, parents first.
 pub const ROOTS: [&str; 7] = [MASTER, TASKS, DATA, WORKERS, EXTENSIONS, ATTEMPTS, DEADLETTER];
 
+/// What a shutting-down worker writes into its znode to hand back its task: not a task id
+/// (a NUL-led name cannot be one), so the leader neither waits for it nor assigns to it.
+pub const DRAINING: &[u8] = b"\0draining";
+
 /// ZooKeeper's default `jute.maxbuffer` is 1 MiB; a payload must leave room for the request.
 pub const MAX_PAYLOAD_BYTES: usize = 1_000_000;
 

@@ -1,0 +1,92 @@
+//! A standalone ZooKeeper for the demo and the benchmark: Debian's `zookeeper` package run
+//! directly (`QuorumPeerMain`) on a free loopback port, in a temporary directory.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
+const MAIN_CLASS: &str = "org.apache.zookeeper.server.quorum.QuorumPeerMain";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalZkError {
+    #[error("ZooKeeper is not installed ({ZOOKEEPER_JAR} is missing): run `apt-get install zookeeper`, or pass --zk HOST:PORT")]
+    NotInstalled,
+    #[error("cannot prepare a ZooKeeper directory: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("ZooKeeper did not start serving on port {port} within {timeout:?}; its log: {log}")]
+    NotServing { port: u16, timeout: Duration, log: String },
+}
+
+/// A running server; stopped and its directory removed on drop.
+pub struct LocalZk {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl LocalZk {
+    pub fn start() -> Result<Self, LocalZkError> {
+        if !std::path::Path::new(ZOOKEEPER_JAR).exists() {
+            return Err(LocalZkError::NotInstalled);
+        }
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let dir = std::env::temp_dir().join(format!("taskcluster-zk-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(dir.join("data"))?;
+        let config = format!(
+            "tickTime=500\ninitLimit=10\nsyncLimit=5\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+             maxClientCnxns=0\nadmin.enableServer=false\n4lw.commands.whitelist=ruok,srvr,mntr\n",
+            dir.join("data").display()
+        );
+        std::fs::write(dir.join("zoo.cfg"), config)?;
+        let log = std::fs::File::create(dir.join("zookeeper.log"))?;
+        let java = std::env::var_os("JAVA_HOME").map_or(PathBuf::from("java"), |home| PathBuf::from(home).join("bin/java"));
+        let child = Command::new(java)
+            .arg("-Xmx512m")
+            .arg("-cp")
+            .arg(ZOOKEEPER_JAR)
+            .arg(MAIN_CLASS)
+            .arg(dir.join("zoo.cfg"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let server = LocalZk { child, port, dir };
+        server.wait_serving(Duration::from_secs(30))?;
+        Ok(server)
+    }
+
+    pub fn connect_string(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn wait_serving(&self, timeout: Duration) -> Result<(), LocalZkError> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if ruok(self.port) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = std::fs::read_to_string(self.dir.join("zookeeper.log")).unwrap_or_default();
+        let tail: String = log.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        Err(LocalZkError::NotServing { port: self.port, timeout, log: tail })
+    }
+}
+
+fn ruok(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut answer = String::new();
+    stream.write_all(b"ruok").is_ok() && stream.read_to_string(&mut answer).is_ok() && answer == "imok"
+}
+
+impl Drop for LocalZk {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
