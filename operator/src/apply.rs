@@ -48,7 +48,7 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    fn key<K: Resource<DynamicType = ()>>(namespace: &str, name: &str) -> String {
+    pub(crate) fn key<K: Resource<DynamicType = ()>>(namespace: &str, name: &str) -> String {
         format!("{}/{namespace}/{name}", K::kind(&()))
     }
 
@@ -56,7 +56,7 @@ impl Ledger {
         self.generations.lock().ok()?.get(key).copied()
     }
 
-    fn record(&self, key: String, generation: Option<i64>) {
+    pub(crate) fn record(&self, key: String, generation: Option<i64>) {
         if let (Ok(mut generations), Some(generation)) = (self.generations.lock(), generation) {
             generations.insert(key, generation);
         }
@@ -69,6 +69,13 @@ impl Ledger {
             generations.retain(|key, _| !key.contains(&needle));
         }
     }
+}
+
+/// Stamps `desired` with the hash of its content and returns the hash.
+pub fn annotate<K: Resource + Serialize>(desired: &mut K) -> Result<String, serde_json::Error> {
+    let hash = stable_hash(&serde_json::to_vec(&*desired)?);
+    desired.annotations_mut().insert(APPLIED_HASH.into(), hash.clone());
+    Ok(hash)
 }
 
 /// Everything the apply step needs: the client, the caches of current children, the ledger.
@@ -95,10 +102,8 @@ impl Applier<'_> {
         let kind = K::kind(&()).to_string();
         let name = desired.name_any();
         let namespace = desired.namespace().unwrap_or_default();
-        let body = serde_json::to_vec(&desired)
+        let hash = annotate(&mut desired)
             .map_err(|source| ApplyError::Serialize { kind: kind.clone(), name: name.clone(), source })?;
-        let hash = stable_hash(&body);
-        desired.annotations_mut().insert(APPLIED_HASH.into(), hash.clone());
 
         let key = Ledger::key::<K>(&namespace, &name);
         let current = store.get(&ObjectRef::new(&name).within(&namespace));

@@ -14,3 +14,5 @@ pub mod metrics;
 pub mod status;
 pub mod zk;
 pub mod http;
+#[cfg(test)]
+mod mock;

@@ -1,0 +1,416 @@
+//! Reconcile against a mocked API server: each test scripts the exact requests it expects,
+//! in order, and fails on any other or on one that never comes.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use http::{Method, Request, Response};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus, StatefulSet, StatefulSetStatus};
+use k8s_openapi::jiff::Timestamp;
+use kube::client::Body;
+use kube::core::error_boundary::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource};
+use serde_json::{json, Value};
+use taskcluster::{ClusterStatus, LeaderInfo};
+
+use crate::apply::annotate;
+use crate::build::{build, Children, Settings};
+use crate::controller::{reconcile, ChildStores, Context, REFRESH};
+use crate::crd::TaskCluster;
+use crate::fixtures;
+use crate::metrics::Metrics;
+use crate::status::{compute, Observation, ZkReading};
+use crate::validate::{validate, Observed};
+use crate::zk::{StatusSource, ZkStatusError};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// What the fake ZooKeeper answers.
+#[derive(Clone)]
+enum FakeReply {
+    Status(ClusterStatus),
+    Unreachable,
+}
+
+struct FakeZk {
+    reply: Mutex<FakeReply>,
+    reads: Mutex<Vec<String>>,
+}
+
+impl StatusSource for FakeZk {
+    fn read<'a>(&'a self, _key: &'a str, connect: &'a str) -> BoxFuture<'a, Result<ClusterStatus, ZkStatusError>> {
+        if let Ok(mut reads) = self.reads.lock() {
+            reads.push(connect.to_string());
+        }
+        let reply = self.reply.lock().unwrap().clone();
+        Box::pin(async move {
+            match reply {
+                FakeReply::Status(status) => Ok(status),
+                FakeReply::Unreachable => Err(ZkStatusError::Timeout {
+                    connect: connect.to_string(),
+                    timeout: Duration::from_millis(1500),
+                }),
+            }
+        })
+    }
+
+    fn forget(&self, _key: &str) {}
+}
+
+fn leader(id: &str, epoch: u64) -> ClusterStatus {
+    ClusterStatus {
+        leader: Some(LeaderInfo { id: id.into(), since_ms: 1_700_000_000_000 }),
+        epoch,
+        backlog: 4,
+        running: 2,
+        workers_registered: 3,
+        workers_busy: 2,
+        completed: 10,
+        masters: 2,
+        ..ClusterStatus::default()
+    }
+}
+
+/// Children as the API server holds them: applied by us, with their pods ready.
+struct World {
+    services: Vec<k8s_openapi::api::core::v1::Service>,
+    config_maps: Vec<k8s_openapi::api::core::v1::ConfigMap>,
+    stateful_sets: Vec<StatefulSet>,
+    pdbs: Vec<k8s_openapi::api::policy::v1::PodDisruptionBudget>,
+    policies: Vec<k8s_openapi::api::networking::v1::NetworkPolicy>,
+    deployments: Vec<Deployment>,
+}
+
+impl World {
+    fn empty() -> Self {
+        Self {
+            services: vec![],
+            config_maps: vec![],
+            stateful_sets: vec![],
+            pdbs: vec![],
+            policies: vec![],
+            deployments: vec![],
+        }
+    }
+
+    /// What a previous reconcile of `tc` left behind, all replicas ready.
+    fn running(tc: &TaskCluster) -> Self {
+        let valid = validate(tc, Observed::default()).unwrap();
+        let Children {
+            mut headless_service,
+            mut client_service,
+            mut config_map,
+            mut stateful_set,
+            mut disruption_budget,
+            mut network_policy,
+            mut masters,
+            mut workers,
+        } = build(tc, &valid, &Settings::default()).unwrap();
+        annotate(&mut headless_service).unwrap();
+        annotate(&mut client_service).unwrap();
+        annotate(&mut config_map).unwrap();
+        annotate(&mut stateful_set).unwrap();
+        annotate(&mut disruption_budget).unwrap();
+        annotate(&mut network_policy).unwrap();
+        annotate(&mut masters).unwrap();
+        annotate(&mut workers).unwrap();
+        let zk = tc.spec.zookeeper.replicas;
+        stateful_set.status = Some(StatefulSetStatus { replicas: zk, ready_replicas: Some(zk), ..Default::default() });
+        for (d, n) in [(&mut masters, tc.spec.masters), (&mut workers, tc.spec.workers)] {
+            d.metadata.generation = Some(1);
+            d.status = Some(DeploymentStatus { replicas: Some(n), ready_replicas: Some(n), ..Default::default() });
+        }
+        Self {
+            services: vec![headless_service, client_service],
+            config_maps: vec![config_map],
+            stateful_sets: vec![stateful_set],
+            pdbs: vec![disruption_budget],
+            policies: vec![network_policy],
+            deployments: vec![masters, workers],
+        }
+    }
+
+    fn stores(&self) -> ChildStores {
+        ChildStores {
+            services: filled(&self.services),
+            config_maps: filled(&self.config_maps),
+            stateful_sets: filled(&self.stateful_sets),
+            disruption_budgets: filled(&self.pdbs),
+            network_policies: filled(&self.policies),
+            deployments: filled(&self.deployments),
+        }
+    }
+}
+
+fn filled<K>(objects: &[K]) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + 'static,
+{
+    let (store, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for object in objects {
+        writer.apply_watcher_event(&watcher::Event::InitApply(object.clone()));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    store
+}
+
+struct Harness {
+    ctx: Arc<Context>,
+    zk: Arc<FakeZk>,
+    server: ApiServer,
+}
+
+fn harness(world: &World, reply: FakeReply) -> Harness {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let zk = Arc::new(FakeZk { reply: Mutex::new(reply), reads: Mutex::new(vec![]) });
+    let ctx = Context::new(client, Arc::new(Metrics::default()), Settings::default(), zk.clone(), world.stores());
+    Harness { ctx: Arc::new(ctx), zk, server: ApiServer(handle) }
+}
+
+/// How the fake API server answers one request.
+enum Reply {
+    /// The request body back, as if applied unchanged.
+    Echo,
+    NotFound,
+    Json(Value),
+    /// `tc` carrying the status from the request body, as a status patch answers.
+    StatusOf(TaskCluster),
+}
+
+struct ApiServer(Handle);
+
+impl ApiServer {
+    /// Waits for the next request, checks method and path, answers, returns the body.
+    async fn expect(&mut self, method: Method, path: &str, reply: Reply) -> Value {
+        let next = tokio::time::timeout(Duration::from_secs(5), self.0.next_request()).await;
+        let (request, send) = next.unwrap_or_else(|_| panic!("no request came; expected {method} {path}")).expect("client alive");
+        let uri = request.uri().to_string();
+        assert_eq!((request.method(), uri.split('?').next().unwrap()), (&method, path), "unexpected request {uri}");
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+        let (status, response) = match reply {
+            Reply::Echo => (200, body.clone()),
+            Reply::Json(value) => (200, value),
+            Reply::StatusOf(tc) => {
+                let mut object = serde_json::to_value(&tc).unwrap();
+                object["status"] = body["status"].clone();
+                (200, object)
+            },
+            Reply::NotFound => (
+                404,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+            ),
+        };
+        let response = Response::builder().status(status).body(Body::from(serde_json::to_vec(&response).unwrap())).unwrap();
+        send.send_response(response);
+        body
+    }
+
+    /// Asserts that the reconcile made no further request.
+    async fn expect_nothing_more(&mut self) {
+        if let Ok(Some((request, _))) = tokio::time::timeout(Duration::from_millis(200), self.0.next_request()).await {
+            panic!("unexpected request {} {}", request.method(), request.uri());
+        }
+    }
+}
+
+const SECRET: &str = "/api/v1/namespaces/default/secrets/demo-zookeeper-credentials";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+const STATUS: &str = "/apis/taskcluster.dev/v1alpha1/namespaces/default/taskclusters/demo/status";
+
+fn secret_metadata() -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "demo-zookeeper-credentials", "namespace": "default"}})
+}
+
+/// The status a previous reconcile of a running cluster wrote.
+fn settled(mut tc: TaskCluster, world: &World, cluster: &ClusterStatus) -> TaskCluster {
+    let reading = ZkReading::Read(cluster.clone());
+    let observation = Observation {
+        spec_error: None,
+        masters: world.deployments.first(),
+        workers: world.deployments.get(1),
+        zookeeper: world.stateful_sets.first(),
+        reading: &reading,
+    };
+    let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap();
+    tc.status = Some(compute(&tc, None, &observation, now));
+    tc
+}
+
+#[tokio::test]
+async fn a_new_cluster_gets_credentials_then_every_child_then_status() {
+    let tc = fixtures::example();
+    let mut h = harness(&World::empty(), FakeReply::Unreachable);
+    let reconciling = tokio::spawn({
+        let h_ctx = h.ctx.clone();
+        async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), h_ctx).await }
+    });
+    let s = &mut h.server;
+    s.expect(Method::GET, SECRET, Reply::NotFound).await;
+    let secret = s.expect(Method::POST, "/api/v1/namespaces/default/secrets", Reply::Echo).await;
+    assert_eq!(secret["immutable"], true);
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["controller"], true);
+    let digest = secret["data"]["digest"].as_str().unwrap();
+    assert!(!digest.is_empty());
+
+    let children = [
+        ("/api/v1/namespaces/default/services/demo-zookeeper-headless", "Service"),
+        ("/api/v1/namespaces/default/services/demo-zookeeper", "Service"),
+        ("/api/v1/namespaces/default/configmaps/demo-zookeeper-config", "ConfigMap"),
+        ("/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/demo-zookeeper", "NetworkPolicy"),
+        ("/apis/policy/v1/namespaces/default/poddisruptionbudgets/demo-zookeeper", "PodDisruptionBudget"),
+        ("/apis/apps/v1/namespaces/default/statefulsets/demo-zookeeper", "StatefulSet"),
+        ("/apis/apps/v1/namespaces/default/deployments/demo-master", "Deployment"),
+        ("/apis/apps/v1/namespaces/default/deployments/demo-worker", "Deployment"),
+    ];
+    for (path, kind) in children {
+        let body = s.expect(Method::PATCH, path, Reply::Echo).await;
+        assert_eq!(body["kind"], kind);
+        assert!(body["metadata"]["annotations"]["taskcluster.dev/applied-hash"].is_string());
+        assert_eq!(body["metadata"]["ownerReferences"][0]["kind"], "TaskCluster");
+    }
+    let event = s.expect(Method::POST, EVENTS, Reply::Echo).await;
+    assert_eq!(event["reason"], "Created");
+    let status = s.expect(Method::PATCH, STATUS, Reply::StatusOf(fixtures::example())).await;
+    assert_eq!(status["status"]["observedGeneration"], 1);
+    assert_eq!(status["status"]["selector"], "app.kubernetes.io/component=worker,app.kubernetes.io/instance=demo,app.kubernetes.io/name=taskcluster");
+    let ready = status["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "Creating");
+    s.expect_nothing_more().await;
+
+    let action = reconciling.await.unwrap().unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(10)), "no quorum yet: no fast polling");
+    assert!(h.zk.reads.lock().unwrap().is_empty(), "ZooKeeper is not asked before it has a quorum");
+}
+
+#[tokio::test]
+async fn a_settled_cluster_costs_no_writes() {
+    let base = fixtures::example();
+    let world = World::running(&base);
+    let cluster = leader("demo-master-abc", 3);
+    let tc = settled(base, &world, &cluster);
+    let mut h = harness(&world, FakeReply::Status(cluster));
+    let ctx = h.ctx.clone();
+    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    // The credentials are looked up once per operator start: a read, not a write.
+    h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+    h.server.expect_nothing_more().await;
+    assert_eq!(reconciling.await.unwrap().unwrap(), Action::requeue(REFRESH));
+    assert_eq!(h.zk.reads.lock().unwrap().as_slice(), ["demo-zookeeper.default.svc.cluster.local:2181"]);
+}
+
+#[tokio::test]
+async fn a_new_leader_is_written_to_status_and_announced() {
+    let base = fixtures::example();
+    let world = World::running(&base);
+    let tc = settled(base, &world, &leader("demo-master-abc", 3));
+    let mut h = harness(&world, FakeReply::Status(leader("demo-master-def", 4)));
+    let ctx = h.ctx.clone();
+    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+    let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(fixtures::example())).await;
+    assert_eq!(status["status"]["leader"], "demo-master-def");
+    assert_eq!(status["status"]["epoch"], 4);
+    let event = h.server.expect(Method::POST, EVENTS, Reply::Echo).await;
+    assert_eq!(event["reason"], "LeaderChanged");
+    assert!(event["note"].as_str().unwrap().contains("took over from demo-master-abc"));
+    h.server.expect_nothing_more().await;
+    reconciling.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn scaling_workers_rewrites_only_their_deployment() {
+    let base = fixtures::example();
+    let world = World::running(&base);
+    let cluster = leader("demo-master-abc", 3);
+    let tc = settled(base, &world, &cluster).with_workers(50).with_generation(2);
+    let mut h = harness(&world, FakeReply::Status(cluster));
+    let ctx = h.ctx.clone();
+    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+    let workers =
+        h.server.expect(Method::PATCH, "/apis/apps/v1/namespaces/default/deployments/demo-worker", Reply::Echo).await;
+    assert_eq!(workers["spec"]["replicas"], 50);
+    let event = h.server.expect(Method::POST, EVENTS, Reply::Echo).await;
+    assert_eq!(event["reason"], "Scaled");
+    assert_eq!(event["note"], "scaled workers from 3 to 50");
+    let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(fixtures::example())).await;
+    assert_eq!(status["status"]["workers"]["desired"], 50);
+    assert_eq!(status["status"]["observedGeneration"], 2);
+    h.server.expect_nothing_more().await;
+    reconciling.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_spec_that_cannot_be_honoured_becomes_a_condition_not_a_crash_loop() {
+    let base = fixtures::example();
+    let world = World::running(&base);
+    let cluster = leader("demo-master-abc", 3);
+    let mut tc = settled(base, &world, &cluster).with_generation(2);
+    tc.spec.zookeeper.replicas = 5;
+    let mut h = harness(&world, FakeReply::Status(cluster));
+    let ctx = h.ctx.clone();
+    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    // No child is touched: the running cluster keeps its last valid spec.
+    let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(fixtures::example())).await;
+    let conditions = status["status"]["conditions"].as_array().unwrap();
+    let ready = conditions.iter().find(|c| c["type"] == "Ready").unwrap();
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "EnsembleResizeUnsupported");
+    assert!(ready["message"].as_str().unwrap().contains("set it back to 3"));
+    let event = h.server.expect(Method::POST, EVENTS, Reply::Echo).await;
+    assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("InvalidSpec")));
+    h.server.expect_nothing_more().await;
+    assert_eq!(reconciling.await.unwrap().unwrap(), Action::requeue(REFRESH), "status keeps refreshing");
+}
+
+#[tokio::test]
+async fn an_unreachable_zookeeper_is_a_condition_and_keeps_the_last_counters() {
+    let base = fixtures::example();
+    let world = World::running(&base);
+    let tc = settled(base, &world, &leader("demo-master-abc", 3));
+    let mut h = harness(&world, FakeReply::Unreachable);
+    let ctx = h.ctx.clone();
+    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+    let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(fixtures::example())).await;
+    let conditions = status["status"]["conditions"].as_array().unwrap();
+    let elected = conditions.iter().find(|c| c["type"] == "LeaderElected").unwrap();
+    assert_eq!((elected["status"].as_str(), elected["reason"].as_str()), (Some("False"), Some("ZooKeeperUnreachable")));
+    let degraded = conditions.iter().find(|c| c["type"] == "Degraded").unwrap();
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(status["status"]["backlog"], 4, "last known backlog kept");
+    h.server.expect_nothing_more().await;
+    reconciling.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_hand_edited_deployment_is_put_back() {
+    let base = fixtures::example();
+    let mut world = World::running(&base);
+    // Our last write produced generation 2; someone scaled the Deployment by hand since.
+    world.deployments[1].metadata.generation = Some(3);
+    world.deployments[1].spec.as_mut().unwrap().replicas = Some(9);
+    let cluster = leader("demo-master-abc", 3);
+    let tc = settled(base, &world, &cluster);
+    let mut h = harness(&world, FakeReply::Status(cluster));
+    h.ctx.ledger.record(crate::apply::Ledger::key::<Deployment>("default", "demo-worker"), Some(2));
+    let ctx = h.ctx.clone();
+    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+    let workers =
+        h.server.expect(Method::PATCH, "/apis/apps/v1/namespaces/default/deployments/demo-worker", Reply::Echo).await;
+    assert_eq!(workers["spec"]["replicas"], 3);
+    // Undoing the hand edit is a scale like any other, and said so.
+    let event = h.server.expect(Method::POST, EVENTS, Reply::Echo).await;
+    assert_eq!(event["note"], "scaled workers from 9 to 3");
+    h.server.expect_nothing_more().await;
+    reconciling.await.unwrap().unwrap();
+}
