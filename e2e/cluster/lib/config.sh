@@ -1,0 +1,177 @@
+# Writes the cluster's certificates, kubeconfigs and component configurations.
+# Sourced by local.sh after lib/common.sh. Everything is generated offline, once per
+# cluster; `down` deletes it with the state directory.
+
+write_configs() {
+	mkdir -p "$CONF_DIR" "$PKI_DIR" "$KCFG_DIR" "$STATE_DIR/cni/net.d" "$STATE_DIR/cni/ipam"
+	local kubeadm="$KUBERNETES_BIN/kubeadm"
+
+	cat >"$CONF_DIR/kubeadm.yaml" <<YAML
+apiVersion: kubeadm.k8s.io/v1beta4
+kind: InitConfiguration
+localAPIEndpoint:
+  advertiseAddress: $NODE_IP
+  bindPort: 6443
+nodeRegistration:
+  name: $NODE_NAME
+  criSocket: unix://$CONTAINERD_SOCK
+---
+apiVersion: kubeadm.k8s.io/v1beta4
+kind: ClusterConfiguration
+# Given explicitly: kubeadm would otherwise ask the internet for the latest version.
+kubernetesVersion: $KUBERNETES_VERSION
+clusterName: taskcluster-e2e
+certificatesDir: $PKI_DIR
+controlPlaneEndpoint: $NODE_IP:6443
+networking:
+  serviceSubnet: $SERVICE_CIDR
+  podSubnet: $POD_CIDR
+  dnsDomain: $CLUSTER_DOMAIN
+apiServer:
+  certSANs: [$NODE_IP, 127.0.0.1, localhost]
+YAML
+
+	if [[ ! -f $PKI_DIR/ca.crt ]]; then
+		log "generating certificates and kubeconfigs with kubeadm"
+		"$kubeadm" init phase certs all --config "$CONF_DIR/kubeadm.yaml" >"$LOG_DIR/kubeadm.log" 2>&1 ||
+			die "kubeadm init phase certs failed: see $LOG_DIR/kubeadm.log"
+		"$kubeadm" init phase kubeconfig all --config "$CONF_DIR/kubeadm.yaml" \
+			--kubeconfig-dir "$KCFG_DIR" >>"$LOG_DIR/kubeadm.log" 2>&1 ||
+			die "kubeadm init phase kubeconfig failed: see $LOG_DIR/kubeadm.log"
+		local user
+		for user in kube-proxy coredns; do
+			"$kubeadm" kubeconfig user --config "$CONF_DIR/kubeadm.yaml" \
+				--client-name "system:$user" >"$KCFG_DIR/$user.conf" 2>>"$LOG_DIR/kubeadm.log" ||
+				die "kubeadm kubeconfig user system:$user failed: see $LOG_DIR/kubeadm.log"
+		done
+		chmod 0600 "$KCFG_DIR"/*.conf
+	fi
+
+	cat >"$CONF_DIR/containerd.toml" <<TOML
+version = 2
+root = "$STATE_DIR/containerd"
+state = "$RUN_DIR/containerd/state"
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+
+[grpc]
+  address = "$CONTAINERD_SOCK"
+
+[ttrpc]
+  address = "$RUN_DIR/containerd/containerd.sock.ttrpc"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$PAUSE_IMAGE"
+  enable_cdi = false
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        BinaryName = "$(command -v runc)"
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "$CNI_BIN_DIR"
+    conf_dir = "$STATE_DIR/cni/net.d"
+TOML
+
+	cat >"$STATE_DIR/cni/net.d/10-taskcluster-e2e.conflist" <<JSON
+{
+  "cniVersion": "1.0.0",
+  "name": "taskcluster-e2e",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "$POD_BRIDGE",
+      "isGateway": true,
+      "ipMasq": false,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "dataDir": "$STATE_DIR/cni/ipam",
+        "ranges": [[{"subnet": "$POD_CIDR", "gateway": "$POD_GATEWAY"}]],
+        "routes": [{"dst": "0.0.0.0/0"}]
+      }
+    }
+  ]
+}
+JSON
+
+	# Pods that do not use cluster DNS get the cluster's resolver too: nothing resolves
+	# through the machine's upstream servers.
+	echo "nameserver $NODE_IP" >"$CONF_DIR/resolv.conf"
+
+	cat >"$CONF_DIR/kubelet.yaml" <<YAML
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: $NODE_IP
+healthzBindAddress: 127.0.0.1
+readOnlyPort: 0
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: $PKI_DIR/ca.crt}
+authorization: {mode: Webhook}
+cgroupDriver: cgroupfs
+# The machine has a cgroup v1 hybrid layout; 1.34 still runs on it when told to.
+failCgroupV1: false
+failSwapOn: false
+containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
+clusterDNS: [$NODE_IP]
+clusterDomain: $CLUSTER_DOMAIN
+resolvConf: $CONF_DIR/resolv.conf
+podLogsDir: $STATE_DIR/pod-logs
+# Images come from archives, never from a registry: garbage collection of images is
+# off (a high threshold of 100 disables it), and eviction only on real exhaustion.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard:
+  memory.available: 100Mi
+  nodefs.available: "1%"
+  imagefs.available: "1%"
+  nodefs.inodesFree: "1%"
+maxPods: 110
+serializeImagePulls: false
+YAML
+
+	cat >"$CONF_DIR/kube-proxy.yaml" <<YAML
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  kubeconfig: $KCFG_DIR/kube-proxy.conf
+hostnameOverride: $NODE_NAME
+mode: iptables
+clusterCIDR: $POD_CIDR
+bindAddress: $NODE_IP
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+# NodePorts only on the node address, never on the machine's external interface.
+nodePortAddresses: [$NODE_IP/32]
+conntrack:
+  # Leave the machine's conntrack table size alone.
+  maxPerCore: 0
+YAML
+
+	cat >"$CONF_DIR/Corefile" <<COREFILE
+# Cluster DNS only: no forward plugin exists in this build, so names outside
+# $CLUSTER_DOMAIN get no answer and nothing is asked of any other server.
+.:53 {
+    bind $NODE_IP
+    ready 127.0.0.1:18181
+    health 127.0.0.1:18080
+    errors
+    kubernetes $CLUSTER_DOMAIN in-addr.arpa ip6.arpa {
+        kubeconfig $KCFG_DIR/coredns.conf
+        pods insecure
+    }
+    cache 30
+    loadbalance
+}
+COREFILE
+}

@@ -1,0 +1,292 @@
+#!/usr/bin/env bash
+# The local cluster provider: a real single-node Kubernetes made of upstream components
+# (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy,
+# CoreDNS) on containerd and runc, supervised without systemd, for the e2e suite.
+#
+#   e2e/cluster/local.sh up           build what is missing, start the cluster, wait for
+#                                     a Ready node with working DNS (idempotent)
+#   e2e/cluster/local.sh load-images  import target/images/*.tar into the node
+#   e2e/cluster/local.sh status       components, node, memory
+#   e2e/cluster/local.sh down         stop everything and remove all it made
+#
+# After `up`: export KUBECONFIG=/var/lib/taskcluster-e2e/admin.kubeconfig
+# Runs as root. See docs/e2e.md.
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+. "$CLUSTER_DIR/lib/network.sh"
+. "$CLUSTER_DIR/lib/config.sh"
+. "$REPO_ROOT/images/lib/oci.sh"
+
+# Control-plane components in start order; `down` stops them in reverse.
+COMPONENTS=(containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy coredns)
+
+load_bin_paths() {
+	eval "$("$CLUSTER_DIR/build.sh" paths)"
+	export PATH="$KUBERNETES_BIN:$PATH"
+}
+
+kubectl_admin() { "$KUBERNETES_BIN/kubectl" --kubeconfig "$KCFG_DIR/admin.conf" "$@"; }
+
+# The sandbox ("pause") image: the static pause binary alone in one layer.
+pause_archive() {
+	local archive
+	archive="$CACHE_DIR/images/pause-$(inputs_hash "$PAUSE_BIN/pause" "$REPO_ROOT/images/lib/oci.sh").tar"
+	if [[ ! -s $archive ]]; then
+		local work
+		work=$(mktemp -d)
+		install -D -m 0755 "$PAUSE_BIN/pause" "$work/root/pause"
+		oci_layer_from_dir "$work/root" "$work/layer.tar"
+		oci_archive "$archive" "$PAUSE_IMAGE" '{"User":"65535:65535","Entrypoint":["/pause"]}' "$work/layer.tar"
+		rm -rf "$work"
+	fi
+	echo "$archive"
+}
+
+# Imports an archive unless an image of that name with the same content is present.
+import_archive() {
+	local archive=$1 name
+	name=$(tar -xOf "$archive" index.json | jq -r '.manifests[0].annotations["io.containerd.image.name"]')
+	local want have
+	want=$(tar -xOf "$archive" index.json | jq -r '.manifests[0].digest')
+	have=$(ctr_k8s images ls "name==$name" 2>/dev/null | awk 'NR==2 {print $3}')
+	if [[ $want == "$have" ]]; then
+		log "image $name is present"
+		return 0
+	fi
+	log "importing $name from $archive"
+	ctr_k8s images import --no-unpack=false "$archive" >/dev/null
+}
+
+cmd_load_images() {
+	load_bin_paths
+	import_archive "$(pause_archive)"
+	local images_dir="${IMAGES_OUT:-$REPO_ROOT/target/images}" archive found=false
+	for archive in "$images_dir"/*.tar; do
+		[[ -e $archive ]] || continue
+		import_archive "$archive"
+		found=true
+	done
+	$found || log "no image archives in $images_dir; build them with images/build.sh"
+}
+
+start_containerd() {
+	mkdir -p "$RUN_DIR/containerd"
+	start_proc containerd "$(command -v containerd)" --config "$CONF_DIR/containerd.toml"
+	wait_until 30 containerd ctr --address "$CONTAINERD_SOCK" version ||
+		die "containerd did not start: see $LOG_DIR/containerd.log"
+}
+
+start_etcd() {
+	start_proc etcd "$ETCD_BIN/etcd" \
+		--name "$NODE_NAME" \
+		--data-dir "$STATE_DIR/etcd" \
+		--listen-client-urls https://127.0.0.1:2379 \
+		--advertise-client-urls https://127.0.0.1:2379 \
+		--listen-peer-urls https://127.0.0.1:2380 \
+		--initial-advertise-peer-urls https://127.0.0.1:2380 \
+		--initial-cluster "$NODE_NAME=https://127.0.0.1:2380" \
+		--listen-metrics-urls http://127.0.0.1:2381 \
+		--client-cert-auth --trusted-ca-file "$PKI_DIR/etcd/ca.crt" \
+		--cert-file "$PKI_DIR/etcd/server.crt" --key-file "$PKI_DIR/etcd/server.key" \
+		--peer-client-cert-auth --peer-trusted-ca-file "$PKI_DIR/etcd/ca.crt" \
+		--peer-cert-file "$PKI_DIR/etcd/peer.crt" --peer-key-file "$PKI_DIR/etcd/peer.key" \
+		--snapshot-count 10000 --log-level warn
+	wait_until 60 etcd curl -fsS http://127.0.0.1:2381/health ||
+		die "etcd is not healthy: see $LOG_DIR/etcd.log"
+}
+
+start_apiserver() {
+	start_proc kube-apiserver "$KUBERNETES_BIN/kube-apiserver" \
+		--advertise-address "$NODE_IP" --bind-address "$NODE_IP" --secure-port 6443 \
+		--allow-privileged=true \
+		--authorization-mode Node,RBAC \
+		--enable-admission-plugins NodeRestriction \
+		--client-ca-file "$PKI_DIR/ca.crt" \
+		--tls-cert-file "$PKI_DIR/apiserver.crt" --tls-private-key-file "$PKI_DIR/apiserver.key" \
+		--etcd-servers https://127.0.0.1:2379 --etcd-cafile "$PKI_DIR/etcd/ca.crt" \
+		--etcd-certfile "$PKI_DIR/apiserver-etcd-client.crt" --etcd-keyfile "$PKI_DIR/apiserver-etcd-client.key" \
+		--kubelet-client-certificate "$PKI_DIR/apiserver-kubelet-client.crt" \
+		--kubelet-client-key "$PKI_DIR/apiserver-kubelet-client.key" \
+		--kubelet-preferred-address-types InternalIP \
+		--proxy-client-cert-file "$PKI_DIR/front-proxy-client.crt" \
+		--proxy-client-key-file "$PKI_DIR/front-proxy-client.key" \
+		--requestheader-client-ca-file "$PKI_DIR/front-proxy-ca.crt" \
+		--requestheader-allowed-names front-proxy-client \
+		--requestheader-extra-headers-prefix X-Remote-Extra- \
+		--requestheader-group-headers X-Remote-Group \
+		--requestheader-username-headers X-Remote-User \
+		--service-account-issuer "https://kubernetes.default.svc.$CLUSTER_DOMAIN" \
+		--service-account-key-file "$PKI_DIR/sa.pub" \
+		--service-account-signing-key-file "$PKI_DIR/sa.key" \
+		--service-cluster-ip-range "$SERVICE_CIDR" \
+		--profiling=false
+	wait_until 120 "kube-apiserver /readyz" kubectl_admin get --raw /readyz ||
+		die "kube-apiserver is not ready: see $LOG_DIR/kube-apiserver.log"
+}
+
+start_controllers() {
+	start_proc kube-controller-manager "$KUBERNETES_BIN/kube-controller-manager" \
+		--kubeconfig "$KCFG_DIR/controller-manager.conf" \
+		--authentication-kubeconfig "$KCFG_DIR/controller-manager.conf" \
+		--authorization-kubeconfig "$KCFG_DIR/controller-manager.conf" \
+		--bind-address 127.0.0.1 \
+		--client-ca-file "$PKI_DIR/ca.crt" \
+		--requestheader-client-ca-file "$PKI_DIR/front-proxy-ca.crt" \
+		--cluster-name taskcluster-e2e \
+		--cluster-signing-cert-file "$PKI_DIR/ca.crt" --cluster-signing-key-file "$PKI_DIR/ca.key" \
+		--root-ca-file "$PKI_DIR/ca.crt" \
+		--service-account-private-key-file "$PKI_DIR/sa.key" \
+		--service-cluster-ip-range "$SERVICE_CIDR" \
+		--use-service-account-credentials=true \
+		--leader-elect=false --profiling=false
+	start_proc kube-scheduler "$KUBERNETES_BIN/kube-scheduler" \
+		--kubeconfig "$KCFG_DIR/scheduler.conf" \
+		--authentication-kubeconfig "$KCFG_DIR/scheduler.conf" \
+		--authorization-kubeconfig "$KCFG_DIR/scheduler.conf" \
+		--bind-address 127.0.0.1 --leader-elect=false --profiling=false
+}
+
+start_node() {
+	start_proc kubelet "$KUBERNETES_BIN/kubelet" \
+		--config "$CONF_DIR/kubelet.yaml" \
+		--kubeconfig "$KCFG_DIR/kubelet.conf" \
+		--root-dir "$STATE_DIR/kubelet" \
+		--cert-dir "$STATE_DIR/kubelet/pki" \
+		--hostname-override "$NODE_NAME" \
+		--node-ip "$NODE_IP"
+	start_proc kube-proxy "$KUBERNETES_BIN/kube-proxy" --config "$CONF_DIR/kube-proxy.yaml"
+	start_proc coredns "$COREDNS_BIN/coredns" -conf "$CONF_DIR/Corefile"
+}
+
+node_ready() {
+	[[ $(kubectl_admin get node "$NODE_NAME" \
+		-o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) == True ]]
+}
+
+dns_works() {
+	[[ $(dig +short +time=1 +tries=1 "@$NODE_IP" "kubernetes.default.svc.$CLUSTER_DOMAIN" A) == "$KUBERNETES_SERVICE_IP" ]]
+}
+
+cmd_up() {
+	local start=$SECONDS
+	ensure_host_packages
+	"$CLUSTER_DIR/build.sh" all
+	load_bin_paths
+	mkdir -p "$STATE_DIR" "$LOG_DIR" "$PID_DIR"
+	[[ -f $STATE_DIR/iptables.before ]] || iptables-save | grep -v '^#' >"$STATE_DIR/iptables.before" || true
+	write_configs
+	network_up
+	start_containerd
+	cmd_load_images
+	start_etcd
+	start_apiserver
+	kubectl_admin --kubeconfig "$KCFG_DIR/super-admin.conf" apply -f "$CLUSTER_DIR/manifests/bootstrap.yaml" >/dev/null
+	start_controllers
+	start_node
+	wait_until 180 "node $NODE_NAME to be Ready" node_ready ||
+		die "node $NODE_NAME is not Ready: see $LOG_DIR/kubelet.log"
+	wait_until 60 "cluster DNS" dns_works ||
+		die "CoreDNS does not resolve kubernetes.default: see $LOG_DIR/coredns.log"
+	wait_until 60 "the default service account" kubectl_admin -n default get serviceaccount default ||
+		die "no default service account: see $LOG_DIR/kube-controller-manager.log"
+	install -m 0600 "$KCFG_DIR/admin.conf" "$KUBECONFIG_OUT"
+	log "cluster is up in $((SECONDS - start)) s: node $NODE_NAME Ready, DNS answers"
+	log "export KUBECONFIG=$KUBECONFIG_OUT"
+}
+
+# Stops every pod through the kubelet, so the CNI plugin releases each pod's network.
+drain_pods() {
+	proc_alive kube-apiserver && proc_alive kubelet || return 0
+	stop_proc kube-controller-manager
+	kubectl_admin delete pods --all --all-namespaces --grace-period=1 --wait=false >/dev/null 2>&1 || true
+	wait_until 60 "pods to stop" bash -c "[[ -z \$(ctr --address '$CONTAINERD_SOCK' -n k8s.io tasks ls -q 2>/dev/null) ]]" || true
+}
+
+# Processes left behind by containerd: runc shims and their containers.
+stray_pids() {
+	local p
+	for p in /proc/[0-9]*; do
+		tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q -- "-address $CONTAINERD_SOCK" && echo "${p#/proc/}"
+	done
+	return 0
+}
+
+cmd_down() {
+	load_bin_paths 2>/dev/null || true
+	drain_pods
+	local i
+	for ((i = ${#COMPONENTS[@]} - 1; i >= 1; i--)); do
+		stop_proc "${COMPONENTS[$i]}"
+	done
+	if proc_alive containerd; then
+		local task
+		for task in $(ctr_k8s tasks ls -q 2>/dev/null); do
+			ctr_k8s tasks kill -s SIGKILL "$task" >/dev/null 2>&1 || true
+			ctr_k8s tasks delete -f "$task" >/dev/null 2>&1 || true
+		done
+		stop_proc containerd
+	fi
+	local pid
+	for pid in $(stray_pids); do
+		kill -KILL "$pid" 2>/dev/null || true
+	done
+	# Pod volumes, container root filesystems and shm mounts, deepest first.
+	local mnt
+	for mnt in $(awk -v s="$STATE_DIR" -v r="$RUN_DIR" 'index($5, s) == 1 || index($5, r) == 1 {print $5}' /proc/self/mountinfo | sort -r); do
+		umount -l "$mnt" 2>/dev/null || true
+	done
+	[[ -x $KUBERNETES_BIN/kube-proxy ]] && "$KUBERNETES_BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
+	network_down
+	local ctl
+	for ctl in /sys/fs/cgroup/*/kubepods; do
+		[[ -d $ctl ]] && find "$ctl" -depth -type d -exec rmdir {} + 2>/dev/null || true
+	done
+	rm -rf "$STATE_DIR" "$RUN_DIR"
+	log "cluster is down"
+}
+
+cmd_status() {
+	local c state rc=0 rss_kb=0
+	for c in "${COMPONENTS[@]}"; do
+		if proc_alive "$c"; then
+			local pid
+			pid=$(<"$PID_DIR/$c.pid")
+			state="running (pid $pid, $(awk '/VmRSS/ {printf "%d MiB", $2/1024}' "/proc/$pid/status"))"
+			rss_kb=$((rss_kb + $(awk '/VmRSS/ {print $2}' "/proc/$pid/status")))
+		else
+			state=stopped
+			rc=1
+		fi
+		printf '%-24s %s\n' "$c" "$state"
+	done
+	local shim_kb=0 pid
+	for pid in $(stray_pids); do
+		shim_kb=$((shim_kb + $(awk '/VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)))
+	done
+	local pods_kb=0
+	[[ -r /sys/fs/cgroup/memory/kubepods/memory.usage_in_bytes ]] &&
+		pods_kb=$(($(cat /sys/fs/cgroup/memory/kubepods/memory.usage_in_bytes) / 1024))
+	printf 'memory: components %d MiB (RSS), shims %d MiB, pods %d MiB (cgroup, incl. page cache)\n' \
+		$((rss_kb / 1024)) $((shim_kb / 1024)) $((pods_kb / 1024))
+	if [[ $rc == 0 ]]; then
+		load_bin_paths
+		kubectl_admin get nodes -o wide || rc=1
+		dns_works && echo "cluster DNS: kubernetes.default.svc.$CLUSTER_DOMAIN resolves" ||
+			{ echo "cluster DNS: not answering"; rc=1; }
+		echo "KUBECONFIG=$KUBECONFIG_OUT"
+	fi
+	return $rc
+}
+
+main() {
+	[[ $(id -u) == 0 ]] || die "the local provider runs as root (containerd, kubelet, iptables)"
+	case ${1:-} in
+	up) cmd_up ;;
+	down) cmd_down ;;
+	status) cmd_status ;;
+	load-images) cmd_load_images ;;
+	*) die "usage: local.sh up|down|status|load-images" ;;
+	esac
+}
+
+main "$@"
