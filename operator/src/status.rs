@@ -189,3 +189,139 @@ fn condition(previous: &[Condition], v: Verdict, generation: Option<i64>, now: T
 pub fn find<'a>(status: Option<&'a TaskClusterStatus>, type_: &str) -> Option<&'a Condition> {
     status?.conditions.iter().find(|c| c.type_ == type_)
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::apps::v1::{DeploymentStatus, StatefulSetStatus};
+    use taskcluster::LeaderInfo;
+
+    use super::*;
+    use crate::fixtures;
+
+    fn sts(ready: i32) -> StatefulSet {
+        StatefulSet {
+            status: Some(StatefulSetStatus { replicas: 3, ready_replicas: Some(ready), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    fn deployment(replicas: i32, ready: i32) -> Deployment {
+        Deployment {
+            status: Some(DeploymentStatus { replicas: Some(replicas), ready_replicas: Some(ready), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    fn led_by(id: &str) -> ZkReading {
+        ZkReading::Read(ClusterStatus {
+            leader: Some(LeaderInfo { id: id.into(), since_ms: 1_700_000_000_123 }),
+            epoch: 2,
+            backlog: 7,
+            workers_registered: 3,
+            ..ClusterStatus::default()
+        })
+    }
+
+    fn at(second: i64) -> Timestamp {
+        Timestamp::from_second(second).unwrap()
+    }
+
+    fn cond<'a>(s: &'a TaskClusterStatus, type_: &str) -> &'a Condition {
+        find(Some(s), type_).unwrap()
+    }
+
+    #[test]
+    fn a_healthy_cluster_is_ready_with_its_leader_and_backlog() {
+        let tc = fixtures::example();
+        let (m, w, z, reading) = (deployment(2, 2), deployment(3, 3), sts(3), led_by("demo-master-x"));
+        let obs = Observation { spec_error: None, masters: Some(&m), workers: Some(&w), zookeeper: Some(&z), reading: &reading };
+        let s = compute(&tc, None, &obs, at(100));
+        assert_eq!(s.leader.as_deref(), Some("demo-master-x"));
+        assert_eq!(s.leader_since, Some(Time(at(1_700_000_000))), "whole seconds, as the API server stores them");
+        assert_eq!((s.backlog, s.epoch, s.replicas), (7, 2, 3));
+        assert_eq!(s.workers, WorkersStatus { desired: 3, ready: 3, registered: 3, busy: 0 });
+        assert_eq!(s.zookeeper, ZooKeeperStatus { replicas: 3, ready_replicas: 3, quorum: true });
+        for (type_, expected) in [(READY, "True"), (ZOOKEEPER_READY, "True"), (LEADER_ELECTED, "True"), (DEGRADED, "False")] {
+            assert_eq!(cond(&s, type_).status, expected, "{type_}");
+            assert_eq!(cond(&s, type_).observed_generation, Some(1));
+        }
+    }
+
+    #[test]
+    fn the_same_observation_gives_the_same_status() {
+        let tc = fixtures::example();
+        let (m, w, z, reading) = (deployment(2, 2), deployment(3, 3), sts(3), led_by("demo-master-x"));
+        let obs = Observation { spec_error: None, masters: Some(&m), workers: Some(&w), zookeeper: Some(&z), reading: &reading };
+        let first = compute(&tc, None, &obs, at(100));
+        let again = compute(&tc, Some(&first), &obs, at(200));
+        assert_eq!(first, again, "nothing changed, so nothing is written");
+    }
+
+    #[test]
+    fn a_minority_lost_is_degraded_but_ready() {
+        let tc = fixtures::example();
+        let (m, w, z, reading) = (deployment(2, 1), deployment(3, 3), sts(2), led_by("demo-master-x"));
+        let obs = Observation { spec_error: None, masters: Some(&m), workers: Some(&w), zookeeper: Some(&z), reading: &reading };
+        let s = compute(&tc, None, &obs, at(100));
+        assert_eq!(cond(&s, READY).status, "True");
+        assert_eq!(cond(&s, ZOOKEEPER_READY).status, "True");
+        let degraded = cond(&s, DEGRADED);
+        assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "ReplicasNotReady"));
+        assert_eq!(degraded.message, "2/3 ZooKeeper servers ready, 1/2 masters ready");
+    }
+
+    #[test]
+    fn without_quorum_zookeeper_is_not_asked_and_the_cluster_is_not_ready() {
+        let tc = fixtures::example();
+        let (z, reading) = (sts(1), ZkReading::Skipped);
+        let obs = Observation { spec_error: None, masters: None, workers: None, zookeeper: Some(&z), reading: &reading };
+        let s = compute(&tc, None, &obs, at(100));
+        let ready = cond(&s, READY);
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "NoQuorum"));
+        assert!(ready.message.contains("1 of 3 ZooKeeper servers ready; 2 needed"), "{}", ready.message);
+        assert_eq!(cond(&s, LEADER_ELECTED).reason, "ZooKeeperNotReady");
+    }
+
+    #[test]
+    fn transition_times_move_only_on_transitions() {
+        let tc = fixtures::example();
+        let (m, w, z) = (deployment(2, 2), deployment(3, 3), sts(3));
+        let elected = led_by("demo-master-x");
+        let obs = Observation { spec_error: None, masters: Some(&m), workers: Some(&w), zookeeper: Some(&z), reading: &elected };
+        let first = compute(&tc, None, &obs, at(100));
+        let none = ZkReading::Read(ClusterStatus::default());
+        let obs = Observation { reading: &none, ..obs };
+        let second = compute(&tc, Some(&first), &obs, at(200));
+        assert_eq!(cond(&second, LEADER_ELECTED).status, "False");
+        assert_eq!(cond(&second, LEADER_ELECTED).last_transition_time, Time(at(200)));
+        assert_eq!(cond(&second, ZOOKEEPER_READY).last_transition_time, Time(at(100)));
+        assert_eq!(second.leader, None);
+    }
+
+    #[test]
+    fn a_new_leader_without_a_takeover_time_keeps_none() {
+        let tc = fixtures::example();
+        let (m, w, z) = (deployment(2, 2), deployment(3, 3), sts(3));
+        let reading = ZkReading::Read(ClusterStatus {
+            leader: Some(LeaderInfo { id: "demo-master-y".into(), since_ms: 0 }),
+            ..ClusterStatus::default()
+        });
+        let obs = Observation { spec_error: None, masters: Some(&m), workers: Some(&w), zookeeper: Some(&z), reading: &reading };
+        let s = compute(&tc, None, &obs, at(100));
+        assert_eq!(s.leader.as_deref(), Some("demo-master-y"));
+        assert_eq!(s.leader_since, None);
+    }
+
+    #[test]
+    fn an_invalid_spec_says_why_and_that_the_old_one_keeps_running() {
+        let tc = fixtures::example();
+        let err = SpecError::EnsembleResize { running: 3, requested: 5 };
+        let reading = ZkReading::Skipped;
+        let obs = Observation { spec_error: Some(&err), masters: None, workers: None, zookeeper: None, reading: &reading };
+        let s = compute(&tc, None, &obs, at(100));
+        let ready = cond(&s, READY);
+        assert_eq!(ready.reason, "EnsembleResizeUnsupported");
+        assert!(ready.message.ends_with("the last valid spec keeps running"));
+        assert_eq!(cond(&s, DEGRADED).reason, "InvalidSpec");
+    }
+}
