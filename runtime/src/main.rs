@@ -7,7 +7,12 @@ use taskcluster::telemetry::logging;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    let default_filter = match cli.command {
+        // Interactive commands: only what needs attention.
+        Command::Demo(_) | Command::Bench(_) | Command::Submit(_) | Command::Status(_) => "warn,zookeeper_client=error",
+        Command::Master(_) | Command::Worker(_) => "info,zookeeper_client=warn",
+    };
+    logging::init(cli.log_format, default_filter);
     // A worker is one task at a time: a single thread keeps its footprint small.
     let runtime = match cli.command {
         Command::Worker(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),

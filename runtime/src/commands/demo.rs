@@ -23,7 +23,7 @@ impl Processes {
         let exe = std::env::current_exe().map_err(|e| Failure::usage(format!("cannot find our own binary: {e}")))?;
         let child = Command::new(exe)
             .args([role, "--zk", zk, "--id", id, "--listen", "off", "--session-timeout", "4s"])
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,zookeeper_client=error")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
@@ -131,6 +131,8 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     for (payload, result) in sample {
         println!("  {payload:?} -> {result:?}");
     }
+    // Let the leader publish its latest counters (every 500 ms).
+    tokio::time::sleep(Duration::from_millis(700)).await;
     let status = read_status(&watch).await.map_err(Failure::zookeeper)?;
     println!("{} tasks completed, {failed} failed; cluster status:", done - failed);
     print!("{}", super::status::table(&status));

@@ -139,8 +139,12 @@ impl Board {
 
     /// `/tasks/<id>` holds a result. `at` is when it completed (rebuild passes its age).
     pub fn task_completed(&mut self, task: &str, at: Instant) {
-        match self.tasks.get(task) {
-            Some(t) if t.state == TaskState::Done => return,
+        match self.tasks.get(task).map(|t| t.state.clone()) {
+            Some(TaskState::Done) => return,
+            Some(TaskState::Assigned { worker, .. }) => {
+                self.set_state(task, TaskState::Done);
+                self.free_after_completion(&worker, task);
+            },
             Some(_) => self.set_state(task, TaskState::Done),
             None => {
                 self.tasks.insert(task.to_string(), Task { state: TaskState::Done, has_records: false });
@@ -148,6 +152,23 @@ impl Board {
         }
         self.completed += 1;
         self.done.push_back((at, task.to_string()));
+    }
+
+    /// Our workers write the result and clear their znode in one multi, so a result means the
+    /// worker is free one version later. Assuming it now saves a read on the critical path; a
+    /// worker that clears separately (seed style) just rejects the next assignment's version
+    /// guard until it has cleared, and is re-read.
+    fn free_after_completion(&mut self, wid: &str, task: &str) {
+        let Some(worker) = self.workers.get_mut(wid) else { return };
+        let cleared_version = match &worker.holding {
+            Holding::Task(t) if t == task => worker.version + 1,
+            // Our assignment write's reply is not processed yet: assignment plus clear.
+            Holding::Assigning(t) if t == task => worker.version + 2,
+            _ => return,
+        };
+        worker.version = cleared_version;
+        worker.holding = Holding::Free;
+        self.free.push_back(wid.to_string());
     }
 
     /// The task is finished by us (dead letter written): done without counting a completion.
@@ -414,6 +435,17 @@ mod tests {
         assert_eq!(b.worker_read("w1", b"", 2), None, "a completed task is not resolved");
         assert_eq!(b.plan(100)[0].task, "t2");
         assert_eq!(b.completed, 1);
+    }
+
+    #[test]
+    fn a_result_frees_its_worker_at_the_next_version() {
+        let mut b = board_with(&["t1", "t2"], &["w1"]);
+        let a = b.plan(100).remove(0);
+        b.task_completed("t1", Instant::now()); // before our write's reply
+        b.assigned(&a, 1);
+        let next = b.plan(100);
+        assert_eq!(next, vec![Assignment { task: "t2".into(), worker: "w1".into(), version: 2 }]);
+        assert_eq!(b.worker_read("w1", b"", 2), None, "the clear we assumed is no news");
     }
 
     #[test]

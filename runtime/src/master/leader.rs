@@ -145,6 +145,9 @@ pub async fn lead(lock: &OwnedLockClient, ctx: &MasterContext, shutdown: &Cancel
             }
         }
         if let Some(end) = leader.end.take() {
+            if end == LeadEnd::Shutdown {
+                leader.flush_status().await;
+            }
             ctx.metrics.is_leader.set(0);
             tracing::info!(?end, epoch = leader.epoch, "no longer leading");
             return end;
@@ -499,30 +502,45 @@ impl<'a> Leader<'a> {
         self.publish_status(now);
     }
 
-    fn publish_status(&mut self, now: Instant) {
+    /// The record to publish now, or None when nothing changed since the last one.
+    fn status_record(&mut self) -> Option<StatusRecord> {
         let counts = self.board.counts();
         self.ctx.metrics.backlog.set(counts.backlog as i64);
         self.ctx.metrics.running.set(counts.running as i64);
-        if self.status_in_flight || now.duration_since(self.last_status_at) < STATUS_PERIOD {
-            return;
-        }
         let mut record = self.counters.clone();
         record.backlog = counts.backlog;
         record.running = counts.running;
         record.workers_busy = counts.workers_busy;
         record.updated_ms = 0;
         if self.last_published.as_ref() == Some(&record) {
-            return;
+            return None;
         }
         self.last_published = Some(record.clone());
+        record.updated_ms = records::now_ms();
+        Some(record)
+    }
+
+    fn publish_status(&mut self, now: Instant) {
+        if self.status_in_flight || now.duration_since(self.last_status_at) < STATUS_PERIOD {
+            return;
+        }
+        let Some(record) = self.status_record() else { return };
         self.last_status_at = now;
         self.status_in_flight = true;
-        record.updated_ms = records::now_ms();
         let (lock, acls) = (self.lock, self.ctx.target.acls());
         self.pending.push(Box::pin(async move {
             let result = writes::put_record(lock, acls, paths::STATUS, &records::encode(&record), None).await;
             Completion::StatusWritten { result }
         }));
+    }
+
+    /// On a clean shutdown: publish the last counters so the next leader continues from them.
+    async fn flush_status(&mut self) {
+        self.last_published = None;
+        let Some(record) = self.status_record() else { return };
+        let data = records::encode(&record);
+        let write = writes::put_record(self.lock, self.ctx.target.acls(), paths::STATUS, &data, None);
+        let _ = tokio::time::timeout(Duration::from_millis(500), write).await;
     }
 
     fn assign(&mut self) {
