@@ -70,8 +70,18 @@ pub struct TestCluster {
     pub hosts: String,
     /// This test's root, e.g. `/scenario_1_1_1-3f2a`.
     pub chroot: String,
-    dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
     counter: AtomicU32,
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if super::zk_server::keep_files() {
+            if let Some(dir) = self.dir.take() {
+                eprintln!("kept the files of test {} in {}", self.name, dir.keep().display());
+            }
+        }
+    }
 }
 
 impl TestCluster {
@@ -94,7 +104,7 @@ impl TestCluster {
         let chroot = format!("/{name}-{suffix}");
         let root = Inspector::connect(&hosts, LONG).await;
         root.put(&chroot, b"", false).await;
-        TestCluster { name: name.to_string(), hosts, chroot, dir, counter: AtomicU32::new(0) }
+        TestCluster { name: name.to_string(), hosts, chroot, dir: Some(dir), counter: AtomicU32::new(0) }
     }
 
     /// The `--zk` argument: servers plus this test's chroot.
@@ -103,11 +113,11 @@ impl TestCluster {
     }
 
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.dir.as_ref().map(|d| d.path()).expect("the test directory exists until drop")
     }
 
     pub fn file(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.dir().join(name)
     }
 
     fn unique(&self, name: &str) -> String {

@@ -5,6 +5,7 @@ use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::poll::eventually;
@@ -22,6 +23,33 @@ pub fn die_with_parent(command: &mut Command) {
             Ok(())
         });
     }
+}
+
+/// Spawns `command` from one thread that lives as long as the test binary. The parent-death
+/// signal fires when the *thread* that forked the child ends, so children forked from
+/// short-lived threads (tokio's blocking pool, a finished test) would be killed early.
+pub fn spawn_from_keeper(command: Command) -> std::io::Result<Child> {
+    type Job = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static KEEPER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let keeper = KEEPER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("child-keeper".into())
+            .spawn(move || {
+                for (mut command, reply) in rx {
+                    let _ = reply.send(command.spawn());
+                }
+                // The sender lives in a static: this loop ends only with the process.
+                loop {
+                    std::thread::park();
+                }
+            })
+            .expect("spawn the child-keeper thread");
+        Mutex::new(tx)
+    });
+    let (tx, rx) = mpsc::channel();
+    keeper.lock().unwrap_or_else(|e| e.into_inner()).send((command, tx)).expect("child-keeper thread is alive");
+    rx.recv().expect("child-keeper thread answers")
 }
 
 pub fn signal_pid(pid: u32, sig: i32) {
@@ -93,7 +121,7 @@ impl Proc {
             None => command.stdin(Stdio::null()),
         };
         die_with_parent(&mut command);
-        let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        let child = spawn_from_keeper(command).unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
         Proc { name: name.to_string(), child, status: None, stdout, stderr, listen, killed_at_ns: None }
     }
 

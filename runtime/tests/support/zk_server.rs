@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::process::{die_with_parent, signal_pid};
+use super::process::{die_with_parent, signal_pid, spawn_from_keeper};
 
 const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
 const SLF4J_BINDING: &str = "/usr/share/java/slf4j-simple.jar";
@@ -89,7 +89,7 @@ impl ZkNode {
             .stdout(log.try_clone().expect("duplicate the log handle"))
             .stderr(log);
         die_with_parent(&mut command);
-        let child = command.spawn().unwrap_or_else(|e| {
+        let child = spawn_from_keeper(command).unwrap_or_else(|e| {
             panic!("cannot start java for ZooKeeper ({e}): install a JRE with `apt-get install -y default-jre-headless`")
         });
         *slot = Some(child);
@@ -194,8 +194,8 @@ impl ZkCluster {
             fs::create_dir_all(&data_dir).expect("create a data dir");
             let mut cfg = format!(
                 "tickTime={TICK_MS}\n\
-                 initLimit=10\n\
-                 syncLimit=5\n\
+                 initLimit=20\n\
+                 syncLimit=10\n\
                  dataDir={}\n\
                  clientPort={client_port}\n\
                  clientPortAddress=127.0.0.1\n\
@@ -308,7 +308,18 @@ impl Drop for ZkCluster {
             eprintln!("{}", self.log_tails(30));
         }
         self.stop_all();
+        if keep_files() {
+            if let Some(dir) = self._tempdir.take() {
+                eprintln!("kept ZooKeeper files in {}", dir.keep().display());
+            }
+        }
     }
+}
+
+/// `TASKCLUSTER_TEST_KEEP=1` keeps every test's files (process output, server logs, journal)
+/// for diagnosis instead of deleting them.
+pub fn keep_files() -> bool {
+    std::env::var_os("TASKCLUSTER_TEST_KEEP").is_some_and(|v| v == "1")
 }
 
 static SHARED: OnceLock<ZkCluster> = OnceLock::new();
@@ -321,28 +332,10 @@ extern "C" fn stop_shared_at_exit() {
 }
 
 /// One standalone server shared by all tests of a test binary; each test works in its own
-/// chroot. It is started from a thread that lives as long as the process, because the
-/// parent-death signal fires when the spawning thread ends, and stopped at exit.
+/// chroot. It is stopped when the test binary exits.
 pub fn shared_standalone() -> &'static ZkCluster {
     SHARED.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("zk-shared-owner".into())
-            .spawn(move || {
-                let cluster = std::panic::catch_unwind(ZkCluster::standalone);
-                let failed = cluster.is_err();
-                let _ = tx.send(cluster);
-                if !failed {
-                    loop {
-                        std::thread::park();
-                    }
-                }
-            })
-            .expect("spawn the thread that owns the shared ZooKeeper");
-        let cluster = match rx.recv().expect("shared ZooKeeper start-up") {
-            Ok(cluster) => cluster,
-            Err(panic) => std::panic::resume_unwind(panic),
-        };
+        let cluster = ZkCluster::standalone();
         // SAFETY: registering a plain extern "C" function without arguments.
         unsafe {
             libc::atexit(stop_shared_at_exit);
