@@ -3,11 +3,13 @@
 //!
 //! Each child carries the hash of what was applied. A child is rewritten when the desired
 //! hash differs, when someone else changed its spec (its generation moved past the one our
-//! last write produced), when it is missing, or at the periodic resync.
+//! last write produced), when it is missing, or at the periodic resync; not when only the
+//! watch cache has yet to catch up with our own last write.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::NamespaceResourceScope;
@@ -40,11 +42,25 @@ pub enum Applied {
     Updated,
 }
 
-/// Generations our own writes produced, per child: a larger one in the cache means another
-/// writer changed the spec and we must put ours back.
+/// How long the watch caches may lag behind our own writes. Within it, a child we just
+/// wrote with the same content is not written again even if the cache still shows the old
+/// version (or nothing, right after creation).
+const CACHE_LAG: Duration = Duration::from_secs(30);
+
+/// Our last write of one child.
+#[derive(Clone, Debug)]
+struct Written {
+    hash: String,
+    /// The generation it produced: a larger one in the cache means another writer changed
+    /// the spec, and ours must be put back.
+    generation: Option<i64>,
+    at: Instant,
+}
+
+/// What the operator last wrote, per child.
 #[derive(Default)]
 pub struct Ledger {
-    generations: Mutex<HashMap<String, i64>>,
+    written: Mutex<HashMap<String, Written>>,
 }
 
 impl Ledger {
@@ -52,21 +68,21 @@ impl Ledger {
         format!("{}/{namespace}/{name}", K::kind(&()))
     }
 
-    fn get(&self, key: &str) -> Option<i64> {
-        self.generations.lock().ok()?.get(key).copied()
+    fn get(&self, key: &str) -> Option<Written> {
+        self.written.lock().ok()?.get(key).cloned()
     }
 
-    pub(crate) fn record(&self, key: String, generation: Option<i64>) {
-        if let (Ok(mut generations), Some(generation)) = (self.generations.lock(), generation) {
-            generations.insert(key, generation);
+    pub(crate) fn record(&self, key: String, hash: String, generation: Option<i64>) {
+        if let Ok(mut written) = self.written.lock() {
+            written.insert(key, Written { hash, generation, at: Instant::now() });
         }
     }
 
     /// Forgets every child of a namespace/name prefix (the TaskCluster is gone).
     pub fn forget_instance(&self, namespace: &str, prefix: &str) {
-        if let Ok(mut generations) = self.generations.lock() {
+        if let Ok(mut written) = self.written.lock() {
             let needle = format!("/{namespace}/{prefix}-");
-            generations.retain(|key, _| !key.contains(&needle));
+            written.retain(|key, _| !key.contains(&needle));
         }
     }
 }
@@ -102,27 +118,43 @@ impl Applier<'_> {
         let kind = K::kind(&()).to_string();
         let name = desired.name_any();
         let namespace = desired.namespace().unwrap_or_default();
-        let hash = annotate(&mut desired)
-            .map_err(|source| ApplyError::Serialize { kind: kind.clone(), name: name.clone(), source })?;
+        let hash = annotate(&mut desired).map_err(|source| ApplyError::Serialize {
+            kind: kind.clone(),
+            name: name.clone(),
+            source,
+        })?;
 
         let key = Ledger::key::<K>(&namespace, &name);
         let current = store.get(&ObjectRef::new(&name).within(&namespace));
-        if let Some(current) = &current {
-            let same_hash = current.annotations().get(APPLIED_HASH) == Some(&hash);
-            let changed_by_others = match (self.ledger.get(&key), current.meta().generation) {
-                (Some(ours), Some(seen)) => seen > ours,
-                _ => false,
-            };
-            if same_hash && !changed_by_others && !self.force {
-                return Ok(Applied::Unchanged);
+        let last = self.ledger.get(&key);
+        if !self.force {
+            if let Some(last) = last.as_ref().filter(|l| l.hash == hash && l.at.elapsed() < CACHE_LAG) {
+                let seen = current.as_ref().and_then(|c| c.meta().generation);
+                let overwritten = matches!((seen, last.generation), (Some(seen), Some(ours)) if seen > ours);
+                if !overwritten {
+                    return Ok(Applied::Unchanged);
+                }
+            }
+            if let Some(current) = &current {
+                let same_hash = current.annotations().get(APPLIED_HASH) == Some(&hash);
+                let overwritten = match (last.and_then(|l| l.generation), current.meta().generation) {
+                    (Some(ours), Some(seen)) => seen > ours,
+                    _ => false,
+                };
+                if same_hash && !overwritten {
+                    return Ok(Applied::Unchanged);
+                }
             }
         }
         let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        let written = api.patch(&name, &params, &Patch::Apply(&desired)).await.map_err(|source| {
-            ApplyError::Apply { kind: kind.clone(), namespace: namespace.clone(), name: name.clone(), source }
+        let written = api.patch(&name, &params, &Patch::Apply(&desired)).await.map_err(|source| ApplyError::Apply {
+            kind: kind.clone(),
+            namespace: namespace.clone(),
+            name: name.clone(),
+            source,
         })?;
-        self.ledger.record(key, written.meta().generation);
+        self.ledger.record(key, hash, written.meta().generation);
         Ok(if current.is_some() { Applied::Updated } else { Applied::Created })
     }
 }

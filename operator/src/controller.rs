@@ -164,7 +164,8 @@ impl Context {
     }
 
     async fn publish(&self, reference: &ObjectReference, type_: EventType, reason: &str, note: String) {
-        let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+        let event =
+            Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
         if let Err(err) = self.recorder.publish(&event, reference).await {
             warn!(reason, error = %err, "cannot publish event");
         } else {
@@ -203,7 +204,8 @@ async fn reject_invalid(invalid: &InvalidObject, ctx: &Context) -> Action {
         resource_version: meta.resource_version.clone(),
         ..Default::default()
     };
-    let note = format!("the spec cannot be read: {}; fix it with kubectl edit, or delete and re-apply it", invalid.error);
+    let note =
+        format!("the spec cannot be read: {}; fix it with kubectl edit, or delete and re-apply it", invalid.error);
     ctx.publish(&reference, EventType::Warning, "InvalidSpec", note).await;
     Action::await_change()
 }
@@ -251,10 +253,10 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
             }
             ctx.remember_credentials(&uid);
         }
-        let previous_workers = cached(&ctx.stores.deployments, &namespace, &names.workers)
-            .and_then(|d| d.spec.as_ref()?.replicas);
-        let previous_masters = cached(&ctx.stores.deployments, &namespace, &names.masters)
-            .and_then(|d| d.spec.as_ref()?.replicas);
+        let previous_workers =
+            cached(&ctx.stores.deployments, &namespace, &names.workers).and_then(|d| d.spec.as_ref()?.replicas);
+        let previous_masters =
+            cached(&ctx.stores.deployments, &namespace, &names.masters).and_then(|d| d.spec.as_ref()?.replicas);
         let applier = Applier { client: &ctx.client, ledger: &ctx.ledger, force: ctx.resync_due(&key) };
         let s = &ctx.stores;
         let results = [
@@ -281,10 +283,9 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
             info!("{note}");
             ctx.publish(&reference, EventType::Normal, "Created", note).await;
         }
-        for (role, before, after) in [
-            ("workers", previous_workers, valid.spec.workers),
-            ("masters", previous_masters, valid.spec.masters),
-        ] {
+        for (role, before, after) in
+            [("workers", previous_workers, valid.spec.workers), ("masters", previous_masters, valid.spec.masters)]
+        {
             if let Some(before) = before.filter(|b| *b != after) {
                 let note = format!("scaled {role} from {before} to {after}");
                 info!("{note}");
@@ -302,7 +303,10 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
         match ctx.zookeeper.read(&key, &connect).await {
             Ok(cluster) => ZkReading::Read(cluster),
             Err(err) => {
-                ctx.metrics.zookeeper_failures.get_or_create(&crate::metrics::ReasonLabel { reason: err.reason().into() }).inc();
+                ctx.metrics
+                    .zookeeper_failures
+                    .get_or_create(&crate::metrics::ReasonLabel { reason: err.reason().into() })
+                    .inc();
                 debug!(error = %err, "cannot read the cluster status from ZooKeeper");
                 ZkReading::Failed(err)
             },
@@ -413,7 +417,8 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, zook
     let (disruption_budgets, disruption_budgets_stream) = child_stream::<PodDisruptionBudget>(&client);
     let (network_policies, network_policies_stream) = child_stream::<NetworkPolicy>(&client);
     let (deployments, deployments_stream) = child_stream::<Deployment>(&client);
-    let stores = ChildStores { services, config_maps, stateful_sets, disruption_budgets, network_policies, deployments };
+    let stores =
+        ChildStores { services, config_maps, stateful_sets, disruption_budgets, network_policies, deployments };
     let ctx = Arc::new(Context::new(client.clone(), metrics, settings, zookeeper, stores));
     let clusters = Api::<DeserializeGuard<TaskCluster>>::all(client);
     Controller::new(clusters, watcher::Config::default().any_semantic())

@@ -144,7 +144,11 @@ pub struct TaskSettings {
 
 impl Default for TaskSettings {
     fn default() -> Self {
-        Self { max_attempts: default_max_attempts(), timeout: default_task_timeout(), backlog_cap: default_backlog_cap() }
+        Self {
+            max_attempts: default_max_attempts(),
+            timeout: default_task_timeout(),
+            backlog_cap: default_backlog_cap(),
+        }
     }
 }
 

@@ -22,7 +22,9 @@ pub struct Health {
 async fn metrics(State(health): State<Health>) -> impl IntoResponse {
     match health.metrics.render() {
         Ok(body) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body),
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], "cannot encode metrics".into()),
+        Err(_) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], "cannot encode metrics".into())
+        },
     }
 }
 

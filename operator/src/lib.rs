@@ -1,18 +1,18 @@
 //! The TaskCluster operator: reconciles a ZooKeeper ensemble and the master/worker
 //! Deployments of each `TaskCluster`, and reports leader and backlog in its status.
 
-pub mod crd;
 pub mod build;
+pub mod crd;
 pub mod duration;
 pub mod validate;
 
-#[cfg(test)]
-pub mod fixtures;
 pub mod apply;
 pub mod controller;
-pub mod metrics;
-pub mod status;
-pub mod zk;
+#[cfg(test)]
+pub mod fixtures;
 pub mod http;
+pub mod metrics;
 #[cfg(test)]
 mod mock;
+pub mod status;
+pub mod zk;

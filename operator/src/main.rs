@@ -45,11 +45,11 @@ async fn check_crd(client: &Client) -> Result<(), String> {
     let api: Api<TaskCluster> = Api::all(client.clone());
     match api.list_metadata(&ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Err(
-            "the TaskCluster CRD (taskclusters.taskcluster.dev) is not installed; install it with \
+        Err(kube::Error::Api(status)) if status.code == 404 => {
+            Err("the TaskCluster CRD (taskclusters.taskcluster.dev) is not installed; install it with \
              `kubectl apply -f crds/taskcluster.yaml` or the Helm chart, then restart the operator"
-                .into(),
-        ),
+                .into())
+        },
         Err(kube::Error::Api(status)) if status.code == 403 => Err(format!(
             "the operator may not list TaskClusters ({}); check its ClusterRole and ClusterRoleBinding",
             status.message

@@ -50,10 +50,9 @@ impl StatusSource for FakeZk {
         Box::pin(async move {
             match reply {
                 FakeReply::Status(status) => Ok(status),
-                FakeReply::Unreachable => Err(ZkStatusError::Timeout {
-                    connect: connect.to_string(),
-                    timeout: Duration::from_millis(1500),
-                }),
+                FakeReply::Unreachable => {
+                    Err(ZkStatusError::Timeout { connect: connect.to_string(), timeout: Duration::from_millis(1500) })
+                },
             }
         })
     }
@@ -180,7 +179,7 @@ enum Reply {
     NotFound,
     Json(Value),
     /// `tc` carrying the status from the request body, as a status patch answers.
-    StatusOf(TaskCluster),
+    StatusOf(Box<TaskCluster>),
 }
 
 struct ApiServer(Handle);
@@ -189,7 +188,8 @@ impl ApiServer {
     /// Waits for the next request, checks method and path, answers, returns the body.
     async fn expect(&mut self, method: Method, path: &str, reply: Reply) -> Value {
         let next = tokio::time::timeout(Duration::from_secs(5), self.0.next_request()).await;
-        let (request, send) = next.unwrap_or_else(|_| panic!("no request came; expected {method} {path}")).expect("client alive");
+        let (request, send) =
+            next.unwrap_or_else(|_| panic!("no request came; expected {method} {path}")).expect("client alive");
         let uri = request.uri().to_string();
         assert_eq!((request.method(), uri.split('?').next().unwrap()), (&method, path), "unexpected request {uri}");
         let bytes = request.into_body().collect_bytes().await.unwrap();
@@ -207,7 +207,8 @@ impl ApiServer {
                 json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
             ),
         };
-        let response = Response::builder().status(status).body(Body::from(serde_json::to_vec(&response).unwrap())).unwrap();
+        let response =
+            Response::builder().status(status).body(Body::from(serde_json::to_vec(&response).unwrap())).unwrap();
         send.send_response(response);
         body
     }
@@ -277,10 +278,14 @@ async fn a_new_cluster_gets_credentials_then_every_child_then_status() {
     }
     let event = s.expect(Method::POST, EVENTS, Reply::Echo).await;
     assert_eq!(event["reason"], "Created");
-    let status = s.expect(Method::PATCH, STATUS, Reply::StatusOf(fixtures::example())).await;
+    let status = s.expect(Method::PATCH, STATUS, Reply::StatusOf(Box::new(fixtures::example()))).await;
     assert_eq!(status["status"]["observedGeneration"], 1);
-    assert_eq!(status["status"]["selector"], "app.kubernetes.io/component=worker,app.kubernetes.io/instance=demo,app.kubernetes.io/name=taskcluster");
-    let ready = status["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
+    assert_eq!(
+        status["status"]["selector"],
+        "app.kubernetes.io/component=worker,app.kubernetes.io/instance=demo,app.kubernetes.io/name=taskcluster"
+    );
+    let ready =
+        status["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
     assert_eq!(ready["status"], "False");
     assert_eq!(ready["reason"], "Creating");
     s.expect_nothing_more().await;
@@ -288,6 +293,15 @@ async fn a_new_cluster_gets_credentials_then_every_child_then_status() {
     let action = reconciling.await.unwrap().unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(10)), "no quorum yet: no fast polling");
     assert!(h.zk.reads.lock().unwrap().is_empty(), "ZooKeeper is not asked before it has a quorum");
+
+    // The status write triggers the next reconcile before the watches have delivered the
+    // new children: it must not write them again.
+    let mut again = fixtures::example();
+    again.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
+    let ctx = h.ctx.clone();
+    let second = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(again))), ctx).await });
+    h.server.expect_nothing_more().await;
+    second.await.unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -315,7 +329,7 @@ async fn a_new_leader_is_written_to_status_and_announced() {
     let ctx = h.ctx.clone();
     let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
     h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
-    let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(fixtures::example())).await;
+    let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(Box::new(fixtures::example()))).await;
     assert_eq!(status["status"]["leader"], "demo-master-def");
     assert_eq!(status["status"]["epoch"], 4);
     let event = h.server.expect(Method::POST, EVENTS, Reply::Echo).await;
@@ -341,7 +355,7 @@ async fn scaling_workers_rewrites_only_their_deployment() {
     let event = h.server.expect(Method::POST, EVENTS, Reply::Echo).await;
     assert_eq!(event["reason"], "Scaled");
     assert_eq!(event["note"], "scaled workers from 3 to 50");
-    let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(fixtures::example())).await;
+    let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(Box::new(fixtures::example()))).await;
     assert_eq!(status["status"]["workers"]["desired"], 50);
     assert_eq!(status["status"]["observedGeneration"], 2);
     h.server.expect_nothing_more().await;
@@ -359,7 +373,7 @@ async fn a_spec_that_cannot_be_honoured_becomes_a_condition_not_a_crash_loop() {
     let ctx = h.ctx.clone();
     let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
     // No child is touched: the running cluster keeps its last valid spec.
-    let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(fixtures::example())).await;
+    let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(Box::new(fixtures::example()))).await;
     let conditions = status["status"]["conditions"].as_array().unwrap();
     let ready = conditions.iter().find(|c| c["type"] == "Ready").unwrap();
     assert_eq!(ready["status"], "False");
@@ -380,7 +394,7 @@ async fn an_unreachable_zookeeper_is_a_condition_and_keeps_the_last_counters() {
     let ctx = h.ctx.clone();
     let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
     h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
-    let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(fixtures::example())).await;
+    let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(Box::new(fixtures::example()))).await;
     let conditions = status["status"]["conditions"].as_array().unwrap();
     let elected = conditions.iter().find(|c| c["type"] == "LeaderElected").unwrap();
     assert_eq!((elected["status"].as_str(), elected["reason"].as_str()), (Some("False"), Some("ZooKeeperUnreachable")));
@@ -401,7 +415,8 @@ async fn a_hand_edited_deployment_is_put_back() {
     let cluster = leader("demo-master-abc", 3);
     let tc = settled(base, &world, &cluster);
     let mut h = harness(&world, FakeReply::Status(cluster));
-    h.ctx.ledger.record(crate::apply::Ledger::key::<Deployment>("default", "demo-worker"), Some(2));
+    let key = crate::apply::Ledger::key::<Deployment>("default", "demo-worker");
+    h.ctx.ledger.record(key, "hash of an older spec".into(), Some(2));
     let ctx = h.ctx.clone();
     let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
     h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;

@@ -66,7 +66,12 @@ fn verdict(type_: &'static str, status: bool, reason: impl Into<String>, message
 /// Folds an observation into a new status. `previous` keeps transition times of conditions
 /// that did not change, and the last known counters while ZooKeeper cannot be read, so an
 /// unchanged cluster yields an identical status (and no write).
-pub fn compute(tc: &TaskCluster, previous: Option<&TaskClusterStatus>, obs: &Observation, now: Timestamp) -> TaskClusterStatus {
+pub fn compute(
+    tc: &TaskCluster,
+    previous: Option<&TaskClusterStatus>,
+    obs: &Observation,
+    now: Timestamp,
+) -> TaskClusterStatus {
     let generation = tc.metadata.generation;
     let instance = tc.metadata.name.clone().unwrap_or_default();
     let prev = previous.cloned().unwrap_or_default();
@@ -122,7 +127,10 @@ pub fn compute(tc: &TaskCluster, previous: Option<&TaskClusterStatus>, obs: &Obs
             ZOOKEEPER_READY,
             false,
             "NoQuorum",
-            format!("{zk_ready} of {zk_replicas} ZooKeeper servers ready; {} needed for a majority", quorum(zk_replicas)),
+            format!(
+                "{zk_ready} of {zk_replicas} ZooKeeper servers ready; {} needed for a majority",
+                quorum(zk_replicas)
+            ),
         )
     };
     let leader_elected = match obs.reading {
@@ -207,7 +215,11 @@ mod tests {
 
     fn deployment(replicas: i32, ready: i32) -> Deployment {
         Deployment {
-            status: Some(DeploymentStatus { replicas: Some(replicas), ready_replicas: Some(ready), ..Default::default() }),
+            status: Some(DeploymentStatus {
+                replicas: Some(replicas),
+                ready_replicas: Some(ready),
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
@@ -234,14 +246,22 @@ mod tests {
     fn a_healthy_cluster_is_ready_with_its_leader_and_backlog() {
         let tc = fixtures::example();
         let (m, w, z, reading) = (deployment(2, 2), deployment(3, 3), sts(3), led_by("demo-master-x"));
-        let obs = Observation { spec_error: None, masters: Some(&m), workers: Some(&w), zookeeper: Some(&z), reading: &reading };
+        let obs = Observation {
+            spec_error: None,
+            masters: Some(&m),
+            workers: Some(&w),
+            zookeeper: Some(&z),
+            reading: &reading,
+        };
         let s = compute(&tc, None, &obs, at(100));
         assert_eq!(s.leader.as_deref(), Some("demo-master-x"));
         assert_eq!(s.leader_since, Some(Time(at(1_700_000_000))), "whole seconds, as the API server stores them");
         assert_eq!((s.backlog, s.epoch, s.replicas), (7, 2, 3));
         assert_eq!(s.workers, WorkersStatus { desired: 3, ready: 3, registered: 3, busy: 0 });
         assert_eq!(s.zookeeper, ZooKeeperStatus { replicas: 3, ready_replicas: 3, quorum: true });
-        for (type_, expected) in [(READY, "True"), (ZOOKEEPER_READY, "True"), (LEADER_ELECTED, "True"), (DEGRADED, "False")] {
+        for (type_, expected) in
+            [(READY, "True"), (ZOOKEEPER_READY, "True"), (LEADER_ELECTED, "True"), (DEGRADED, "False")]
+        {
             assert_eq!(cond(&s, type_).status, expected, "{type_}");
             assert_eq!(cond(&s, type_).observed_generation, Some(1));
         }
@@ -251,7 +271,13 @@ mod tests {
     fn the_same_observation_gives_the_same_status() {
         let tc = fixtures::example();
         let (m, w, z, reading) = (deployment(2, 2), deployment(3, 3), sts(3), led_by("demo-master-x"));
-        let obs = Observation { spec_error: None, masters: Some(&m), workers: Some(&w), zookeeper: Some(&z), reading: &reading };
+        let obs = Observation {
+            spec_error: None,
+            masters: Some(&m),
+            workers: Some(&w),
+            zookeeper: Some(&z),
+            reading: &reading,
+        };
         let first = compute(&tc, None, &obs, at(100));
         let again = compute(&tc, Some(&first), &obs, at(200));
         assert_eq!(first, again, "nothing changed, so nothing is written");
@@ -261,7 +287,13 @@ mod tests {
     fn a_minority_lost_is_degraded_but_ready() {
         let tc = fixtures::example();
         let (m, w, z, reading) = (deployment(2, 1), deployment(3, 3), sts(2), led_by("demo-master-x"));
-        let obs = Observation { spec_error: None, masters: Some(&m), workers: Some(&w), zookeeper: Some(&z), reading: &reading };
+        let obs = Observation {
+            spec_error: None,
+            masters: Some(&m),
+            workers: Some(&w),
+            zookeeper: Some(&z),
+            reading: &reading,
+        };
         let s = compute(&tc, None, &obs, at(100));
         assert_eq!(cond(&s, READY).status, "True");
         assert_eq!(cond(&s, ZOOKEEPER_READY).status, "True");
@@ -274,7 +306,8 @@ mod tests {
     fn without_quorum_zookeeper_is_not_asked_and_the_cluster_is_not_ready() {
         let tc = fixtures::example();
         let (z, reading) = (sts(1), ZkReading::Skipped);
-        let obs = Observation { spec_error: None, masters: None, workers: None, zookeeper: Some(&z), reading: &reading };
+        let obs =
+            Observation { spec_error: None, masters: None, workers: None, zookeeper: Some(&z), reading: &reading };
         let s = compute(&tc, None, &obs, at(100));
         let ready = cond(&s, READY);
         assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "NoQuorum"));
@@ -287,7 +320,13 @@ mod tests {
         let tc = fixtures::example();
         let (m, w, z) = (deployment(2, 2), deployment(3, 3), sts(3));
         let elected = led_by("demo-master-x");
-        let obs = Observation { spec_error: None, masters: Some(&m), workers: Some(&w), zookeeper: Some(&z), reading: &elected };
+        let obs = Observation {
+            spec_error: None,
+            masters: Some(&m),
+            workers: Some(&w),
+            zookeeper: Some(&z),
+            reading: &elected,
+        };
         let first = compute(&tc, None, &obs, at(100));
         let none = ZkReading::Read(ClusterStatus::default());
         let obs = Observation { reading: &none, ..obs };
@@ -306,7 +345,13 @@ mod tests {
             leader: Some(LeaderInfo { id: "demo-master-y".into(), since_ms: 0 }),
             ..ClusterStatus::default()
         });
-        let obs = Observation { spec_error: None, masters: Some(&m), workers: Some(&w), zookeeper: Some(&z), reading: &reading };
+        let obs = Observation {
+            spec_error: None,
+            masters: Some(&m),
+            workers: Some(&w),
+            zookeeper: Some(&z),
+            reading: &reading,
+        };
         let s = compute(&tc, None, &obs, at(100));
         assert_eq!(s.leader.as_deref(), Some("demo-master-y"));
         assert_eq!(s.leader_since, None);
@@ -317,7 +362,8 @@ mod tests {
         let tc = fixtures::example();
         let err = SpecError::EnsembleResize { running: 3, requested: 5 };
         let reading = ZkReading::Skipped;
-        let obs = Observation { spec_error: Some(&err), masters: None, workers: None, zookeeper: None, reading: &reading };
+        let obs =
+            Observation { spec_error: Some(&err), masters: None, workers: None, zookeeper: None, reading: &reading };
         let s = compute(&tc, None, &obs, at(100));
         let ready = cond(&s, READY);
         assert_eq!(ready.reason, "EnsembleResizeUnsupported");

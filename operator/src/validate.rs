@@ -145,7 +145,8 @@ mod tests {
 
     #[test]
     fn each_bad_field_has_its_reason() {
-        let cases: Vec<(fn(&mut TaskCluster), &str)> = vec![
+        type Mutation = fn(&mut TaskCluster);
+        let cases: Vec<(Mutation, &str)> = vec![
             (|tc| tc.spec.masters = 0, "OutOfRange"),
             (|tc| tc.spec.workers = -1, "OutOfRange"),
             (|tc| tc.spec.session_timeout = "10".into(), "InvalidDuration"),

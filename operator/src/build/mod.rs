@@ -268,7 +268,7 @@ mod tests {
         let cfg = &c.config_map.data.as_ref().unwrap()["zoo.cfg"];
         for (id, ordinal) in [(1, 0), (2, 1), (3, 2)] {
             let line = format!(
-                "server.{id}=demo-zookeeper-{ordinal}.demo-zookeeper-headless.default.svc.cluster.local:2888:3888;2181\n"
+                "server.{id}=demo-zookeeper-{ordinal}.demo-zookeeper-headless.default.svc.cluster.local:2888:3888\n"
             );
             assert!(cfg.contains(&line), "{line} missing from\n{cfg}");
         }

@@ -60,10 +60,7 @@ pub fn network_policy(owner: &Owner, names: &Names, settings: &Settings) -> Netw
     if let Some(namespace) = &settings.operator_namespace {
         clients.push(NetworkPolicyPeer {
             namespace_selector: Some(LabelSelector {
-                match_labels: Some(BTreeMap::from([(
-                    "kubernetes.io/metadata.name".to_string(),
-                    namespace.clone(),
-                )])),
+                match_labels: Some(BTreeMap::from([("kubernetes.io/metadata.name".to_string(), namespace.clone())])),
                 ..Default::default()
             }),
             pod_selector: Some(LabelSelector {
@@ -93,6 +90,5 @@ pub fn network_policy(owner: &Owner, names: &Names, settings: &Settings) -> Netw
             ]),
             ..Default::default()
         }),
-        ..Default::default()
     }
 }

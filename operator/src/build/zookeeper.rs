@@ -4,10 +4,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, ExecAction,
+    Affinity, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, ExecAction,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec,
     Probe, Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
-    Affinity,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -26,7 +25,12 @@ const TICK_MS: u32 = 2000;
 const ZOOKEEPER_UID: i64 = 1000;
 
 fn port(name: &str, number: i32) -> ServicePort {
-    ServicePort { name: Some(name.into()), port: number, target_port: Some(IntOrString::Int(number)), ..Default::default() }
+    ServicePort {
+        name: Some(name.into()),
+        port: number,
+        target_port: Some(IntOrString::Int(number)),
+        ..Default::default()
+    }
 }
 
 /// Stable network identities for the peers; published before readiness so an ensemble
@@ -38,11 +42,7 @@ pub fn headless_service(owner: &Owner, names: &Names) -> Service {
             cluster_ip: Some("None".into()),
             publish_not_ready_addresses: Some(true),
             selector: Some(labels::selector(&names.instance, Component::ZooKeeper)),
-            ports: Some(vec![
-                port("client", CLIENT_PORT),
-                port("peer", PEER_PORT),
-                port("election", ELECTION_PORT),
-            ]),
+            ports: Some(vec![port("client", CLIENT_PORT), port("peer", PEER_PORT), port("election", ELECTION_PORT)]),
             ..Default::default()
         }),
         ..Default::default()
@@ -85,7 +85,7 @@ pub fn zoo_cfg(names: &Names, namespace: &str, replicas: i32, cluster_domain: &s
     );
     for ordinal in 0..replicas {
         cfg.push_str(&format!(
-            "server.{id}={sts}-{ordinal}.{headless}.{namespace}.svc.{cluster_domain}:{PEER_PORT}:{ELECTION_PORT};{CLIENT_PORT}\n",
+            "server.{id}={sts}-{ordinal}.{headless}.{namespace}.svc.{cluster_domain}:{PEER_PORT}:{ELECTION_PORT}\n",
             id = ordinal + 1,
             sts = names.zookeeper,
             headless = names.zookeeper_headless,
@@ -125,7 +125,11 @@ pub fn stateful_set(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &
         Volume { name: "tmp".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
     ];
     let claims = if zk.storage.ephemeral {
-        volumes.push(Volume { name: "data".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() });
+        volumes.push(Volume {
+            name: "data".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        });
         None
     } else {
         Some(vec![PersistentVolumeClaim {
@@ -162,7 +166,12 @@ pub fn stateful_set(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &
         resources: zk.resources.clone(),
         security_context: Some(container_security()),
         volume_mounts: Some(vec![
-            VolumeMount { name: "conf".into(), mount_path: "/conf".into(), read_only: Some(true), ..Default::default() },
+            VolumeMount {
+                name: "conf".into(),
+                mount_path: "/conf".into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
             VolumeMount { name: "data".into(), mount_path: "/data".into(), ..Default::default() },
             VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() },
         ]),
