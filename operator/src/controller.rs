@@ -70,20 +70,49 @@ pub struct ChildStores {
     pub disruption_budgets: Store<PodDisruptionBudget>,
     pub network_policies: Store<NetworkPolicy>,
     pub deployments: Store<Deployment>,
+    /// Set once all caches have been filled. `Store::wait_until_ready` wakes only one of
+    /// several concurrent waiters, so reconciles wait here instead, where one waits for the
+    /// stores and the others for it.
+    filled: Arc<tokio::sync::OnceCell<()>>,
 }
 
 impl ChildStores {
+    pub fn new(
+        services: Store<Service>,
+        config_maps: Store<ConfigMap>,
+        stateful_sets: Store<StatefulSet>,
+        disruption_budgets: Store<PodDisruptionBudget>,
+        network_policies: Store<NetworkPolicy>,
+        deployments: Store<Deployment>,
+    ) -> Self {
+        Self {
+            services,
+            config_maps,
+            stateful_sets,
+            disruption_budgets,
+            network_policies,
+            deployments,
+            filled: Arc::new(tokio::sync::OnceCell::new()),
+        }
+    }
+
     async fn wait_until_ready(&self) {
         // Without this, the first reconciles after a start would rewrite every child.
-        let all = async {
-            let _ = self.services.wait_until_ready().await;
-            let _ = self.config_maps.wait_until_ready().await;
-            let _ = self.stateful_sets.wait_until_ready().await;
-            let _ = self.disruption_budgets.wait_until_ready().await;
-            let _ = self.network_policies.wait_until_ready().await;
-            let _ = self.deployments.wait_until_ready().await;
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(30), all).await;
+        self.filled
+            .get_or_init(|| async {
+                let all = async {
+                    let _ = self.services.wait_until_ready().await;
+                    let _ = self.config_maps.wait_until_ready().await;
+                    let _ = self.stateful_sets.wait_until_ready().await;
+                    let _ = self.disruption_budgets.wait_until_ready().await;
+                    let _ = self.network_policies.wait_until_ready().await;
+                    let _ = self.deployments.wait_until_ready().await;
+                };
+                if tokio::time::timeout(Duration::from_secs(30), all).await.is_err() {
+                    warn!("the caches of child objects are not filled after 30 s; check the operator's RBAC");
+                }
+            })
+            .await;
     }
 }
 
@@ -418,7 +447,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, zook
     let (network_policies, network_policies_stream) = child_stream::<NetworkPolicy>(&client);
     let (deployments, deployments_stream) = child_stream::<Deployment>(&client);
     let stores =
-        ChildStores { services, config_maps, stateful_sets, disruption_budgets, network_policies, deployments };
+        ChildStores::new(services, config_maps, stateful_sets, disruption_budgets, network_policies, deployments);
     let ctx = Arc::new(Context::new(client.clone(), metrics, settings, zookeeper, stores));
     let clusters = Api::<DeserializeGuard<TaskCluster>>::all(client);
     Controller::new(clusters, watcher::Config::default().any_semantic())

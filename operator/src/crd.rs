@@ -91,7 +91,7 @@ pub struct TaskClusterSpec {
     /// ensemble grants).
     #[serde(default = "default_session_timeout")]
     #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('4s') && duration(self) <= duration('40s')")
+    #[x_kube(validation = Rule::new("!self.matches('^([0-9]+(ms|s|m|h))+$') || (duration(self) >= duration('4s') && duration(self) <= duration('40s'))")
         .message("sessionTimeout must be between 4s and 40s"))]
     pub session_timeout: String,
 
@@ -132,7 +132,7 @@ pub struct TaskSettings {
     /// or `5m`; between 1s and 24h.
     #[serde(default = "default_task_timeout")]
     #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('24h')")
+    #[x_kube(validation = Rule::new("!self.matches('^([0-9]+(ms|s|m|h))+$') || (duration(self) >= duration('1s') && duration(self) <= duration('24h'))")
         .message("tasks.timeout must be between 1s and 24h"))]
     pub timeout: String,
 

@@ -134,14 +134,14 @@ impl World {
     }
 
     fn stores(&self) -> ChildStores {
-        ChildStores {
-            services: filled(&self.services),
-            config_maps: filled(&self.config_maps),
-            stateful_sets: filled(&self.stateful_sets),
-            disruption_budgets: filled(&self.pdbs),
-            network_policies: filled(&self.policies),
-            deployments: filled(&self.deployments),
-        }
+        ChildStores::new(
+            filled(&self.services),
+            filled(&self.config_maps),
+            filled(&self.stateful_sets),
+            filled(&self.pdbs),
+            filled(&self.policies),
+            filled(&self.deployments),
+        )
     }
 }
 
