@@ -1,14 +1,19 @@
 //! The client side of the protocol: submit a task, wait for its result, collect it.
+//!
+//! Tasks are persistent znodes, so a client outlives its ZooKeeper sessions: requests that
+//! fail with connection loss are retried, and an expired session is replaced by a new one.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use zookeeper_client::{Client, CreateMode, Error as ZkError, EventType, MultiWriteError};
+use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError, EventType};
 
 use crate::connect::{ConnectError, ZkTarget};
 use crate::paths::{self, MAX_PAYLOAD_BYTES};
 use crate::records::{self, TaskOutcome, TaskSettings};
+use crate::retry::is_transient;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
@@ -24,14 +29,9 @@ pub enum SubmitError {
     Zk { op: &'static str, source: ZkError },
 }
 
-impl SubmitError {
-    fn zk(op: &'static str) -> impl FnOnce(ZkError) -> SubmitError {
-        move |source| SubmitError::Zk { op, source }
-    }
-}
-
 /// How long a reading of `/tasks`' size stands in for the cap check.
 const CAP_READ_TTL: Duration = Duration::from_millis(100);
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// The soft backlog cap: one `exists` on `/tasks` per TTL, plus our own submissions since.
 struct CapGate {
@@ -58,11 +58,14 @@ impl CapGate {
 }
 
 pub struct Submitter {
-    client: Client,
+    target: ZkTarget,
+    client: RwLock<Client>,
+    /// Serialises session renewal so concurrent requests open one new session, not many.
+    renewal: tokio::sync::Mutex<()>,
     prefix: String,
     counter: AtomicU64,
     gate: CapGate,
-    acls: zookeeper_client::Acls<'static>,
+    acls: Acls<'static>,
 }
 
 impl Submitter {
@@ -77,27 +80,77 @@ impl Submitter {
             Err(ZkError::NoNode) => TaskSettings::default(),
             Err(source) => return Err(SubmitError::Zk { op: "read of the task settings", source }),
         };
+        // Session ids are unique among live sessions: ids stay unique across clients.
         let prefix = format!("t{:x}-", client.session_id().0 as u64);
-        let gate = CapGate { cap: settings.backlog_cap, last: Mutex::new(None) };
-        Ok(Self { client, prefix, counter: AtomicU64::new(0), gate, acls: target.acls() })
+        Ok(Self {
+            target: target.clone(),
+            client: RwLock::new(client),
+            renewal: tokio::sync::Mutex::new(()),
+            prefix,
+            counter: AtomicU64::new(0),
+            gate: CapGate { cap: settings.backlog_cap, last: Mutex::new(None) },
+            acls: target.acls(),
+        })
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// The current session.
+    pub fn client(&self) -> Client {
+        match self.client.read() {
+            Ok(client) => client.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces `expired` with a new session (unless another request already did).
+    async fn renew(&self, expired: &Client) -> Result<(), SubmitError> {
+        let _guard = self.renewal.lock().await;
+        if self.client().session_id() != expired.session_id() {
+            return Ok(());
+        }
+        tracing::warn!("ZooKeeper session ended; opening a new one");
+        let fresh = self.target.connect().await?;
+        match self.client.write() {
+            Ok(mut client) => *client = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+        Ok(())
+    }
+
+    /// Runs `request` on the current session: retried on connection loss, moved to a new
+    /// session when the current one ended. Retried writes must tolerate their own success.
+    async fn call<T, F, Fut>(&self, op: &'static str, request: F) -> Result<T, SubmitError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, ZkError>>,
+    {
+        loop {
+            let client = self.client();
+            match request(client.clone()).await {
+                Err(error) if client.state().is_terminated() || matches!(error, ZkError::SessionExpired) => {
+                    self.renew(&client).await?;
+                },
+                Err(error) if is_transient(&error) => tokio::time::sleep(RETRY_PAUSE).await,
+                Err(source) => return Err(SubmitError::Zk { op, source }),
+                Ok(value) => return Ok(value),
+            }
+        }
     }
 
     async fn check_cap(&self) -> Result<(), SubmitError> {
-        match self.gate.admit_cached() {
-            Some(true) => return Ok(()),
-            Some(false) | None => {},
+        if self.gate.admit_cached() == Some(true) {
+            return Ok(());
         }
-        let stat = self.client.check_stat(paths::TASKS).await.map_err(SubmitError::zk("size check of /tasks"))?;
+        let stat = self.call("size check of /tasks", |c| async move { c.check_stat(paths::TASKS).await }).await?;
         let tasks = stat.map_or(0, |s| s.num_children.max(0) as u64);
         self.gate.record(tasks);
         if tasks >= self.gate.cap {
             return Err(SubmitError::BacklogFull { tasks, cap: self.gate.cap });
         }
         Ok(())
+    }
+
+    fn next_id(&self) -> String {
+        format!("{}{}", self.prefix, self.counter.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Creates `/data/<id>` and `/tasks/<id>` in one multi. Returns the task id.
@@ -108,18 +161,33 @@ impl Submitter {
         self.check_cap().await?;
         let options = CreateMode::Persistent.with_acls(self.acls);
         loop {
-            let id = format!("{}{}", self.prefix, self.counter.fetch_add(1, Ordering::Relaxed));
-            let mut writer = self.client.new_multi_writer();
-            writer
-                .add_create(&paths::data(&id), payload, &options)
-                .and_then(|_| writer.add_create(&paths::task(&id), b"", &options))
-                .map_err(SubmitError::zk("submission"))?;
-            match writer.commit().await {
-                Ok(_) => return Ok(id),
-                // A leftover of an earlier session with the same id: take the next one.
-                Err(MultiWriteError::OperationFailed { source: ZkError::NodeExists, .. }) => continue,
-                Err(error) => return Err(SubmitError::Zk { op: "submission", source: error.into() }),
+            let id = self.next_id();
+            let (data_path, task_path) = (paths::data(&id), paths::task(&id));
+            let attempts = AtomicU64::new(0);
+            let created = self
+                .call("submission", |client| {
+                    let retry = attempts.fetch_add(1, Ordering::Relaxed) > 0;
+                    let (data_path, task_path, options) = (&data_path, &task_path, &options);
+                    async move {
+                        let mut writer = client.new_multi_writer();
+                        writer.add_create(data_path, payload, options)?;
+                        writer.add_create(task_path, b"", options)?;
+                        match writer.commit().await {
+                            Ok(_) => Ok(true),
+                            // After a lost reply, NodeExists may be our own earlier attempt.
+                            Err(error) => match ZkError::from(error) {
+                                ZkError::NodeExists if retry => Ok(client.check_stat(task_path).await?.is_some()),
+                                ZkError::NodeExists => Ok(false),
+                                other => Err(other),
+                            },
+                        }
+                    }
+                })
+                .await?;
+            if created {
+                return Ok(id);
             }
+            // A leftover with the same id (an earlier client with our session id): next one.
         }
     }
 
@@ -127,52 +195,56 @@ impl Submitter {
     pub async fn wait(&self, id: &str) -> Result<TaskOutcome, SubmitError> {
         let path = paths::task(id);
         loop {
-            let (data, _, watcher) = match self.client.get_and_watch_data(&path).await {
+            let read = self.call("read of the result", |c| {
+                let path = &path;
+                async move { c.get_and_watch_data(path).await }
+            });
+            let (data, _, watcher) = match read.await {
                 Ok(read) => read,
-                Err(ZkError::NoNode) => return Err(SubmitError::Vanished { id: id.to_string() }),
-                Err(source) => return Err(SubmitError::Zk { op: "read of the result", source }),
+                Err(SubmitError::Zk { source: ZkError::NoNode, .. }) => {
+                    return Err(SubmitError::Vanished { id: id.to_string() })
+                },
+                Err(error) => return Err(error),
             };
             if !data.is_empty() {
                 return Ok(TaskOutcome::from_result(data));
             }
             let event = watcher.changed().await;
-            match event.event_type {
-                EventType::NodeDataChanged => match self.client.get_data(&path).await {
-                    Ok((data, _)) if !data.is_empty() => return Ok(TaskOutcome::from_result(data)),
-                    Ok(_) => continue,
-                    Err(ZkError::NoNode) => return Err(SubmitError::Vanished { id: id.to_string() }),
-                    Err(source) => return Err(SubmitError::Zk { op: "read of the result", source }),
-                },
-                EventType::NodeDeleted => return Err(SubmitError::Vanished { id: id.to_string() }),
-                EventType::Session if event.session_state.is_terminated() => {
-                    return Err(SubmitError::Zk { op: "wait for the result", source: ZkError::SessionExpired })
-                },
-                _ => continue,
+            if event.event_type == EventType::NodeDeleted {
+                return Err(SubmitError::Vanished { id: id.to_string() });
             }
+            // Data changed, or the session ended: read again (on a new session if needed).
         }
     }
 
     /// Deletes `/tasks/<id>` and `/data/<id>`; already-missing nodes are fine.
     pub async fn collect(&self, id: &str) -> Result<(), SubmitError> {
         let (task, data) = (paths::task(id), paths::data(id));
-        let mut writer = self.client.new_multi_writer();
-        writer
-            .add_delete(&task, None)
-            .and_then(|_| writer.add_delete(&data, None))
-            .map_err(SubmitError::zk("cleanup"))?;
-        match writer.commit().await {
-            Ok(_) => Ok(()),
-            Err(MultiWriteError::OperationFailed { source: ZkError::NoNode, .. }) => {
-                for path in [task, data] {
-                    match self.client.delete(&path, None).await {
-                        Ok(()) | Err(ZkError::NoNode) => {},
-                        Err(source) => return Err(SubmitError::Zk { op: "cleanup", source }),
-                    }
+        self.call("cleanup", |client| {
+            let (task, data) = (&task, &data);
+            async move {
+                let mut writer = client.new_multi_writer();
+                writer.add_delete(task, None)?;
+                writer.add_delete(data, None)?;
+                match writer.commit().await {
+                    Ok(_) => Ok(()),
+                    Err(error) => match ZkError::from(error) {
+                        // One is gone already (a foreign layout, or a retry): delete what is left.
+                        ZkError::NoNode => {
+                            for path in [task, data] {
+                                match client.delete(path, None).await {
+                                    Ok(()) | Err(ZkError::NoNode) => {},
+                                    Err(other) => return Err(other),
+                                }
+                            }
+                            Ok(())
+                        },
+                        other => Err(other),
+                    },
                 }
-                Ok(())
-            },
-            Err(error) => Err(SubmitError::Zk { op: "cleanup", source: error.into() }),
-        }
+            }
+        })
+        .await
     }
 
     /// Submit, wait, collect.

@@ -9,6 +9,7 @@ pub mod localzk;
 pub mod master;
 pub mod paths;
 pub mod records;
+pub mod retry;
 pub mod status;
 pub mod telemetry;
 pub mod worker;

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
-use zookeeper_client::{AddWatchMode, Client, Error as ZkError, EventType, OwnedLockClient, SessionState, Stat, WatchedEvent};
+use zookeeper_client::{
+    AddWatchMode, Client, Error as ZkError, EventType, OwnedLockClient, PersistentWatcher, SessionState, Stat, WatchedEvent,
+};
 
 use super::board::{Action, Assignment, Board, ReturnReason};
 use super::writes::{self, Resolution, WriteError};
@@ -65,14 +67,10 @@ pub async fn lead(lock: &OwnedLockClient, ctx: &MasterContext, shutdown: &Cancel
     let client = lock.client();
     let mut state = client.state_watcher();
     // Watches first, reads second: nothing that changes in between is missed.
-    let watches = tokio::try_join!(
-        client.watch(paths::TASKS, AddWatchMode::PersistentRecursive),
-        client.watch(paths::WORKERS, AddWatchMode::PersistentRecursive),
-        client.check_and_watch_stat(lock.lock_path()),
-    );
-    let (mut tasks_watch, mut workers_watch, lock_watch) = match watches {
-        Ok((t, w, (Some(_), l))) => (t, w, l),
-        Ok((_, _, (None, _))) => return LeadEnd::LeadershipLost,
+    let watches = tokio::try_join!(watch_tree(client), client.check_and_watch_stat(lock.lock_path()));
+    let ((mut tasks_watch, mut workers_watch), lock_watch) = match watches {
+        Ok((tree, (Some(_), l))) => (tree, l),
+        Ok((_, (None, _))) => return LeadEnd::LeadershipLost,
         Err(error) => {
             tracing::warn!(%error, "cannot watch the task tree; stepping down");
             return end_for(&error);
@@ -116,7 +114,20 @@ pub async fn lead(lock: &OwnedLockClient, ctx: &MasterContext, shutdown: &Cancel
                     leader.end = Some(LeadEnd::LeadershipLost);
                 }
             },
-            session = state.changed() => leader.on_session(session).await,
+            session = state.changed() => {
+                if leader.on_session(session) {
+                    // zookeeper-client 0.11 does not restore persistent watches when it
+                    // reconnects (its SetWatches omits them): add them again, then rebuild.
+                    match watch_tree(client).await {
+                        Ok((tasks, workers)) => {
+                            tasks_watch = tasks;
+                            workers_watch = workers;
+                            leader.resync().await;
+                        },
+                        Err(error) => leader.end = Some(end_for(&error)),
+                    }
+                }
+            },
             event = tasks_watch.changed() => leader.on_task_event(event),
             event = workers_watch.changed() => leader.on_worker_event(event),
             Some(done) = leader.pending.next() => leader.on_completion(done),
@@ -154,6 +165,14 @@ pub async fn lead(lock: &OwnedLockClient, ctx: &MasterContext, shutdown: &Cancel
         }
         leader.assign();
     }
+}
+
+/// One persistent recursive watch on `/tasks` and one on `/workers`.
+async fn watch_tree(client: &Client) -> Result<(PersistentWatcher, PersistentWatcher), ZkError> {
+    tokio::try_join!(
+        client.watch(paths::TASKS, AddWatchMode::PersistentRecursive),
+        client.watch(paths::WORKERS, AddWatchMode::PersistentRecursive),
+    )
 }
 
 fn end_for(error: &ZkError) -> LeadEnd {
@@ -274,24 +293,32 @@ impl<'a> Leader<'a> {
         Ok(())
     }
 
-    async fn on_session(&mut self, state: SessionState) {
+    /// Returns true when the session is back after a disconnection and the view must be
+    /// rebuilt.
+    fn on_session(&mut self, state: SessionState) -> bool {
         match state {
             SessionState::Disconnected => {
                 tracing::warn!("disconnected from ZooKeeper: assignments paused");
                 self.paused = true;
+                false
             },
-            SessionState::SyncConnected | SessionState::ConnectedReadOnly if self.paused => {
-                // Events during the disconnection may be lost: rebuild before assigning.
-                match self.rebuild().await {
-                    Ok(()) => {
-                        self.paused = false;
-                        tracing::info!("reconnected: assignments resumed");
-                    },
-                    Err(end) => self.end = Some(end),
-                }
+            SessionState::SyncConnected | SessionState::ConnectedReadOnly => self.paused,
+            state if state.is_terminated() => {
+                self.end = Some(LeadEnd::SessionLost);
+                false
             },
-            state if state.is_terminated() => self.end = Some(LeadEnd::SessionLost),
-            _ => {},
+            _ => false,
+        }
+    }
+
+    /// Events during the disconnection may be lost: rebuild before assigning again.
+    async fn resync(&mut self) {
+        match self.rebuild().await {
+            Ok(()) => {
+                self.paused = false;
+                tracing::info!("reconnected: assignments resumed");
+            },
+            Err(end) => self.end = Some(end),
         }
     }
 

@@ -11,6 +11,7 @@ use zookeeper_client::{Client, CreateMode, Error as ZkError, EventType, MultiWri
 use crate::connect::{ConnectError, ZkTarget};
 use crate::paths;
 use crate::records::{self, Attempts};
+use crate::retry::{is_transient, is_transient_multi, retrying};
 use crate::telemetry::http::Probes;
 use crate::telemetry::metrics::WorkerMetrics;
 use handler::{Handler, TaskInput};
@@ -221,30 +222,49 @@ async fn run_task(
 /// assignment's version so a revoked assignment cannot complete.
 async fn complete(client: &Client, ctx: &WorkerContext, task: &str, version: i32, result: &[u8]) {
     let me = paths::worker(&ctx.id);
-    let mut writer = client.new_multi_writer();
-    let added = writer
-        .add_set_data(&paths::task(task), result, None)
-        .and_then(|_| writer.add_set_data(&me, b"", Some(version)));
-    if let Err(error) = added {
-        tracing::error!(%error, %task, "cannot build the completion");
+    let mut retried = false;
+    loop {
+        let mut writer = client.new_multi_writer();
+        let added = writer
+            .add_set_data(&paths::task(task), result, None)
+            .and_then(|_| writer.add_set_data(&me, b"", Some(version)));
+        if let Err(error) = added {
+            tracing::error!(%error, %task, "cannot build the completion");
+            return;
+        }
+        match writer.commit().await {
+            Ok(_) => {
+                ctx.metrics.count("succeeded");
+                tracing::debug!(%task, "completed");
+            },
+            Err(error) if is_transient_multi(&error) && !client.state().is_terminated() => {
+                retried = true;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            },
+            Err(MultiWriteError::OperationFailed { index: 0, source: ZkError::NoNode }) => {
+                // The client gave up on the task (or retention removed it): just free ourselves.
+                ctx.metrics.count("abandoned");
+                tracing::warn!(%task, "task vanished before its result was written");
+                let _ = client.set_data(&me, b"", Some(version)).await;
+            },
+            Err(error) if retried && result_present(client, task).await => {
+                // The attempt before the connection dropped went through.
+                tracing::debug!(%error, %task, "completed (confirmed after reconnecting)");
+                ctx.metrics.count("succeeded");
+            },
+            Err(error) => {
+                ctx.metrics.count("abandoned");
+                tracing::warn!(%error, %task, "result not accepted (assignment withdrawn or session lost)");
+            },
+        }
         return;
     }
-    match writer.commit().await {
-        Ok(_) => {
-            ctx.metrics.count("succeeded");
-            tracing::debug!(%task, "completed");
-        },
-        Err(MultiWriteError::OperationFailed { index: 0, source: ZkError::NoNode }) => {
-            // The client gave up on the task (or retention removed it): just free ourselves.
-            ctx.metrics.count("abandoned");
-            tracing::warn!(%task, "task vanished before its result was written");
-            let _ = client.set_data(&me, b"", Some(version)).await;
-        },
-        Err(error) => {
-            ctx.metrics.count("abandoned");
-            tracing::warn!(%error, %task, "result not accepted (assignment withdrawn or session lost)");
-        },
-    }
+}
+
+async fn result_present(client: &Client, task: &str) -> bool {
+    let read = retrying(client, is_transient, || client.get_data(&paths::task(task))).await;
+    matches!(read, Ok((data, _)) if !data.is_empty())
 }
 
 async fn read_attempts(client: &Client, task: &str) -> (Attempts, Option<i32>) {
@@ -279,6 +299,9 @@ async fn fail(client: &Client, ctx: &WorkerContext, task: &str, version: i32, er
         }
         match writer.commit().await {
             Ok(_) => return,
+            Err(error) if is_transient_multi(&error) && !client.state().is_terminated() => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            },
             // Someone else wrote the record meanwhile: read it again.
             Err(MultiWriteError::OperationFailed { index: 0, .. }) => continue,
             Err(error) => {
