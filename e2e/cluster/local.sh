@@ -7,6 +7,7 @@
 #                                     a Ready node with working DNS (idempotent)
 #   e2e/cluster/local.sh load-images  import target/images/*.tar into the node
 #   e2e/cluster/local.sh status       components, node, memory
+#   e2e/cluster/local.sh smoke        ZooKeeper StatefulSet + DNS + Service check
 #   e2e/cluster/local.sh down         stop everything and remove all it made
 #
 # After `up`: export KUBECONFIG=/var/lib/taskcluster-e2e/admin.kubeconfig
@@ -173,7 +174,7 @@ cmd_up() {
 	"$CLUSTER_DIR/build.sh" all
 	load_bin_paths
 	mkdir -p "$STATE_DIR" "$LOG_DIR" "$PID_DIR"
-	[[ -f $STATE_DIR/iptables.before ]] || iptables-save | grep -v '^#' >"$STATE_DIR/iptables.before" || true
+	[[ -f $STATE_DIR/iptables.before ]] || iptables-save 2>/dev/null | grep -v '^#' >"$STATE_DIR/iptables.before" || true
 	write_configs
 	network_up
 	start_containerd
@@ -206,7 +207,7 @@ drain_pods() {
 stray_pids() {
 	local p
 	for p in /proc/[0-9]*; do
-		tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q -- "-address $CONTAINERD_SOCK" && echo "${p#/proc/}"
+		tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -q -- "-address $CONTAINERD_SOCK" && echo "${p#/proc/}"
 	done
 	return 0
 }
@@ -242,7 +243,46 @@ cmd_down() {
 		[[ -d $ctl ]] && find "$ctl" -depth -type d -exec rmdir {} + 2>/dev/null || true
 	done
 	rm -rf "$STATE_DIR" "$RUN_DIR"
-	log "cluster is down"
+	# containerd 1.6 keeps shim sockets in /run/containerd/s whatever its state dir;
+	# remove the directories if our shims left them empty.
+	rmdir /run/containerd/s /run/containerd 2>/dev/null || true
+	if leftovers; then
+		log "cluster is down; nothing of it is left"
+	else
+		die "cluster is down, but the things listed above are left"
+	fi
+}
+
+# Lists whatever of the cluster survived `down`; succeeds only if nothing did.
+leftovers() {
+	local found=0 pid
+	for pid in $(stray_pids); do
+		log "left: process $pid: $(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline")"
+		found=1
+	done
+	# Every component was started with paths under the state directory; processes of
+	# the same binaries started by anyone else are not ours.
+	local p
+	for p in /proc/[0-9]*; do
+		if tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -qF -- "$STATE_DIR/"; then
+			log "left: process ${p#/proc/}: $(tr '\0' ' ' 2>/dev/null <"$p/cmdline")"
+			found=1
+		fi
+	done
+	if grep -qE " ($STATE_DIR|$RUN_DIR)" /proc/self/mountinfo; then
+		log "left: mounts under $STATE_DIR or $RUN_DIR"
+		found=1
+	fi
+	local link
+	for link in "$NODE_IF" "$POD_BRIDGE"; do
+		ip link show "$link" >/dev/null 2>&1 && { log "left: interface $link"; found=1; }
+	done
+	if iptables-save 2>/dev/null | grep -qE "^(:|-A .*-j )(KUBE-|CNI-|$FENCE_CHAIN)"; then
+		log "left: iptables chains (KUBE-*, CNI-* or $FENCE_CHAIN)"
+		found=1
+	fi
+	ls -d /sys/fs/cgroup/*/kubepods >/dev/null 2>&1 && { log "left: kubepods cgroups"; found=1; }
+	return $found
 }
 
 cmd_status() {
@@ -278,6 +318,25 @@ cmd_status() {
 	return $rc
 }
 
+# Proves the cluster end to end: a ZooKeeper StatefulSet from the imported image, found
+# by its stable DNS name and through a ClusterIP Service from another pod.
+cmd_smoke() {
+	load_bin_paths
+	local start=$SECONDS
+	kubectl_admin apply -f "$CLUSTER_DIR/manifests/smoke.yaml" >/dev/null
+	if ! kubectl_admin -n taskcluster-smoke wait --for=condition=complete job/resolve-and-ask --timeout=180s; then
+		kubectl_admin -n taskcluster-smoke get pods -o wide || true
+		kubectl_admin -n taskcluster-smoke get events --sort-by=.lastTimestamp || true
+		kubectl_admin -n taskcluster-smoke logs zk-0 --tail=50 || true
+		kubectl_admin -n taskcluster-smoke logs job/resolve-and-ask || true
+		die "smoke test failed"
+	fi
+	kubectl_admin -n taskcluster-smoke get pods -o wide
+	kubectl_admin -n taskcluster-smoke logs job/resolve-and-ask
+	log "smoke test passed in $((SECONDS - start)) s"
+	kubectl_admin delete namespace taskcluster-smoke --wait=true --timeout=120s >/dev/null
+}
+
 main() {
 	[[ $(id -u) == 0 ]] || die "the local provider runs as root (containerd, kubelet, iptables)"
 	case ${1:-} in
@@ -285,7 +344,8 @@ main() {
 	down) cmd_down ;;
 	status) cmd_status ;;
 	load-images) cmd_load_images ;;
-	*) die "usage: local.sh up|down|status|load-images" ;;
+	smoke) cmd_smoke ;;
+	*) die "usage: local.sh up|down|status|load-images|smoke" ;;
 	esac
 }
 

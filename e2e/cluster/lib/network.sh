@@ -68,16 +68,18 @@ iptables_sweep() {
 	for cmd in iptables ip6tables; do
 		for table in filter nat mangle raw; do
 			$cmd -t "$table" -S >/dev/null 2>&1 || continue
+			local rules
+			rules=$($cmd -t "$table" -S 2>/dev/null)
 			local rule
 			while read -r rule; do
 				# shellcheck disable=SC2086
 				$cmd -t "$table" ${rule/#-A/-D} 2>/dev/null || true
-			done < <($cmd -t "$table" -S | grep -E '^-A .*-j (KUBE-|CNI-|TASKCLUSTER-E2E)' || true)
+			done < <(grep -E '^-A .*-j (KUBE-|CNI-|TASKCLUSTER-E2E)' <<<"$rules" || true)
 			local chain
-			for chain in $($cmd -t "$table" -S | sed -n -E 's/^-N ((KUBE-|CNI-|TASKCLUSTER-E2E)[^ ]*)$/\1/p'); do
+			for chain in $($cmd -t "$table" -S 2>/dev/null | sed -n -E 's/^-N ((KUBE-|CNI-|TASKCLUSTER-E2E)[^ ]*)$/\1/p'); do
 				$cmd -t "$table" -F "$chain" 2>/dev/null || true
 			done
-			for chain in $($cmd -t "$table" -S | sed -n -E 's/^-N ((KUBE-|CNI-|TASKCLUSTER-E2E)[^ ]*)$/\1/p'); do
+			for chain in $($cmd -t "$table" -S 2>/dev/null | sed -n -E 's/^-N ((KUBE-|CNI-|TASKCLUSTER-E2E)[^ ]*)$/\1/p'); do
 				$cmd -t "$table" -X "$chain" 2>/dev/null || true
 			done
 		done
