@@ -284,3 +284,76 @@ async fn sigterm_to_a_busy_worker_gives_its_task_back_after_the_grace_period() {
     fast.assert_no_panic();
     slow.assert_no_panic();
 }
+
+/// A task running past --task-timeout is revoked and counts as a failed attempt; after the
+/// last attempt it is dead-lettered and its client gets a failure. Other work is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_timeout_counts_as_a_failed_attempt() {
+    let tc = TestCluster::new("task-timeout").await;
+    let opts = MasterOpts { max_attempts: 2, task_timeout: "1s".into(), ..MasterOpts::default() };
+    let master = tc.master_with("m1", &opts);
+    let mut worker = tc.worker("w1", "sleep");
+    wait_ready(&mut worker).await;
+
+    let mut client = tc.submit_wait("client", &["30000".to_string(), "10".to_string()]);
+    let code = client.exit_code(LONG).await;
+    assert_eq!(code, 1, "the timed-out task fails the submission\n{}", client.describe());
+    client.assert_no_panic();
+    let mut lines = ResultLine::parse_all(&client.stdout());
+    assert_eq!(lines.len(), 2, "one line per task\n{}", client.describe());
+    lines.sort_by_key(|l| l.ok);
+    assert!(!lines[0].ok && !lines[0].text.is_empty(), "the slow task fails with a message: {lines:?}");
+    assert!(lines[1].ok && lines[1].text == "10", "the quick task succeeds: {lines:?}");
+
+    let m = scrape(&master);
+    assert_eq!(m.get("taskcluster_tasks_failed_attempts_total"), Some(2.0), "two timed-out attempts");
+    assert_eq!(m.get("taskcluster_tasks_dead_lettered_total"), Some(1.0), "dead-lettered");
+    let abandoned = scrape(&worker).counter("taskcluster_worker_tasks_total{outcome=\"abandoned\"}");
+    assert!(abandoned >= 1.0, "the worker should abandon revoked tasks (abandoned = {abandoned})");
+    assert_tree_drained(&tc).await;
+    master.assert_no_panic();
+    worker.assert_no_panic();
+}
+
+/// Submissions beyond --backlog-cap are refused with a clear error; nothing of them is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submissions_beyond_the_backlog_cap_are_refused() {
+    let tc = TestCluster::new("backlog-cap").await;
+    let master = tc.master_with("m1", &MasterOpts { backlog_cap: Some(5), ..MasterOpts::default() });
+    wait_single_leader(&[&master], LONG).await;
+    let zk = tc.inspector().await;
+    eventually_async("the leader to publish its config", LONG, || async { zk.data("/taskcluster/config").await })
+        .await;
+
+    let first: Vec<String> = payloads("capped", 5);
+    let args: Vec<&str> = first.iter().map(String::as_str).collect();
+    let mut fill = tc.submit("fill", &args);
+    assert_eq!(fill.exit_code(LONG).await, 0, "{}", fill.describe());
+    assert_eq!(zk.children("/tasks").await.len(), 5);
+
+    let mut over = tc.submit("over", &["one too many"]);
+    let code = over.exit_code(LONG).await;
+    assert_ne!(code, 0, "a submission beyond the cap must fail\n{}", over.describe());
+    over.assert_no_panic();
+    assert!(over.stderr().to_lowercase().contains("backlog"), "the error should name the backlog:\n{}", over.stderr());
+    assert!(over.stdout().trim().is_empty(), "a refused task has no id: {}", over.stdout());
+    assert_eq!(zk.children("/tasks").await.len(), 5, "the refused task must not be written");
+    assert_eq!(zk.children("/data").await.len(), 5, "the refused payload must not be written");
+
+    // Results count against the cap until collected: once a worker has run the tasks and a
+    // client has collected them, submissions are accepted again.
+    let mut worker = tc.worker("w1", "seed");
+    wait_ready(&mut worker).await;
+    eventually_async("the backlog to be run", LONG, || async {
+        support::all_tasks_have_results(&zk).await.then_some(())
+    })
+    .await;
+    for id in zk.children("/tasks").await {
+        zk.client.delete(&format!("/tasks/{id}"), None).await.expect("collect a result");
+        zk.client.delete(&format!("/data/{id}"), None).await.expect("collect a payload");
+    }
+    let mut client = tc.submit_wait("after-drain", &["accepted again".to_string()]);
+    assert_eq!(client.exit_code(LONG).await, 0, "{}", client.describe());
+    master.assert_no_panic();
+    worker.assert_no_panic();
+}

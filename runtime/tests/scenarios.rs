@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 
 use support::{
     all_tasks_have_results, assert_exactly_one_ok_result_each, assert_tree_drained, eventually, eventually_async,
-    payloads, scrape, seed_results, wait_ready, wait_single_leader, Journal, Proc, ResultLine, TestCluster,
+    payloads, scrape, seed_result, seed_results, wait_ready, wait_single_leader, Journal, Proc, ResultLine, TestCluster,
     WorkerOpts, LONG,
 };
 
@@ -206,11 +206,54 @@ async fn scenario_2_2_2_the_backup_master_takes_over() {
     assert_tree_drained(&tc).await;
 
     let standby_id = if standby == 0 { "m1" } else { "m2" };
-    let status = tc.status().await;
+    let status = eventually_async("the dead leader's contender znode to expire", LONG, || async {
+        let s = tc.status().await;
+        (s["masters"].as_u64() == Some(1)).then_some(s)
+    })
+    .await;
     assert_eq!(status["leader"]["id"], standby_id, "status: {status}");
+    assert_eq!(status["workers_registered"].as_u64(), Some(2), "status: {status}");
     assert!(status["epoch"].as_u64().unwrap_or(0) > epoch_before, "the epoch should rise on takeover: {status}");
     let m = scrape(&masters[standby]);
     assert!(m.counter("taskcluster_master_assignments_total") >= 1.0, "the new leader assigned nothing");
     masters[standby].assert_no_panic();
     let _ = masters[leader].try_status();
+}
+
+/// Load through `--count` and `--inflight`: two clients with many tasks in flight each, two
+/// workers; every task gets exactly one result and the tree is left empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_tasks_in_flight_from_two_clients() {
+    let tc = TestCluster::new("load").await;
+    let master = tc.master("m1");
+    let mut w1 = tc.worker("w1", "seed");
+    let mut w2 = tc.worker("w2", "seed");
+    wait_ready(&mut w1).await;
+    wait_ready(&mut w2).await;
+
+    let mut clients = [
+        tc.submit("count-a", &["--count", "300", "--inflight", "32", "--wait"]),
+        tc.submit("count-b", &["--count", "300", "--inflight", "7", "--wait"]),
+    ];
+    let expected: Vec<String> = (0..300).map(|n| seed_result(&format!("task-{n}"))).collect();
+    let mut all_ids = HashSet::new();
+    for client in &mut clients {
+        let code = client.exit_code(LONG).await;
+        assert_eq!(code, 0, "{}", client.describe());
+        client.assert_no_panic();
+        let lines = ResultLine::parse_all(&client.stdout());
+        assert_exactly_one_ok_result_each(&client.name, &lines, &expected);
+        for line in &lines {
+            assert!(all_ids.insert(line.id.clone()), "task id {} was given to both clients", line.id);
+        }
+    }
+    assert_tree_drained(&tc).await;
+    let completed = scrape(&master).get("taskcluster_tasks_completed_total");
+    assert_eq!(completed, Some(600.0), "completed counter");
+    let executed: f64 = [&w1, &w2]
+        .iter()
+        .map(|w| scrape(w).counter("taskcluster_worker_tasks_total{outcome=\"succeeded\"}"))
+        .sum();
+    assert_eq!(executed, 600.0, "without failures every task executes exactly once");
+    master.assert_no_panic();
 }

@@ -18,6 +18,7 @@ pub struct MasterOpts {
     pub task_timeout: String,
     pub retention: String,
     pub session_timeout: String,
+    pub backlog_cap: Option<u64>,
 }
 
 impl Default for MasterOpts {
@@ -27,6 +28,7 @@ impl Default for MasterOpts {
             task_timeout: "60s".into(),
             retention: "10m".into(),
             session_timeout: SESSION_TIMEOUT.into(),
+            backlog_cap: None,
         }
     }
 }
@@ -145,7 +147,7 @@ impl TestCluster {
 
     pub fn master_with(&self, id: &str, opts: &MasterOpts) -> Proc {
         let listen = format!("127.0.0.1:{}", free_port());
-        let args = vec![
+        let mut args = vec![
             "master".to_string(),
             "--zk".into(),
             self.zk(),
@@ -162,6 +164,10 @@ impl TestCluster {
             "--retention".into(),
             opts.retention.clone(),
         ];
+        if let Some(cap) = opts.backlog_cap {
+            args.push("--backlog-cap".into());
+            args.push(cap.to_string());
+        }
         Proc::spawn(self.dir(), &self.unique(&format!("master-{id}")), &args, None, Some(listen), &[])
     }
 
