@@ -421,18 +421,71 @@ pub fn error_policy(object: Arc<DeserializeGuard<TaskCluster>>, error: &Error, c
     Action::requeue(RETRY)
 }
 
+/// Drops what the caches never read, so memory grows with the number of objects, not with
+/// the size of their specs: only metadata (labels, annotations, generation), replica
+/// counts and status are looked at.
+pub trait Slim {
+    fn slim(&mut self);
+}
+
+impl Slim for Deployment {
+    fn slim(&mut self) {
+        if let Some(spec) = self.spec.as_mut() {
+            spec.template = Default::default();
+        }
+    }
+}
+
+impl Slim for StatefulSet {
+    fn slim(&mut self) {
+        if let Some(spec) = self.spec.as_mut() {
+            spec.template = Default::default();
+            spec.volume_claim_templates = None;
+        }
+    }
+}
+
+impl Slim for Service {
+    fn slim(&mut self) {
+        self.spec = None;
+        self.status = None;
+    }
+}
+
+impl Slim for ConfigMap {
+    fn slim(&mut self) {
+        self.data = None;
+        self.binary_data = None;
+    }
+}
+
+impl Slim for PodDisruptionBudget {
+    fn slim(&mut self) {
+        self.spec = None;
+        self.status = None;
+    }
+}
+
+impl Slim for NetworkPolicy {
+    fn slim(&mut self) {
+        self.spec = None;
+    }
+}
+
 fn child_stream<K>(
     client: &Client,
 ) -> (Store<K>, impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static)
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()> + Slim + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
     let config = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
     let stream = watcher(Api::<K>::all(client.clone()), config)
         .default_backoff()
-        // Field-manager bookkeeping is the bulk of each object and never read here.
-        .modify(|object: &mut K| object.managed_fields_mut().clear())
+        .modify(|object: &mut K| {
+            object.managed_fields_mut().clear();
+            object.slim();
+        })
         .reflect(writer)
         .touched_objects();
     (store, stream)
@@ -449,8 +502,14 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, zook
     let stores =
         ChildStores::new(services, config_maps, stateful_sets, disruption_budgets, network_policies, deployments);
     let ctx = Arc::new(Context::new(client.clone(), metrics, settings, zookeeper, stores));
-    let clusters = Api::<DeserializeGuard<TaskCluster>>::all(client);
-    Controller::new(clusters, watcher::Config::default().any_semantic())
+    let (clusters, writer) = reflector::store();
+    let cluster_stream =
+        watcher(Api::<DeserializeGuard<TaskCluster>>::all(client), watcher::Config::default().any_semantic())
+            .default_backoff()
+            .modify(|object: &mut DeserializeGuard<TaskCluster>| object.managed_fields_mut().clear())
+            .reflect(writer)
+            .applied_objects();
+    Controller::for_stream(cluster_stream, clusters)
         .owns_stream(services_stream)
         .owns_stream(config_maps_stream)
         .owns_stream(stateful_sets_stream)
