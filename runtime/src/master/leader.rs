@@ -105,7 +105,11 @@ pub async fn lead(lock: &OwnedLockClient, ctx: &MasterContext, shutdown: &Cancel
 
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The loop turns at least every tick; a much longer gap means this process was stalled
+    // (GC-like pause, SIGSTOP, starved CPU) and may have lost leadership meanwhile.
+    let stall = (ctx.target.session_timeout / 3).max(Duration::from_secs(1));
     loop {
+        let waiting_since = Instant::now();
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => leader.end = Some(LeadEnd::Shutdown),
@@ -114,6 +118,10 @@ pub async fn lead(lock: &OwnedLockClient, ctx: &MasterContext, shutdown: &Cancel
                     leader.end = Some(LeadEnd::LeadershipLost);
                 }
             },
+            event = tasks_watch.changed() => leader.on_task_event(event),
+            event = workers_watch.changed() => leader.on_worker_event(event),
+            Some(done) = leader.pending.next() => leader.on_completion(done),
+            // After the events: those already delivered happened before the state change.
             session = state.changed() => {
                 if leader.on_session(session) {
                     // zookeeper-client 0.11 does not restore persistent watches when it
@@ -128,10 +136,11 @@ pub async fn lead(lock: &OwnedLockClient, ctx: &MasterContext, shutdown: &Cancel
                     }
                 }
             },
-            event = tasks_watch.changed() => leader.on_task_event(event),
-            event = workers_watch.changed() => leader.on_worker_event(event),
-            Some(done) = leader.pending.next() => leader.on_completion(done),
             _ = tick.tick() => leader.on_tick(),
+        }
+        let waited = waiting_since.elapsed();
+        if leader.end.is_none() && waited > stall {
+            leader.verify_leadership(waited).await;
         }
         if leader.end.is_none() {
             // Apply everything already delivered before planning, so the plan sees a
@@ -191,6 +200,20 @@ impl<'a> Leader<'a> {
         self.ctx.metrics.fenced_writes.inc();
         tracing::warn!(%error, "write rejected: leadership lost");
         self.end = Some(LeadEnd::LeadershipLost);
+    }
+
+    /// After a stall, a fenced no-op write proves we still lead before anything else is
+    /// written; if it does not go through, step down.
+    async fn verify_leadership(&mut self, stalled: Duration) {
+        match self.lock.new_check_writer().commit().await {
+            Ok(_) => tracing::warn!(?stalled, "stalled; leadership confirmed"),
+            Err(error) => {
+                let error = writes::classify(error);
+                self.ctx.metrics.fenced_writes.inc();
+                tracing::warn!(?stalled, %error, "stalled; leadership not confirmed, stepping down");
+                self.end = Some(LeadEnd::LeadershipLost);
+            },
+        }
     }
 
     /// Publishes who leads (raising the epoch) and the task settings; loads the counters.
@@ -433,7 +456,10 @@ impl<'a> Leader<'a> {
                     }
                 },
                 Err(error) if error.is_fenced() => self.fenced(&error),
-                Err(WriteError::Unknown) => self.paused = true,
+                Err(WriteError::Unknown) => {
+                    tracing::warn!(size = batch.len(), "connection lost during an assignment write; pausing");
+                    self.paused = true;
+                },
                 Err(error) => {
                     tracing::debug!(%error, size = batch.len(), "assignment batch rejected; re-planning");
                     if generation == self.generation {
