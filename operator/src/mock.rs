@@ -429,3 +429,26 @@ async fn a_hand_edited_deployment_is_put_back() {
     h.server.expect_nothing_more().await;
     reconciling.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn an_object_that_does_not_decode_is_reported_and_skipped() {
+    let h = harness(&World::empty(), FakeReply::Unreachable);
+    let mut server = h.server;
+    let invalid = kube::core::error_boundary::InvalidObject {
+        error: "spec.workers: invalid type: string \"many\", expected i32".into(),
+        metadata: kube::core::ObjectMeta {
+            name: Some("broken".into()),
+            namespace: Some("default".into()),
+            uid: Some("5b4c7d1e-0000-4000-8000-000000000002".into()),
+            ..Default::default()
+        },
+    };
+    let ctx = h.ctx.clone();
+    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Err(invalid))), ctx).await });
+    let event = server.expect(Method::POST, EVENTS, Reply::Echo).await;
+    assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("InvalidSpec")));
+    assert_eq!(event["regarding"]["name"], "broken");
+    assert!(event["note"].as_str().unwrap().contains("expected i32"));
+    server.expect_nothing_more().await;
+    assert_eq!(reconciling.await.unwrap().unwrap(), Action::await_change(), "no retry loop on a bad object");
+}
