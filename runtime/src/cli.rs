@@ -184,6 +184,22 @@ pub struct BenchArgs {
     /// Creates for the raw pipelined-create measurement.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub raw_creates: u64,
+    /// Instead of throughput: run two master processes under load, stop the leader with this
+    /// signal, and measure until the standby's first assignment; also reports a worker
+    /// process's resident memory under that load.
+    #[arg(long)]
+    pub failover: Option<FailoverSignal>,
+    /// Failovers to measure with --failover.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FailoverSignal {
+    /// Graceful: the leader closes its session at once.
+    Term,
+    /// Crash: the standby waits for the session timeout.
+    Kill,
 }
 
 #[derive(Clone, Debug, Args)]

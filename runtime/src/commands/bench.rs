@@ -86,13 +86,13 @@ fn ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
     histogram.value_at_quantile(quantile) as f64 / 1000.0
 }
 
-struct Cluster {
+pub struct Cluster {
     shutdown: CancellationToken,
     handles: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Cluster {
-    async fn stop(self) {
+    pub async fn stop(self) {
         self.shutdown.cancel();
         for handle in self.handles {
             let _ = handle.await;
@@ -100,7 +100,7 @@ impl Cluster {
     }
 }
 
-fn start_cluster(target: &ZkTarget, masters: u32, workers: u32) -> Cluster {
+pub fn start_cluster(target: &ZkTarget, masters: u32, workers: u32) -> Cluster {
     let shutdown = CancellationToken::new();
     let mut handles = Vec::new();
     for i in 0..masters {
@@ -196,27 +196,51 @@ async fn drive(
     Ok((histogram, failed, started.elapsed()))
 }
 
-pub async fn run(args: BenchArgs) -> Result<(), Failure> {
-    let base = args.zk.target();
-    base.validate()?;
-    let root_client = base.connect().await?;
-    let scratch = format!("/taskcluster-bench-{:x}", root_client.session_id().0 as u64);
-    let prefix = base.connect.find('/').map_or("", |i| &base.connect[i..]).trim_end_matches('/').to_string();
-    let options = CreateMode::Persistent.with_acls(base.acls());
-    root_client.create(&scratch, b"", &options).await.map_err(Failure::zookeeper)?;
-    let chrooted = |sub: &str| {
-        let mut target = base.clone();
-        let hosts = base.connect.split('/').next().unwrap_or_default();
-        target.connect = format!("{hosts}{prefix}{scratch}{sub}");
-        target
-    };
+/// A fresh znode under the given root for one benchmark run, removed at the end.
+pub struct Scratch {
+    pub root: Client,
+    pub path: String,
+    base: ZkTarget,
+}
 
+impl Scratch {
+    pub async fn create(base: &ZkTarget) -> Result<Self, Failure> {
+        base.validate()?;
+        let root = base.connect().await?;
+        let path = format!("/taskcluster-bench-{:x}", root.session_id().0 as u64);
+        let options = CreateMode::Persistent.with_acls(base.acls());
+        root.create(&path, b"", &options).await.map_err(Failure::zookeeper)?;
+        Ok(Self { root, path, base: base.clone() })
+    }
+
+    /// The base target, chrooted into the scratch znode.
+    pub fn target(&self) -> ZkTarget {
+        let mut target = self.base.clone();
+        let (hosts, chroot) = match self.base.connect.find('/') {
+            Some(i) => (&self.base.connect[..i], self.base.connect[i..].trim_end_matches('/')),
+            None => (self.base.connect.as_str(), ""),
+        };
+        target.connect = format!("{hosts}{chroot}{}", self.path);
+        target
+    }
+
+    pub async fn remove(self) -> Result<(), Failure> {
+        delete_tree(&self.root, &self.path).await.map_err(Failure::zookeeper)
+    }
+}
+
+pub async fn run(args: BenchArgs) -> Result<(), Failure> {
+    if let Some(signal) = args.failover {
+        return super::failover::run(&args, signal).await;
+    }
+    let scratch = Scratch::create(&args.zk.target()).await?;
+    let root_client = scratch.root.clone();
     eprintln!("measuring raw pipelined creates ({}) ...", args.raw_creates);
-    let raw = raw_creates(&root_client, &format!("{scratch}/raw"), args.raw_creates, 512)
+    let raw = raw_creates(&root_client, &format!("{}/raw", scratch.path), args.raw_creates, 512)
         .await
         .map_err(Failure::zookeeper)?;
 
-    let target = chrooted("");
+    let target = scratch.target();
     let cluster = start_cluster(&target, args.masters, args.workers);
     // Warm up: the first tasks wait for election and registrations.
     drive(&target, 1, 1, 20).await?;
@@ -228,7 +252,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     );
     let (histogram, failed, elapsed) = drive(&target, args.clients, args.inflight, args.tasks).await?;
     cluster.stop().await;
-    delete_tree(&root_client, &scratch).await.map_err(Failure::zookeeper)?;
+    scratch.remove().await?;
 
     let tasks_per_s = args.tasks as f64 / elapsed.as_secs_f64();
     let report = BenchReport {

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod failover;
 pub mod serve;
 pub mod status;
 pub mod submit;
