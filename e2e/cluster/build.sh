@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the binaries of the local cluster from the Go module proxy into the cache:
-# Kubernetes components, etcd and CoreDNS, each keyed by its pinned version and the
+# Kubernetes components, etcd, CoreDNS and Helm (for the e2e suite's chart install), each keyed by its pinned version and the
 # wrapper module's go.mod/go.sum. A component whose binaries exist is not rebuilt.
 #
 #   e2e/cluster/build.sh            build what is missing, print the bin directories
@@ -13,6 +13,7 @@ KUBE_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kub
 kubernetes_bin() { echo "$CACHE_DIR/bin/kubernetes-$KUBERNETES_VERSION-$(inputs_hash "$CLUSTER_DIR"/go/kubernetes/go.{mod,sum})"; }
 etcd_bin() { echo "$CACHE_DIR/bin/etcd-$ETCD_VERSION-$(inputs_hash "$CLUSTER_DIR"/go/etcd/{go.mod,go.sum,main.go})"; }
 coredns_bin() { echo "$CACHE_DIR/bin/coredns-$COREDNS_VERSION-$(inputs_hash "$CLUSTER_DIR"/go/coredns/{go.mod,go.sum,main.go})"; }
+helm_bin() { echo "$CACHE_DIR/bin/helm-$HELM_VERSION-$(inputs_hash "$CLUSTER_DIR"/go/helm/go.{mod,sum})"; }
 pause_bin() { echo "$CACHE_DIR/bin/pause-$(inputs_hash "$CLUSTER_DIR/pause/pause.c")"; }
 
 # Moves a finished build into place only when it is complete, so an interrupted build is
@@ -69,6 +70,20 @@ build_coredns() {
 	log "built CoreDNS in $((SECONDS - start)) s"
 }
 
+build_helm() {
+	local dest
+	dest=$(helm_bin)
+	[[ -x $dest/helm ]] && return 0
+	log "building Helm $HELM_VERSION into $dest"
+	local tmp="$dest.partial" start=$SECONDS
+	rm -rf "$tmp" && mkdir -p "$tmp"
+	go_in "$HELM_GO_TOOLCHAIN" "$CLUSTER_DIR/go/helm" build -trimpath \
+		-ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+		-o "$tmp/helm" helm.sh/helm/v3/cmd/helm
+	publish "$tmp" "$dest"
+	log "built Helm in $((SECONDS - start)) s"
+}
+
 build_pause() {
 	local dest
 	dest=$(pause_bin)
@@ -86,14 +101,14 @@ main() {
 	mkdir -p "$CACHE_DIR/bin"
 	local only=${1:-all}
 	case $only in
-	all) build_pause && build_etcd && build_coredns && build_kubernetes ;;
-	kubernetes | etcd | coredns | pause) "build_$only" ;;
+	all) build_pause && build_etcd && build_coredns && build_kubernetes && build_helm ;;
+	kubernetes | etcd | coredns | pause | helm) "build_$only" ;;
 	paths)
-		printf 'KUBERNETES_BIN=%s\nETCD_BIN=%s\nCOREDNS_BIN=%s\nPAUSE_BIN=%s\n' \
-			"$(kubernetes_bin)" "$(etcd_bin)" "$(coredns_bin)" "$(pause_bin)"
+		printf 'KUBERNETES_BIN=%s\nETCD_BIN=%s\nCOREDNS_BIN=%s\nPAUSE_BIN=%s\nHELM_BIN=%s\n' \
+			"$(kubernetes_bin)" "$(etcd_bin)" "$(coredns_bin)" "$(pause_bin)" "$(helm_bin)"
 		return 0
 		;;
-	*) die "unknown component '$only' (all, kubernetes, etcd, coredns, pause, paths)" ;;
+	*) die "unknown component '$only' (all, kubernetes, etcd, coredns, pause, helm, paths)" ;;
 	esac
 }
 

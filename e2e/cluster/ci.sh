@@ -30,6 +30,8 @@ trap cleanup EXIT
 "$CLUSTER_DIR/local.sh" smoke
 
 log "running the e2e suite"
-TASKCLUSTER_E2E=1 KUBECONFIG="$KUBECONFIG_OUT" \
-	KUBECTL="$("$CLUSTER_DIR/build.sh" paths | sed -n 's/^KUBERNETES_BIN=//p')/kubectl" \
-	cargo test --release -p taskcluster-e2e -- --test-threads=1
+eval "$("$CLUSTER_DIR/build.sh" paths)"
+# The local cluster has no storage provisioner: ZooKeeper gets ephemeral storage.
+TASKCLUSTER_E2E=1 TASKCLUSTER_E2E_EPHEMERAL_STORAGE=1 KUBECONFIG="$KUBECONFIG_OUT" \
+	KUBECTL="$KUBERNETES_BIN/kubectl" HELM="$HELM_BIN/helm" \
+	cargo test -p taskcluster-e2e -- --test-threads=1

@@ -1,0 +1,153 @@
+//! The TaskCluster resource, the operator's installation and per-test namespaces.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, PostParams};
+use kube::core::ObjectMeta;
+use serde_json::Value;
+use tokio::sync::OnceCell;
+
+use crate::env::E2e;
+use crate::error::{Error, KubeContext, Result};
+
+pub const GROUP: &str = "taskcluster.dev";
+pub const VERSION: &str = "v1alpha1";
+pub const KIND: &str = "TaskCluster";
+pub const PLURAL: &str = "taskclusters";
+pub const CRD_NAME: &str = "taskclusters.taskcluster.dev";
+
+/// Where the suite installs the operator with the Helm chart.
+pub const OPERATOR_NAMESPACE: &str = "taskcluster-system";
+pub const OPERATOR_RELEASE: &str = "taskcluster-operator";
+
+/// Label on every namespace the suite creates, so a human can find and delete leftovers.
+pub const E2E_LABEL: &str = "taskcluster.dev/e2e";
+
+pub fn resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, VERSION, KIND), PLURAL)
+}
+
+pub fn api(e2e: &E2e, namespace: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(e2e.client.clone(), namespace, &resource())
+}
+
+/// `.status` of a TaskCluster, `Null` before the operator wrote one.
+pub fn status(object: &DynamicObject) -> &Value {
+    object.data.get("status").unwrap_or(&Value::Null)
+}
+
+/// The status of condition `kind` (`"True"`, `"False"`, ...), if present.
+pub fn condition(object: &DynamicObject, kind: &str) -> Option<String> {
+    status(object)
+        .get("conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some(kind))
+        .and_then(|c| c.get("status"))
+        .and_then(Value::as_str)
+        .map(String::from)
+}
+
+pub fn status_i64(object: &DynamicObject, field: &str) -> i64 {
+    status(object).get(field).and_then(Value::as_i64).unwrap_or(0)
+}
+
+pub fn leader(object: &DynamicObject) -> Option<String> {
+    status(object).get("leader").and_then(Value::as_str).filter(|s| !s.is_empty()).map(String::from)
+}
+
+/// Label selector of one component's pods, as the operator labels them.
+pub fn component_selector(instance: &str, component: &str) -> String {
+    format!(
+        "app.kubernetes.io/name=taskcluster,app.kubernetes.io/instance={instance},app.kubernetes.io/component={component}"
+    )
+}
+
+/// The ZooKeeper client address of a TaskCluster, as its masters and workers use it.
+pub fn zookeeper_client(instance: &str, namespace: &str) -> String {
+    format!("{instance}-zookeeper.{namespace}.svc:2181")
+}
+
+static OPERATOR_INSTALLED: OnceCell<()> = OnceCell::const_new();
+
+impl E2e {
+    /// Installs (or upgrades) the operator from charts/taskcluster-operator with Helm,
+    /// once per test binary, and waits for it to be available.
+    pub async fn install_operator(&self) -> Result<()> {
+        OPERATOR_INSTALLED.get_or_try_init(|| self.install_operator_now()).await.map(|_| ())
+    }
+
+    async fn install_operator_now(&self) -> Result<()> {
+        // Helm installs a chart's crds/ only on first install; apply the CRD every time so
+        // a changed schema reaches a long-lived cluster too.
+        let crd = self.repo_root.join("crds/taskcluster.yaml");
+        self.tools.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", &path_str(&crd)?]).await?;
+        self.tools
+            .kubectl(&["wait", "--for=condition=Established", &format!("crd/{CRD_NAME}"), "--timeout=60s"])
+            .await?;
+        let chart = self.repo_root.join("charts/taskcluster-operator");
+        self.tools
+            .helm(&[
+                "upgrade",
+                "--install",
+                OPERATOR_RELEASE,
+                &path_str(&chart)?,
+                "--namespace",
+                OPERATOR_NAMESPACE,
+                "--create-namespace",
+                "--set",
+                "image.pullPolicy=IfNotPresent",
+                "--wait",
+                "--timeout",
+                "5m",
+            ])
+            .await?;
+        Ok(())
+    }
+
+    /// Creates a fresh namespace for one test.
+    pub async fn create_namespace(&self, test: &str) -> Result<String> {
+        let suffix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() % 1_000_000).unwrap_or(0);
+        let base: String = test.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+        let name = format!("e2e-{}-{suffix}", base.chars().take(40).collect::<String>().trim_matches('-'));
+        let namespace = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some([(E2E_LABEL.to_string(), "true".to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(self.client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .context(|| format!("creating namespace {name}"))?;
+        Ok(name)
+    }
+
+    /// Deletes a test's namespace and waits until it is gone, so the next test starts on
+    /// an idle node.
+    pub async fn delete_namespace(&self, name: &str) -> Result<()> {
+        let api = Api::<Namespace>::all(self.client.clone());
+        match api.delete(name, &DeleteParams::foreground()).await {
+            Ok(_) => {},
+            Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+            Err(source) => return Err(Error::Kube { context: format!("deleting namespace {name}"), source }),
+        }
+        crate::wait::until(&format!("namespace {name} to be deleted"), Duration::from_secs(180), Duration::from_secs(2), || async {
+            match api.get_opt(name).await.context(|| format!("reading namespace {name}"))? {
+                None => Ok(crate::wait::Poll::Done(())),
+                Some(ns) => Ok(crate::wait::Poll::NotYet(format!("phase {:?}", ns.status.and_then(|s| s.phase)))),
+            }
+        })
+        .await
+    }
+}
+
+fn path_str(path: &std::path::Path) -> Result<String> {
+    path.to_str().map(String::from).ok_or_else(|| Error::Invalid {
+        context: "repository path".into(),
+        message: format!("{} is not valid UTF-8", path.display()),
+    })
+}

@@ -1,0 +1,386 @@
+//! Scenarios of the operator on a real cluster (docs/e2e.md). Each runs in a namespace
+//! of its own and checks invariants of the objects and of the status, not just that
+//! nothing failed. Without TASKCLUSTER_E2E they skip; with it they fail loudly.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
+use serde_json::{json, Value};
+use taskcluster_e2e::error::KubeContext;
+use taskcluster_e2e::taskcluster::{self, component_selector, condition, leader, status, status_i64};
+use taskcluster_e2e::wait::{self, Poll};
+use taskcluster_e2e::{ensure, scenario, E2e, Error, Result};
+
+/// A three-server ensemble starts its JVMs one after another on a 2-core node.
+const READY_TIMEOUT: Duration = Duration::from_secs(420);
+const POLL: Duration = Duration::from_secs(2);
+
+fn failover_bound() -> Duration {
+    let seconds = std::env::var("TASKCLUSTER_E2E_FAILOVER_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    Duration::from_secs(seconds)
+}
+
+/// A TaskCluster with the given shape, as YAML for `kubectl apply`.
+fn taskcluster_manifest(e2e: &E2e, namespace: &str, name: &str, masters: i64, workers: i64, zk: i64) -> String {
+    let mut storage = json!({"size": "1Gi"});
+    if e2e.ephemeral_storage {
+        storage = json!({"ephemeral": true});
+    }
+    let object = json!({
+        "apiVersion": format!("{}/{}", taskcluster::GROUP, taskcluster::VERSION),
+        "kind": taskcluster::KIND,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "masters": masters,
+            "workers": workers,
+            "imagePullPolicy": "IfNotPresent",
+            "zookeeper": {"replicas": zk, "heap": "128m", "storage": storage},
+        },
+    });
+    serde_yaml::to_string(&object).unwrap_or_default()
+}
+
+/// examples/taskcluster.yaml in `namespace`, with ephemeral ZooKeeper storage on
+/// clusters without a storage provisioner.
+fn example_manifest(e2e: &E2e, namespace: &str) -> Result<(String, String)> {
+    let path = e2e.repo_root.join("examples/taskcluster.yaml");
+    let text = std::fs::read_to_string(&path).map_err(|err| Error::Invalid {
+        context: format!("reading {}", path.display()),
+        message: err.to_string(),
+    })?;
+    let mut object: Value = serde_yaml::from_str(&text)
+        .map_err(|err| Error::Invalid { context: format!("parsing {}", path.display()), message: err.to_string() })?;
+    object["metadata"]["namespace"] = json!(namespace);
+    if e2e.ephemeral_storage {
+        object["spec"]["zookeeper"]["storage"] = json!({"ephemeral": true});
+    }
+    let name = object["metadata"]["name"].as_str().unwrap_or("demo").to_string();
+    let yaml = serde_yaml::to_string(&object)
+        .map_err(|err| Error::Invalid { context: "rendering the example".into(), message: err.to_string() })?;
+    Ok((name, yaml))
+}
+
+async fn get(e2e: &E2e, namespace: &str, name: &str) -> Result<DynamicObject> {
+    taskcluster::api(e2e, namespace).get(name).await.context(|| format!("reading TaskCluster {namespace}/{name}"))
+}
+
+fn summary(object: &DynamicObject) -> String {
+    let s = status(object);
+    format!(
+        "Ready={:?} leader={:?} backlog={} zookeeper={} masters={} workers={}",
+        condition(object, "Ready"),
+        leader(object),
+        status_i64(object, "backlog"),
+        s.get("zookeeper").cloned().unwrap_or(Value::Null),
+        s.get("masters").cloned().unwrap_or(Value::Null),
+        s.get("workers").cloned().unwrap_or(Value::Null),
+    )
+}
+
+async fn wait_ready(e2e: &E2e, namespace: &str, name: &str) -> Result<DynamicObject> {
+    wait::until(&format!("TaskCluster {name} to be Ready"), READY_TIMEOUT, POLL, || async {
+        let object = get(e2e, namespace, name).await?;
+        if condition(&object, "Ready").as_deref() == Some("True") && leader(&object).is_some() {
+            Ok(Poll::Done(object))
+        } else {
+            Ok(Poll::NotYet(summary(&object)))
+        }
+    })
+    .await
+}
+
+async fn running_pod(e2e: &E2e, namespace: &str, name: &str) -> Result<Pod> {
+    let pod = Api::<Pod>::namespaced(e2e.client.clone(), namespace)
+        .get(name)
+        .await
+        .context(|| format!("reading pod {name}"))?;
+    let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+    ensure(phase == "Running", || format!("pod {name} is {phase}, not Running"))?;
+    Ok(pod)
+}
+
+fn label<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+    pod.metadata.labels.as_ref()?.get(key).map(String::as_str)
+}
+
+async fn pods(e2e: &E2e, namespace: &str, selector: &str) -> Result<Vec<Pod>> {
+    let list = Api::<Pod>::namespaced(e2e.client.clone(), namespace)
+        .list(&ListParams::default().labels(selector))
+        .await
+        .context(|| format!("listing pods {selector}"))?;
+    Ok(list.items.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect())
+}
+
+/// A Job that runs `taskcluster submit` against the cluster's ZooKeeper, with the
+/// credentials and the client label the operator's NetworkPolicy admits.
+async fn submit_job(e2e: &E2e, namespace: &str, instance: &str, job: &str, args: &[&str]) -> Result<()> {
+    let image = Api::<Deployment>::namespaced(e2e.client.clone(), namespace)
+        .get(&format!("{instance}-master"))
+        .await
+        .context(|| format!("reading Deployment {instance}-master"))?
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|s| s.containers.into_iter().next())
+        .and_then(|c| c.image)
+        .unwrap_or_else(|| "taskcluster/node:0.1.0".into());
+    let mut command = vec!["submit".to_string(), "--zk".into(), taskcluster::zookeeper_client(instance, namespace)];
+    command.extend(args.iter().map(|s| s.to_string()));
+    let job_object: Job = serde_json::from_value(json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": job, "namespace": namespace},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {"labels": {"taskcluster.dev/client": instance, "taskcluster.dev/e2e-job": job}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65532},
+                    "containers": [{
+                        "name": "submit",
+                        "image": image,
+                        "imagePullPolicy": "IfNotPresent",
+                        "args": command,
+                        "env": [{
+                            "name": "TASKCLUSTER_ZK_DIGEST",
+                            "valueFrom": {"secretKeyRef": {"name": format!("{instance}-zookeeper-credentials"), "key": "digest"}},
+                        }],
+                    }],
+                },
+            },
+        },
+    }))
+    .map_err(|err| Error::Invalid { context: "building the submit Job".into(), message: err.to_string() })?;
+    Api::<Job>::namespaced(e2e.client.clone(), namespace)
+        .create(&PostParams::default(), &job_object)
+        .await
+        .context(|| format!("creating Job {job}"))?;
+    Ok(())
+}
+
+/// `Some(true)` once the Job succeeded, `Some(false)` once it failed.
+async fn job_outcome(e2e: &E2e, namespace: &str, job: &str) -> Result<Option<bool>> {
+    let job = Api::<Job>::namespaced(e2e.client.clone(), namespace).get(job).await.context(|| format!("reading Job {job}"))?;
+    let status = job.status.unwrap_or_default();
+    Ok(if status.succeeded.unwrap_or(0) > 0 {
+        Some(true)
+    } else if status.failed.unwrap_or(0) > 0 {
+        Some(false)
+    } else {
+        None
+    })
+}
+
+async fn job_logs(e2e: &E2e, namespace: &str, job: &str) -> String {
+    e2e.tools.kubectl(&["logs", "-n", namespace, &format!("job/{job}"), "--tail=40"]).await.unwrap_or_else(|e| e.to_string())
+}
+
+// Scenario 1: the example becomes Ready, `kubectl get taskclusters` shows the printer
+// columns, and status.leader names a running master pod.
+#[tokio::test]
+async fn example_becomes_ready_and_its_leader_is_a_running_master() {
+    scenario("example", |e2e, ns| async move {
+        let (name, manifest) = example_manifest(&e2e, &ns)?;
+        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &manifest).await?;
+        let object = wait_ready(&e2e, &ns, &name).await?;
+
+        let table = e2e.tools.kubectl(&["get", "taskclusters", "-n", &ns]).await?;
+        let mut lines = table.lines();
+        let header = lines.next().unwrap_or_default();
+        for column in ["NAME", "MASTERS", "WORKERS", "READY", "LEADER"] {
+            ensure(header.split_whitespace().any(|c| c == column), || {
+                format!("`kubectl get taskclusters` has no {column} column:\n{table}")
+            })?;
+        }
+        let leader_name = leader(&object).unwrap_or_default();
+        let row = lines.find(|l| l.split_whitespace().next() == Some(name.as_str())).unwrap_or_default();
+        ensure(row.contains("True") && row.contains(&leader_name), || {
+            format!("the row of {name} does not show Ready=True and leader {leader_name}:\n{table}")
+        })?;
+
+        let pod = running_pod(&e2e, &ns, &leader_name).await?;
+        ensure(label(&pod, "app.kubernetes.io/component") == Some("master"), || {
+            format!("leader {leader_name} is not a master pod: labels {:?}", pod.metadata.labels)
+        })?;
+        ensure(label(&pod, "app.kubernetes.io/instance") == Some(name.as_str()), || {
+            format!("leader {leader_name} belongs to another TaskCluster: labels {:?}", pod.metadata.labels)
+        })?;
+        Ok(())
+    })
+    .await;
+}
+
+// Scenario 2: 1,000 tasks from a Job all come back; the backlog rises and drains to 0.
+#[tokio::test]
+async fn thousand_tasks_all_complete_and_the_backlog_drains() {
+    scenario("thousand-tasks", |e2e, ns| async move {
+        let name = "load";
+        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster_manifest(&e2e, &ns, name, 2, 3, 1)).await?;
+        let before = status_i64(&wait_ready(&e2e, &ns, name).await?, "completed");
+
+        // All 1,000 in flight at once, so the backlog is visibly above zero for a while.
+        submit_job(&e2e, &ns, name, "submit", &["--count", "1000", "--inflight", "1000", "--wait"]).await?;
+        let peak_backlog = std::cell::Cell::new(0);
+        let succeeded = wait::until("the submit Job to finish", Duration::from_secs(600), Duration::from_millis(500), || async {
+            let object = get(&e2e, &ns, name).await?;
+            peak_backlog.set(peak_backlog.get().max(status_i64(&object, "backlog")));
+            Ok(match job_outcome(&e2e, &ns, "submit").await? {
+                Some(outcome) => Poll::Done(outcome),
+                None => Poll::NotYet(summary(&object)),
+            })
+        })
+        .await?;
+        ensure(succeeded, || "`taskcluster submit --wait` failed: not every result came back".into())?;
+
+        let object = wait::until("the backlog to drain", Duration::from_secs(120), POLL, || async {
+            let object = get(&e2e, &ns, name).await?;
+            let done = status_i64(&object, "completed") - before;
+            if status_i64(&object, "backlog") == 0 && done >= 1000 {
+                Ok(Poll::Done(object))
+            } else {
+                Ok(Poll::NotYet(format!("{done} completed since the start; {}", summary(&object))))
+            }
+        })
+        .await?;
+        ensure(peak_backlog.get() > 0, || {
+            format!("status.backlog never rose above 0 while 1,000 tasks were queued ({})", summary(&object))
+        })?;
+        ensure(status_i64(&object, "deadLettered") == 0, || format!("tasks were dead-lettered: {}", summary(&object)))?;
+        let logs = job_logs(&e2e, &ns, "submit").await;
+        eprintln!("submit Job output (tail):\n{logs}");
+        Ok(())
+    })
+    .await;
+}
+
+// Scenario 3: deleting the leader's pod while tasks flow moves status.leader to the other
+// master within the bound, ten times in a row, and every task completes.
+#[tokio::test]
+async fn leader_moves_within_the_bound_when_its_pod_is_deleted() {
+    scenario("leader-failover", |e2e, ns| async move {
+        let name = "failover";
+        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster_manifest(&e2e, &ns, name, 2, 2, 1)).await?;
+        wait_ready(&e2e, &ns, name).await?;
+        submit_job(&e2e, &ns, name, "submit", &["--count", "3000", "--inflight", "32", "--wait"]).await?;
+
+        let pods_api = Api::<Pod>::namespaced(e2e.client.clone(), &ns);
+        for round in 1..=10 {
+            // Both masters up, so there is another one to take over.
+            let object = wait::until(&format!("round {round}: two ready masters and a leader"), READY_TIMEOUT, POLL, || async {
+                let object = get(&e2e, &ns, name).await?;
+                let ready = status(&object)["masters"]["ready"].as_i64().unwrap_or(0);
+                if ready >= 2 && leader(&object).is_some() {
+                    Ok(Poll::Done(object))
+                } else {
+                    Ok(Poll::NotYet(summary(&object)))
+                }
+            })
+            .await?;
+            let old = leader(&object).unwrap_or_default();
+            pods_api.delete(&old, &DeleteParams::default()).await.context(|| format!("deleting leader pod {old}"))?;
+            let deleted_at = Instant::now();
+            let new = wait::until(&format!("round {round}: a new leader after deleting {old}"), failover_bound(), Duration::from_millis(200), || async {
+                let object = get(&e2e, &ns, name).await?;
+                Ok(match leader(&object) {
+                    Some(new) if new != old => Poll::Done(new),
+                    other => Poll::NotYet(format!("leader {other:?}")),
+                })
+            })
+            .await?;
+            let pod = running_pod(&e2e, &ns, &new).await?;
+            ensure(label(&pod, "app.kubernetes.io/component") == Some("master"), || format!("new leader {new} is not a master"))?;
+            eprintln!("round {round}: leader {old} -> {new} in {:?}", deleted_at.elapsed());
+        }
+
+        let succeeded = wait::until("the submit Job to finish", Duration::from_secs(900), POLL, || async {
+            Ok(match job_outcome(&e2e, &ns, "submit").await? {
+                Some(outcome) => Poll::Done(outcome),
+                None => Poll::NotYet("running".into()),
+            })
+        })
+        .await?;
+        ensure(succeeded, || "some task did not complete across ten leader failovers".into())?;
+        Ok(())
+    })
+    .await;
+}
+
+// Scenario 5: `kubectl scale` and spec edits are followed by the pods and the status.
+#[tokio::test]
+async fn scale_and_spec_edits_are_followed_by_pods_and_status() {
+    scenario("scale", |e2e, ns| async move {
+        let name = "scaled";
+        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster_manifest(&e2e, &ns, name, 2, 3, 1)).await?;
+        wait_ready(&e2e, &ns, name).await?;
+
+        e2e.tools.kubectl(&["scale", "-n", &ns, &format!("taskcluster/{name}"), "--replicas=1"]).await?;
+        follow(&e2e, &ns, name, "workers", 1).await?;
+        e2e.tools
+            .kubectl(&["patch", "-n", &ns, &format!("taskcluster/{name}"), "--type=merge", "-p", r#"{"spec":{"workers":4,"masters":1}}"#])
+            .await?;
+        follow(&e2e, &ns, name, "workers", 4).await?;
+        follow(&e2e, &ns, name, "masters", 1).await?;
+        let object = wait_ready(&e2e, &ns, name).await?;
+        ensure(status_i64(&object, "replicas") == 4, || format!("status.replicas is not 4: {}", summary(&object)))?;
+        Ok(())
+    })
+    .await;
+}
+
+/// Waits until a component has exactly `want` pods and the status agrees.
+async fn follow(e2e: &E2e, ns: &str, name: &str, component: &str, want: i64) -> Result<()> {
+    let selector = component_selector(name, &component[..component.len() - 1]);
+    wait::until(&format!("{want} {component}"), READY_TIMEOUT, POLL, || async {
+        let object = get(e2e, ns, name).await?;
+        let s = &status(&object)[component];
+        let pods = pods(e2e, ns, &selector).await?.len() as i64;
+        let desired = s["desired"].as_i64().unwrap_or(-1);
+        let ready = s["ready"].as_i64().unwrap_or(-1);
+        if pods == want && desired == want && ready == want {
+            Ok(Poll::Done(()))
+        } else {
+            Ok(Poll::NotYet(format!("{pods} pods, status desired {desired} ready {ready}")))
+        }
+    })
+    .await
+}
+
+// Scenario 6: an invalid spec is rejected with a message naming the problem, and
+// deleting a TaskCluster removes every object it owns.
+#[tokio::test]
+async fn invalid_specs_are_rejected_and_deletion_removes_every_owned_object() {
+    scenario("invalid-and-delete", |e2e, ns| async move {
+        let invalid = taskcluster_manifest(&e2e, &ns, "invalid", 2, 2, 2);
+        match e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &invalid).await {
+            Ok(out) => return Err(Error::Invalid { context: "invalid spec".into(), message: format!("zookeeper.replicas: 2 was accepted: {out}") }),
+            Err(Error::Command { stderr, .. }) => ensure(stderr.contains("zookeeper.replicas must be 1, 3 or 5"), || {
+                format!("the rejection does not say what is wrong: {stderr}")
+            })?,
+            Err(other) => return Err(other),
+        }
+
+        let name = "doomed";
+        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster_manifest(&e2e, &ns, name, 1, 1, 1)).await?;
+        wait_ready(&e2e, &ns, name).await?;
+        let selector = format!("app.kubernetes.io/instance={name}");
+        let kinds = "statefulsets,deployments,services,configmaps,secrets,poddisruptionbudgets,networkpolicies,pods";
+        let owned = e2e.tools.kubectl(&["get", kinds, "-n", &ns, "-l", &selector, "-o", "name"]).await?;
+        ensure(owned.lines().count() >= 5, || format!("expected the TaskCluster's objects, found only:\n{owned}"))?;
+
+        taskcluster::api(&e2e, &ns).delete(name, &DeleteParams::foreground()).await.context(|| format!("deleting {name}"))?;
+        wait::until("every owned object to be deleted", Duration::from_secs(180), POLL, || async {
+            let left = e2e.tools.kubectl(&["get", kinds, "-n", &ns, "-l", &selector, "-o", "name"]).await?;
+            let tc = taskcluster::api(&e2e, &ns).get_opt(name).await.context(|| format!("reading {name}"))?;
+            if left.trim().is_empty() && tc.is_none() {
+                Ok(Poll::Done(()))
+            } else {
+                Ok(Poll::NotYet(format!("left: {}", left.split_whitespace().collect::<Vec<_>>().join(" "))))
+            }
+        })
+        .await
+    })
+    .await;
+}
