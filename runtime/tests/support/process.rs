@@ -227,5 +227,10 @@ impl Drop for Proc {
             signal_pid(self.pid(), libc::SIGKILL);
             let _ = self.child.wait();
         }
+        // No input, fault or signal may make any of our processes panic, whether or not the
+        // test looked at its output.
+        if !std::thread::panicking() && self.stderr().contains("panicked") {
+            panic!("{} panicked:\n{}", self.name, self.describe());
+        }
     }
 }
