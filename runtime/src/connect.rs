@@ -119,11 +119,30 @@ impl ZkTarget {
         }
     }
 
-    /// Opens a session and makes sure the roots of docs/protocol.md exist.
+    /// Opens a session and makes sure the roots of docs/protocol.md exist, creating the
+    /// chroot itself first when it is missing.
     pub async fn connect_with_roots(&self) -> Result<Client, ConnectError> {
         let client = self.connect().await?;
-        ensure_roots(&client, self.acls()).await?;
+        match ensure_roots(&client, self.acls()).await {
+            Err(ConnectError::Roots { source: zookeeper_client::Error::NoNode, .. }) => {
+                self.create_chroot().await?;
+                ensure_roots(&client, self.acls()).await?;
+            },
+            other => other?,
+        }
         Ok(client)
+    }
+
+    async fn create_chroot(&self) -> Result<(), ConnectError> {
+        let Some(at) = self.connect.find('/') else { return Ok(()) };
+        let chroot = &self.connect[at..];
+        let hosts = ZkTarget { connect: self.connect[..at].to_string(), ..self.clone() };
+        let client = hosts.connect().await?;
+        let options = CreateMode::Persistent.with_acls(self.acls());
+        match client.mkdir(chroot, &options).await {
+            Ok(()) | Err(zookeeper_client::Error::NodeExists) => Ok(()),
+            Err(source) => Err(ConnectError::Roots { path: "the chroot", source }),
+        }
     }
 }
 
