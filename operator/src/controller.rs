@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -181,11 +181,15 @@ impl Context {
         }
     }
 
-    fn forget(&self, tc: &TaskCluster, key: &str) {
-        self.zookeeper.forget(key);
-        self.ledger.forget_instance(&tc.namespace().unwrap_or_default(), &tc.name_any());
+    /// Drops what is kept in memory for a TaskCluster that is going away.
+    pub fn forget<K: Resource>(&self, tc: &K) {
+        let namespace = tc.namespace().unwrap_or_default();
+        let name = tc.name_any();
+        let key = format!("{namespace}/{name}");
+        self.zookeeper.forget(&key);
+        self.ledger.forget_instance(&namespace, &name);
         if let Ok(mut last) = self.last_resync.lock() {
-            last.remove(key);
+            last.remove(&key);
         }
         if let (Ok(mut known), Some(uid)) = (self.credentials.lock(), tc.uid()) {
             known.remove(&uid);
@@ -252,7 +256,7 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
     let key = format!("{namespace}/{name}");
     if tc.meta().deletion_timestamp.is_some() {
         // Owner references make the garbage collector delete the children.
-        ctx.forget(tc, &key);
+        ctx.forget(tc);
         return Ok(Action::await_change());
     }
     ctx.stores.wait_until_ready().await;
@@ -398,8 +402,8 @@ async fn transition_events(
     if let Some(leader) = &next.leader {
         if before.as_ref() != Some(leader) {
             let note = match &before {
-                Some(old) => format!("master {leader} took over from {old} (epoch {})", next.epoch),
-                None => format!("master {leader} leads (epoch {})", next.epoch),
+                Some(old) => format!("master {leader} took over from {old}"),
+                None => format!("master {leader} leads"),
             };
             info!("{note}");
             ctx.publish(reference, EventType::Normal, "LeaderChanged", note).await;
@@ -503,10 +507,18 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, zook
         ChildStores::new(services, config_maps, stateful_sets, disruption_budgets, network_policies, deployments);
     let ctx = Arc::new(Context::new(client.clone(), metrics, settings, zookeeper, stores));
     let (clusters, writer) = reflector::store();
+    let on_delete = ctx.clone();
     let cluster_stream =
         watcher(Api::<DeserializeGuard<TaskCluster>>::all(client), watcher::Config::default().any_semantic())
             .default_backoff()
             .modify(|object: &mut DeserializeGuard<TaskCluster>| object.managed_fields_mut().clear())
+            .inspect_ok(move |event| {
+                // Deletions never reach reconcile (there is nothing to do: owner references
+                // let the garbage collector remove the children), but the caches must go.
+                if let watcher::Event::Delete(gone) = event {
+                    on_delete.forget(gone);
+                }
+            })
             .reflect(writer)
             .applied_objects();
     Controller::for_stream(cluster_stream, clusters)
