@@ -53,6 +53,9 @@ enum Holding {
 struct Worker {
     version: i32,
     holding: Holding,
+    /// Data-change events on this znode whose outcome we already know (the echo of our own
+    /// assignment, the clear we inferred from a result): they need no read.
+    known_events: u32,
 }
 
 /// One planned assignment: write `task` into the worker's znode at `version`.
@@ -168,7 +171,20 @@ impl Board {
         };
         worker.version = cleared_version;
         worker.holding = Holding::Free;
+        worker.known_events += 1;
         self.free.push_back(wid.to_string());
+    }
+
+    /// A data-change event on `/workers/<wid>`: true if we already know its outcome, so the
+    /// caller skips the read. Unknown workers and unexpected changes are read.
+    pub fn expected_worker_event(&mut self, wid: &str) -> bool {
+        match self.workers.get_mut(wid) {
+            Some(worker) if worker.known_events > 0 => {
+                worker.known_events -= 1;
+                true
+            },
+            _ => false,
+        }
     }
 
     /// The task is finished by us (dead letter written): done without counting a completion.
@@ -218,7 +234,8 @@ impl Board {
             Some(w) => Some(w.holding.clone()),
             None => None,
         };
-        self.workers.insert(wid.to_string(), Worker { version, holding: holding.clone() });
+        let known_events = self.workers.get(wid).map_or(0, |w| w.known_events);
+        self.workers.insert(wid.to_string(), Worker { version, holding: holding.clone(), known_events });
         if holding == Holding::Free {
             self.free.push_back(wid.to_string());
         }
@@ -269,6 +286,7 @@ impl Board {
             };
             let worker = self.workers.get_mut(&wid).expect("popped worker exists");
             worker.holding = Holding::Assigning(task.clone());
+            worker.known_events += 1;
             let version = worker.version;
             self.set_state(&task, TaskState::Assigned { worker: wid.clone(), since: Instant::now() });
             planned.push(Assignment { task, worker: wid, version });
@@ -308,6 +326,7 @@ impl Board {
     /// caller re-reads the worker, whose read brings it back to the pool.
     pub fn assignment_failed(&mut self, a: &Assignment) {
         if let Some(worker) = self.workers.get_mut(&a.worker) {
+            worker.known_events = worker.known_events.saturating_sub(1);
             if worker.holding == Holding::Assigning(a.task.clone()) {
                 // Not free, so it is not planned until re-read.
                 worker.holding = Holding::Unknown;
@@ -446,6 +465,27 @@ mod tests {
         let next = b.plan(100);
         assert_eq!(next, vec![Assignment { task: "t2".into(), worker: "w1".into(), version: 2 }]);
         assert_eq!(b.worker_read("w1", b"", 2), None, "the clear we assumed is no news");
+    }
+
+    #[test]
+    fn only_events_we_caused_or_inferred_skip_the_read() {
+        let mut b = board_with(&["t1"], &["w1"]);
+        assert!(!b.expected_worker_event("w1"), "nothing expected yet");
+        let a = b.plan(10).remove(0);
+        assert!(b.expected_worker_event("w1"), "the echo of our assignment");
+        b.assigned(&a, 1);
+        b.task_completed("t1", Instant::now());
+        assert!(b.expected_worker_event("w1"), "the clear inferred from the result");
+        assert!(!b.expected_worker_event("w1"), "anything else is read");
+        assert!(!b.expected_worker_event("w9"), "unknown workers are read");
+    }
+
+    #[test]
+    fn a_rejected_assignment_expects_no_echo() {
+        let mut b = board_with(&["t1"], &["w1"]);
+        let a = b.plan(10).remove(0);
+        b.assignment_failed(&a);
+        assert!(!b.expected_worker_event("w1"));
     }
 
     #[test]

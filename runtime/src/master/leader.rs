@@ -387,7 +387,12 @@ impl<'a> Leader<'a> {
         }
         let Some(wid) = paths::child_of(paths::WORKERS, &event.path) else { return };
         match event.event_type {
-            EventType::NodeCreated | EventType::NodeDataChanged => self.read_worker(wid.to_string()),
+            EventType::NodeCreated => self.read_worker(wid.to_string()),
+            EventType::NodeDataChanged => {
+                if !self.board.expected_worker_event(wid) {
+                    self.read_worker(wid.to_string());
+                }
+            },
             EventType::NodeDeleted => {
                 if let Some(action) = self.board.worker_deleted(wid) {
                     self.act(action);
