@@ -18,6 +18,9 @@ cleanup() {
 	exit $rc
 }
 
+[[ $(id -u) == 0 ]] || die "the local provider runs as root"
+ensure_host_packages
+
 log "building the release binaries and the images"
 cargo build --release -p taskcluster
 if grep -q '^name = "taskcluster-operator"' operator/Cargo.toml 2>/dev/null; then

@@ -384,3 +384,70 @@ async fn invalid_specs_are_rejected_and_deletion_removes_every_owned_object() {
     })
     .await;
 }
+
+// Scenario 4: deleting worker pods while tasks flow loses nothing (their tasks are
+// retried elsewhere), and deleting one ZooKeeper server of three does not stop the work.
+#[tokio::test]
+async fn work_survives_deleted_workers_and_a_deleted_zookeeper_server() {
+    scenario("disruptions", |e2e, ns| async move {
+        let name = "sturdy";
+        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster_manifest(&e2e, &ns, name, 2, 3, 3)).await?;
+        let before = status_i64(&wait_ready(&e2e, &ns, name).await?, "completed");
+        submit_job(&e2e, &ns, name, "submit", &["--count", "3000", "--inflight", "64", "--wait"]).await?;
+
+        // Two workers, each deleted while tasks are assigned to it.
+        for round in 1..=2 {
+            let victim = wait::until(&format!("round {round}: a busy worker"), Duration::from_secs(300), Duration::from_millis(250), || async {
+                let object = get(&e2e, &ns, name).await?;
+                let busy = status(&object)["workers"]["busy"].as_i64().unwrap_or(0);
+                let workers = pods(&e2e, &ns, &component_selector(name, "worker")).await?;
+                let running: Vec<_> = workers
+                    .iter()
+                    .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                    .filter_map(|p| p.metadata.name.clone())
+                    .collect();
+                match running.first() {
+                    Some(pod) if busy > 0 => Ok(Poll::Done(pod.clone())),
+                    _ => Ok(Poll::NotYet(format!("busy {busy}, running workers {running:?}"))),
+                }
+            })
+            .await?;
+            Api::<Pod>::namespaced(e2e.client.clone(), &ns)
+                .delete(&victim, &DeleteParams::default().grace_period(0))
+                .await
+                .context(|| format!("deleting worker pod {victim}"))?;
+            eprintln!("round {round}: deleted busy worker {victim}");
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+
+        // One ZooKeeper server of three: the other two keep a quorum.
+        let zk_pod = format!("{name}-zookeeper-1");
+        Api::<Pod>::namespaced(e2e.client.clone(), &ns)
+            .delete(&zk_pod, &DeleteParams::default())
+            .await
+            .context(|| format!("deleting ZooKeeper pod {zk_pod}"))?;
+
+        let succeeded = wait::until("the submit Job to finish", Duration::from_secs(900), POLL, || async {
+            Ok(match job_outcome(&e2e, &ns, "submit").await? {
+                Some(outcome) => Poll::Done(outcome),
+                None => Poll::NotYet(summary(&get(&e2e, &ns, name).await?)),
+            })
+        })
+        .await?;
+        ensure(succeeded, || "some task was lost to the deleted workers or the ZooKeeper restart".into())?;
+        let object = wait::until("Ready again with every task counted", READY_TIMEOUT, POLL, || async {
+            let object = get(&e2e, &ns, name).await?;
+            let done = status_i64(&object, "completed") - before;
+            let quorum = status(&object)["zookeeper"]["readyReplicas"].as_i64().unwrap_or(0);
+            if condition(&object, "Ready").as_deref() == Some("True") && done >= 3000 && quorum == 3 {
+                Ok(Poll::Done(object))
+            } else {
+                Ok(Poll::NotYet(format!("{done} completed; {}", summary(&object))))
+            }
+        })
+        .await?;
+        ensure(status_i64(&object, "deadLettered") == 0, || format!("tasks were dead-lettered: {}", summary(&object)))?;
+        Ok(())
+    })
+    .await;
+}
