@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
 use zookeeper_client::{Acl, Acls, Client, CreateMode, Permission};
 
 use crate::paths;
@@ -144,6 +145,44 @@ impl ZkTarget {
             Err(source) => Err(ConnectError::Roots { path: "the chroot", source }),
         }
     }
+}
+
+impl ZkTarget {
+    /// For long-running roles: opens a session with the roots, retrying with backoff while
+    /// ZooKeeper is unreachable (pods may start before it). None on shutdown; an error only
+    /// for a configuration mistake that no retry fixes.
+    pub async fn connect_until_up(&self, shutdown: &CancellationToken) -> Result<Option<Client>, ConnectError> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let attempt = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(None),
+                client = self.connect_with_roots() => client,
+            };
+            match attempt {
+                Ok(client) => return Ok(Some(client)),
+                Err(error @ (ConnectError::BadAddress { .. } | ConnectError::BadDigest(_))) => return Err(error),
+                Err(error) => {
+                    tracing::error!(%error, retry_in = ?backoff, "cannot start a ZooKeeper session");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(None),
+                        _ = tokio::time::sleep(backoff) => {},
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                },
+            }
+        }
+    }
+}
+
+/// Closes the session and waits (briefly) until it is closed, so our ephemeral znodes vanish
+/// now rather than after the session timeout.
+pub async fn close(client: Client) {
+    let mut state = client.state_watcher();
+    drop(client);
+    let closed = async {
+        while !state.changed().await.is_terminated() {}
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), closed).await;
 }
 
 /// Creates each root that is missing; another participant creating it first is fine.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use zookeeper_client::{Client, Error as ZkError, LockOptions, LockPrefix};
 
-use crate::connect::{ConnectError, ZkTarget};
+use crate::connect::{self, ConnectError, ZkTarget};
 use crate::paths;
 use crate::records::{self, ContenderRecord, TaskSettings};
 use crate::telemetry::http::Probes;
@@ -35,30 +35,11 @@ pub enum MasterError {
 /// the old one is lost. Only a configuration error ends it early.
 pub async fn run(ctx: &MasterContext, shutdown: &CancellationToken) -> Result<(), MasterError> {
     ctx.target.validate()?;
-    let mut backoff = Duration::from_millis(100);
-    while !shutdown.is_cancelled() {
-        let client = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            client = ctx.target.connect_with_roots() => client,
-        };
-        let client = match client {
-            Ok(client) => client,
-            Err(error @ (ConnectError::BadAddress { .. } | ConnectError::BadDigest(_))) => return Err(error.into()),
-            Err(error) => {
-                tracing::error!(%error, retry_in = ?backoff, "cannot start a ZooKeeper session");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {},
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            },
-        };
-        backoff = Duration::from_millis(100);
+    while let Some(client) = ctx.target.connect_until_up(shutdown).await? {
         ctx.probes.set_ready(true);
         let end = contend_and_lead(&client, ctx, shutdown).await;
         ctx.probes.set_ready(false);
-        close(client).await;
+        connect::close(client).await;
         if end == LeadEnd::Shutdown {
             break;
         }
@@ -96,19 +77,4 @@ async fn contend_and_lead(client: &Client, ctx: &MasterContext, shutdown: &Cance
             LeadEnd::LeadershipLost
         },
     }
-}
-
-/// Closes the session and waits (briefly) until the server confirmed, so our ephemeral
-/// znodes vanish now rather than after the session timeout.
-pub(crate) async fn close(client: Client) {
-    let mut state = client.state_watcher();
-    drop(client);
-    let closed = async {
-        loop {
-            if state.changed().await.is_terminated() {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(2), closed).await;
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use zookeeper_client::{Client, CreateMode, Error as ZkError, EventType, MultiWriteError, OneshotWatcher};
 
-use crate::connect::{ConnectError, ZkTarget};
+use crate::connect::{self, ConnectError, ZkTarget};
 use crate::paths;
 use crate::records::{self, Attempts};
 use crate::retry::{is_transient, is_transient_multi, retrying};
@@ -46,26 +46,7 @@ pub async fn run(ctx: &WorkerContext, shutdown: &CancellationToken) -> Result<()
     if !paths::is_valid_name(&ctx.id) {
         return Err(WorkerError::BadId(ctx.id.clone()));
     }
-    let mut backoff = Duration::from_millis(100);
-    while !shutdown.is_cancelled() {
-        let client = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            client = ctx.target.connect_with_roots() => client,
-        };
-        let client = match client {
-            Ok(client) => client,
-            Err(error @ (ConnectError::BadAddress { .. } | ConnectError::BadDigest(_))) => return Err(error.into()),
-            Err(error) => {
-                tracing::error!(%error, retry_in = ?backoff, "cannot start a ZooKeeper session");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {},
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            },
-        };
-        backoff = Duration::from_millis(100);
+    while let Some(client) = ctx.target.connect_until_up(shutdown).await? {
         let end = match register(&client, ctx, shutdown).await {
             Ok(true) => {
                 ctx.probes.set_ready(true);
@@ -87,10 +68,10 @@ pub async fn run(ctx: &WorkerContext, shutdown: &CancellationToken) -> Result<()
                 Ok(()) | Err(ZkError::NoNode) => tracing::info!("deregistered"),
                 Err(error) => tracing::warn!(%error, "cannot deregister; the session close removes us"),
             }
-            crate::master::close(client).await;
+            connect::close(client).await;
             break;
         }
-        crate::master::close(client).await;
+        connect::close(client).await;
     }
     Ok(())
 }
