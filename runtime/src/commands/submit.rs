@@ -174,7 +174,13 @@ pub async fn run(args: SubmitArgs) -> Result<(), Failure> {
             SubmitError::BacklogFull { .. } | SubmitError::Vanished { .. } => EXIT_TASK_FAILED,
             _ => super::EXIT_ZOOKEEPER,
         };
-        return Err(Failure { code, message: format!("{error} ({next} of {total} tasks started)") });
+        let hint = match &error {
+            SubmitError::Zk { source: zookeeper_client::Error::NoAuth, .. } => {
+                "; this task tree is protected: give its credentials with --zk-digest USER:PASSWORD"
+            },
+            _ => "",
+        };
+        return Err(Failure { code, message: format!("{error}{hint} ({next} of {total} tasks started)") });
     }
     if wait {
         eprintln!("{total} submitted, {succeeded} succeeded, {failed} failed");
