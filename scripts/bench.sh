@@ -33,7 +33,7 @@ java -Xmx1g -cp /usr/share/java/zookeeper.jar org.apache.zookeeper.server.quorum
 zk=$!
 trap 'kill $zk 2>/dev/null; wait $zk 2>/dev/null; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do
-	if exec 3<>"/dev/tcp/127.0.0.1/$port" 2>/dev/null && echo ruok >&3 && grep -q imok <&3; then break; fi
+	if (exec 3<>"/dev/tcp/127.0.0.1/$port" && echo ruok >&3 && grep -q imok <&3) 2>/dev/null; then break; fi
 	sleep 0.2
 done
 
