@@ -2,9 +2,10 @@
 //! every write whose result is already in place.
 //!
 //! Each child carries the hash of what was applied. A child is rewritten when the desired
-//! hash differs, when someone else changed its spec (its generation moved past the one our
-//! last write produced), when it is missing, or at the periodic resync; not when only the
-//! watch cache has yet to catch up with our own last write.
+//! hash differs, when someone else wrote it (its generation moved past the one our last
+//! write produced or, for kinds without one, its resourceVersion differs), when it is
+//! missing, or at the periodic resync; not when only the watch cache has yet to catch up
+//! with our own last write.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -12,6 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -54,6 +56,9 @@ struct Written {
     /// The generation it produced: a larger one in the cache means another writer changed
     /// the spec, and ours must be put back.
     generation: Option<i64>,
+    /// The resourceVersion it produced, for kinds without a generation (Service,
+    /// ConfigMap): nothing but writes changes theirs, so a different one is someone else's.
+    resource_version: Option<String>,
     at: Instant,
 }
 
@@ -72,9 +77,15 @@ impl Ledger {
         self.written.lock().ok()?.get(key).cloned()
     }
 
-    pub(crate) fn record(&self, key: String, hash: String, generation: Option<i64>) {
+    pub(crate) fn record(&self, key: String, hash: String, meta: &ObjectMeta) {
         if let Ok(mut written) = self.written.lock() {
-            written.insert(key, Written { hash, generation, at: Instant::now() });
+            let entry = Written {
+                hash,
+                generation: meta.generation,
+                resource_version: meta.resource_version.clone(),
+                at: Instant::now(),
+            };
+            written.insert(key, entry);
         }
     }
 
@@ -84,6 +95,19 @@ impl Ledger {
             let needle = format!("/{namespace}/{prefix}-");
             written.retain(|key, _| !key.contains(&needle));
         }
+    }
+}
+
+/// Whether someone else wrote the object since our last write (unknown after a restart).
+fn overwritten_since(last: Option<&Written>, current: &ObjectMeta) -> bool {
+    let Some(last) = last else { return false };
+    match (last.generation, current.generation) {
+        (Some(ours), Some(seen)) => seen > ours,
+        (None, None) => matches!(
+            (&last.resource_version, &current.resource_version),
+            (Some(ours), Some(seen)) if ours != seen
+        ),
+        _ => false,
     }
 }
 
@@ -128,20 +152,18 @@ impl Applier<'_> {
         let current = store.get(&ObjectRef::new(&name).within(&namespace));
         let last = self.ledger.get(&key);
         if !self.force {
-            if let Some(last) = last.as_ref().filter(|l| l.hash == hash && l.at.elapsed() < CACHE_LAG) {
+            let recent = last.as_ref().filter(|l| l.hash == hash && l.at.elapsed() < CACHE_LAG);
+            if let Some(last) = recent {
+                // The cache may still show the version before our write; only a newer
+                // generation proves another writer.
                 let seen = current.as_ref().and_then(|c| c.meta().generation);
                 let overwritten = matches!((seen, last.generation), (Some(seen), Some(ours)) if seen > ours);
                 if !overwritten {
                     return Ok(Applied::Unchanged);
                 }
-            }
-            if let Some(current) = &current {
+            } else if let Some(current) = &current {
                 let same_hash = current.annotations().get(APPLIED_HASH) == Some(&hash);
-                let overwritten = match (last.and_then(|l| l.generation), current.meta().generation) {
-                    (Some(ours), Some(seen)) => seen > ours,
-                    _ => false,
-                };
-                if same_hash && !overwritten {
+                if same_hash && !overwritten_since(last.as_ref(), current.meta()) {
                     return Ok(Applied::Unchanged);
                 }
             }
@@ -154,7 +176,7 @@ impl Applier<'_> {
             name: name.clone(),
             source,
         })?;
-        self.ledger.record(key, hash, written.meta().generation);
+        self.ledger.record(key, hash, written.meta());
         Ok(if current.is_some() { Applied::Updated } else { Applied::Created })
     }
 }

@@ -416,7 +416,8 @@ async fn a_hand_edited_deployment_is_put_back() {
     let tc = settled(base, &world, &cluster);
     let mut h = harness(&world, FakeReply::Status(cluster));
     let key = crate::apply::Ledger::key::<Deployment>("default", "demo-worker");
-    h.ctx.ledger.record(key, "hash of an older spec".into(), Some(2));
+    let ours = kube::core::ObjectMeta { generation: Some(2), ..Default::default() };
+    h.ctx.ledger.record(key, "hash of an older spec".into(), &ours);
     let ctx = h.ctx.clone();
     let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
     h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
@@ -451,4 +452,27 @@ async fn an_object_that_does_not_decode_is_reported_and_skipped() {
     assert!(event["note"].as_str().unwrap().contains("expected i32"));
     server.expect_nothing_more().await;
     assert_eq!(reconciling.await.unwrap().unwrap(), Action::await_change(), "no retry loop on a bad object");
+}
+
+#[tokio::test]
+async fn a_hand_edited_service_is_put_back_but_not_one_nobody_touched() {
+    let base = fixtures::example();
+    let mut world = World::running(&base);
+    // Services have no generation: the resourceVersion tells another writer apart.
+    world.services[0].metadata.resource_version = Some("501".into());
+    world.services[1].metadata.resource_version = Some("400".into());
+    let cluster = leader("demo-master-abc", 3);
+    let tc = settled(base, &world, &cluster);
+    let mut h = harness(&world, FakeReply::Status(cluster));
+    for (name, rv) in [("demo-zookeeper-headless", "500"), ("demo-zookeeper", "400")] {
+        let key = crate::apply::Ledger::key::<k8s_openapi::api::core::v1::Service>("default", name);
+        let ours = kube::core::ObjectMeta { resource_version: Some(rv.into()), ..Default::default() };
+        h.ctx.ledger.record(key, "an older hash".into(), &ours);
+    }
+    let ctx = h.ctx.clone();
+    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+    h.server.expect(Method::PATCH, "/api/v1/namespaces/default/services/demo-zookeeper-headless", Reply::Echo).await;
+    h.server.expect_nothing_more().await;
+    reconciling.await.unwrap().unwrap();
 }
