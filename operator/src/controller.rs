@@ -38,6 +38,12 @@ const WAIT: Duration = Duration::from_secs(10);
 /// checks cannot see (a hand edit of a ConfigMap or Service).
 const RESYNC: Duration = Duration::from_secs(600);
 const RETRY: Duration = Duration::from_secs(5);
+const MAX_RETRY: Duration = Duration::from_secs(300);
+
+/// Delay before the next attempt after `failures` consecutive failures.
+fn retry_delay(failures: u32) -> Duration {
+    RETRY.saturating_mul(1 << failures.min(6)).min(MAX_RETRY)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -129,6 +135,8 @@ pub struct Context {
     last_resync: Mutex<HashMap<String, Instant>>,
     /// TaskClusters (by uid) whose credentials Secret is known to exist.
     credentials: Mutex<HashSet<String>>,
+    /// Consecutive failed reconciles per TaskCluster, for the retry backoff.
+    failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
@@ -150,6 +158,7 @@ impl Context {
             ledger: Ledger::default(),
             last_resync: Mutex::new(HashMap::new()),
             credentials: Mutex::new(HashSet::new()),
+            failures: Mutex::new(HashMap::new()),
         }
     }
 
@@ -193,6 +202,25 @@ impl Context {
         }
         if let (Ok(mut known), Some(uid)) = (self.credentials.lock(), tc.uid()) {
             known.remove(&uid);
+        }
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.remove(&key);
+        }
+    }
+
+    /// The delay before retrying a failed reconcile: 5 s, doubling per consecutive
+    /// failure up to 5 minutes, so a lasting error does not hammer the API server.
+    fn retry_after_failure(&self, key: &str) -> Duration {
+        let Ok(mut failures) = self.failures.lock() else { return RETRY };
+        let count = failures.entry(key.to_string()).or_insert(0);
+        let delay = retry_delay(*count);
+        *count = count.saturating_add(1);
+        delay
+    }
+
+    fn succeeded(&self, key: &str) {
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.remove(key);
         }
     }
 
@@ -368,6 +396,7 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
         debug!(writes, "reconciled");
     }
     ctx.metrics.zookeeper_sessions.set(i64::try_from(ctx.zookeeper.sessions()).unwrap_or(i64::MAX));
+    ctx.succeeded(&key);
     Ok(match reading {
         ZkReading::Skipped => Action::requeue(WAIT),
         _ => Action::requeue(REFRESH),
@@ -419,10 +448,11 @@ async fn transition_events(
 }
 
 pub fn error_policy(object: Arc<DeserializeGuard<TaskCluster>>, error: &Error, ctx: Arc<Context>) -> Action {
-    let name = object.0.as_ref().map(|tc| tc.name_any()).unwrap_or_default();
-    warn!(cluster = %name, reason = error.reason(), error = %error, "reconcile failed; retrying");
+    let key = format!("{}/{}", object.namespace().unwrap_or_default(), object.name_any());
+    let retry_in = ctx.retry_after_failure(&key);
+    warn!(cluster = %key, reason = error.reason(), error = %error, ?retry_in, "reconcile failed");
     ctx.metrics.failed(error.reason());
-    Action::requeue(RETRY)
+    Action::requeue(retry_in)
 }
 
 /// Drops what the caches never read, so memory grows with the number of objects, not with
@@ -537,4 +567,16 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, zook
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_up_to_five_minutes() {
+        let delays: Vec<u64> = (0..9).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(retry_delay(u32::MAX), MAX_RETRY);
+    }
 }
