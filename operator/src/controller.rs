@@ -24,9 +24,9 @@ use crate::apply::{self, Applied, Applier, ApplyError, Ledger, FIELD_MANAGER};
 use crate::build::labels::{Names, MANAGED_BY};
 use crate::build::{self, security, BuildError, Settings};
 use crate::crd::{TaskCluster, TaskClusterStatus};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReasonLabel};
 use crate::status::{self, Observation, ZkReading};
-use crate::validate::{self, Observed};
+use crate::validate::{self, Observed, ValidSpec};
 use crate::zk::StatusSource;
 
 /// How often a running cluster's status is refreshed from ZooKeeper: leader and backlog are
@@ -290,91 +290,21 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
     ctx.stores.wait_until_ready().await;
     let names = Names::new(&name);
     let reference = tc.object_ref(&());
-    let mut writes = 0u32;
 
-    // Validate.
+    // Validate (pure), against what already runs.
     let ensemble = cached(&ctx.stores.stateful_sets, &namespace, &names.zookeeper);
     let observed = Observed { ensemble_replicas: ensemble.as_ref().and_then(|s| s.spec.as_ref()?.replicas) };
     let valid = validate::validate(tc, observed);
 
-    if let Ok(valid) = &valid {
-        // Build.
-        let children = build::build(tc, valid, &ctx.settings)?;
-        // Apply: credentials first, since the pods refer to them.
-        let uid = tc.uid().unwrap_or_default();
-        if !ctx.credentials_known(&uid) {
-            let owner = build::Owner::of(tc)?;
-            let created = apply::ensure_secret(&ctx.client, &namespace, &names.credentials, || {
-                security::credentials(&owner, &names, &security::generate_password())
-            })
-            .await?;
-            if created == Applied::Created {
-                ctx.metrics.wrote("Secret");
-                writes += 1;
-            }
-            ctx.remember_credentials(&uid);
-        }
-        let previous_workers =
-            cached(&ctx.stores.deployments, &namespace, &names.workers).and_then(|d| d.spec.as_ref()?.replicas);
-        let previous_masters =
-            cached(&ctx.stores.deployments, &namespace, &names.masters).and_then(|d| d.spec.as_ref()?.replicas);
-        let applier = Applier { client: &ctx.client, ledger: &ctx.ledger, force: ctx.resync_due(&key) };
-        let s = &ctx.stores;
-        let results = [
-            ("Service", applier.apply(&s.services, children.headless_service).await?),
-            ("Service", applier.apply(&s.services, children.client_service).await?),
-            ("ConfigMap", applier.apply(&s.config_maps, children.config_map).await?),
-            ("NetworkPolicy", applier.apply(&s.network_policies, children.network_policy).await?),
-            ("PodDisruptionBudget", applier.apply(&s.disruption_budgets, children.disruption_budget).await?),
-            ("StatefulSet", applier.apply(&s.stateful_sets, children.stateful_set).await?),
-            ("Deployment", applier.apply(&s.deployments, children.masters).await?),
-            ("Deployment", applier.apply(&s.deployments, children.workers).await?),
-        ];
-        for (kind, applied) in results {
-            if applied != Applied::Unchanged {
-                ctx.metrics.wrote(kind);
-                writes += 1;
-            }
-        }
-        if ensemble.is_none() && results[5].1 == Applied::Created {
-            let note = format!(
-                "created a {}-server ZooKeeper ensemble, {} masters and {} workers",
-                valid.spec.zookeeper.replicas, valid.spec.masters, valid.spec.workers
-            );
-            info!("{note}");
-            ctx.publish(&reference, EventType::Normal, "Created", note).await;
-        }
-        for (role, before, after) in
-            [("workers", previous_workers, valid.spec.workers), ("masters", previous_masters, valid.spec.masters)]
-        {
-            if let Some(before) = before.filter(|b| *b != after) {
-                let note = format!("scaled {role} from {before} to {after}");
-                info!("{note}");
-                ctx.publish(&reference, EventType::Normal, "Scaled", note).await;
-            }
-        }
-    }
-
-    // Status.
-    let zookeeper = cached(&ctx.stores.stateful_sets, &namespace, &names.zookeeper);
-    let ready_servers = zookeeper.as_ref().and_then(|s| s.status.as_ref()?.ready_replicas).unwrap_or(0);
-    let reading = if ready_servers >= build::zookeeper::quorum(tc.spec.zookeeper.replicas) {
-        ctx.metrics.zookeeper_reads.inc();
-        let connect = format!("{}.{namespace}.svc.{}:2181", names.zookeeper, ctx.settings.cluster_domain);
-        match ctx.zookeeper.read(&key, &connect).await {
-            Ok(cluster) => ZkReading::Read(cluster),
-            Err(err) => {
-                ctx.metrics
-                    .zookeeper_failures
-                    .get_or_create(&crate::metrics::ReasonLabel { reason: err.reason().into() })
-                    .inc();
-                debug!(error = %err, "cannot read the cluster status from ZooKeeper");
-                ZkReading::Failed(err)
-            },
-        }
-    } else {
-        ZkReading::Skipped
+    // Build (pure) and apply; an invalid spec leaves the running cluster as it is.
+    let mut writes = match &valid {
+        Ok(valid) => apply_children(tc, valid, &names, &reference, ctx).await?,
+        Err(_) => 0,
     };
+
+    // Status, from the cached children and ZooKeeper.
+    let zookeeper = cached(&ctx.stores.stateful_sets, &namespace, &names.zookeeper);
+    let reading = read_cluster(tc, &names, zookeeper.as_deref(), &key, ctx).await;
     let masters = cached(&ctx.stores.deployments, &namespace, &names.masters);
     let workers = cached(&ctx.stores.deployments, &namespace, &names.workers);
     let observation = Observation {
@@ -391,6 +321,7 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
         writes += 1;
         transition_events(ctx, &reference, previous, &next).await;
     }
+
     Span::current().record("writes", writes);
     if writes > 0 {
         debug!(writes, "reconciled");
@@ -401,6 +332,101 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
         ZkReading::Skipped => Action::requeue(WAIT),
         _ => Action::requeue(REFRESH),
     })
+}
+
+/// Builds the children and applies those that changed; returns the number of writes.
+async fn apply_children(
+    tc: &TaskCluster,
+    valid: &ValidSpec,
+    names: &Names,
+    reference: &ObjectReference,
+    ctx: &Context,
+) -> Result<u32, Error> {
+    let namespace = tc.namespace().unwrap_or_default();
+    let key = format!("{namespace}/{}", names.instance);
+    let children = build::build(tc, valid, &ctx.settings)?;
+    let mut writes = 0;
+
+    // Credentials first, since the pods refer to them.
+    let uid = tc.uid().unwrap_or_default();
+    if !ctx.credentials_known(&uid) {
+        let owner = build::Owner::of(tc)?;
+        let created = apply::ensure_secret(&ctx.client, &namespace, &names.credentials, || {
+            security::credentials(&owner, names, &security::generate_password())
+        })
+        .await?;
+        if created == Applied::Created {
+            ctx.metrics.wrote("Secret");
+            writes += 1;
+        }
+        ctx.remember_credentials(&uid);
+    }
+
+    let s = &ctx.stores;
+    let ensemble_existed = cached(&s.stateful_sets, &namespace, &names.zookeeper).is_some();
+    let replicas = |name: &str| cached(&s.deployments, &namespace, name).and_then(|d| d.spec.as_ref()?.replicas);
+    let (workers_before, masters_before) = (replicas(&names.workers), replicas(&names.masters));
+    let applier = Applier { client: &ctx.client, ledger: &ctx.ledger, force: ctx.resync_due(&key) };
+    let results = [
+        ("Service", applier.apply(&s.services, children.headless_service).await?),
+        ("Service", applier.apply(&s.services, children.client_service).await?),
+        ("ConfigMap", applier.apply(&s.config_maps, children.config_map).await?),
+        ("NetworkPolicy", applier.apply(&s.network_policies, children.network_policy).await?),
+        ("PodDisruptionBudget", applier.apply(&s.disruption_budgets, children.disruption_budget).await?),
+        ("StatefulSet", applier.apply(&s.stateful_sets, children.stateful_set).await?),
+        ("Deployment", applier.apply(&s.deployments, children.masters).await?),
+        ("Deployment", applier.apply(&s.deployments, children.workers).await?),
+    ];
+    for (kind, applied) in results {
+        if applied != Applied::Unchanged {
+            ctx.metrics.wrote(kind);
+            writes += 1;
+        }
+    }
+
+    if !ensemble_existed && results[5].1 == Applied::Created {
+        let note = format!(
+            "created a {}-server ZooKeeper ensemble, {} masters and {} workers",
+            valid.spec.zookeeper.replicas, valid.spec.masters, valid.spec.workers
+        );
+        info!("{note}");
+        ctx.publish(reference, EventType::Normal, "Created", note).await;
+    }
+    for (role, before, after) in
+        [("workers", workers_before, valid.spec.workers), ("masters", masters_before, valid.spec.masters)]
+    {
+        if let Some(before) = before.filter(|b| *b != after) {
+            let note = format!("scaled {role} from {before} to {after}");
+            info!("{note}");
+            ctx.publish(reference, EventType::Normal, "Scaled", note).await;
+        }
+    }
+    Ok(writes)
+}
+
+/// Asks ZooKeeper for leader and counters, once a majority of its servers is ready.
+async fn read_cluster(
+    tc: &TaskCluster,
+    names: &Names,
+    ensemble: Option<&StatefulSet>,
+    key: &str,
+    ctx: &Context,
+) -> ZkReading {
+    let ready_servers = ensemble.and_then(|s| s.status.as_ref()?.ready_replicas).unwrap_or(0);
+    if ready_servers < build::zookeeper::quorum(tc.spec.zookeeper.replicas) {
+        return ZkReading::Skipped;
+    }
+    ctx.metrics.zookeeper_reads.inc();
+    let namespace = tc.namespace().unwrap_or_default();
+    let connect = format!("{}.{namespace}.svc.{}:2181", names.zookeeper, ctx.settings.cluster_domain);
+    match ctx.zookeeper.read(key, &connect).await {
+        Ok(cluster) => ZkReading::Read(cluster),
+        Err(err) => {
+            ctx.metrics.zookeeper_failures.get_or_create(&ReasonLabel { reason: err.reason().into() }).inc();
+            debug!(error = %err, "cannot read the cluster status from ZooKeeper");
+            ZkReading::Failed(err)
+        },
+    }
 }
 
 async fn write_status(ctx: &Context, namespace: &str, name: &str, status: &TaskClusterStatus) -> Result<(), Error> {
