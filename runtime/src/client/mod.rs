@@ -2,18 +2,23 @@
 //!
 //! Tasks are persistent znodes, so a client outlives its ZooKeeper sessions: requests that
 //! fail with connection loss are retried, and an expired session is replaced by a new one.
+//! Under load, submissions and collections are group-committed (see `batch`).
 
-use std::future::Future;
+mod batch;
+mod session;
+
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError, EventType};
+use tokio::sync::{mpsc, oneshot};
+use zookeeper_client::{Client, Error as ZkError, EventType};
 
 use crate::connect::{ConnectError, ZkTarget};
 use crate::paths::{self, MAX_PAYLOAD_BYTES};
 use crate::records::{self, TaskOutcome, TaskSettings};
-use crate::retry::is_transient;
+use batch::Write;
+use session::{CallError, Session};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
@@ -29,9 +34,17 @@ pub enum SubmitError {
     Zk { op: &'static str, source: ZkError },
 }
 
+impl SubmitError {
+    fn from_call(op: &'static str) -> impl FnOnce(CallError) -> SubmitError {
+        move |error| match error {
+            CallError::Connect(error) => SubmitError::Connect(error),
+            CallError::Zk(source) => SubmitError::Zk { op, source },
+        }
+    }
+}
+
 /// How long a reading of `/tasks`' size stands in for the cap check.
 const CAP_READ_TTL: Duration = Duration::from_millis(100);
-const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// The soft backlog cap: one `exists` on `/tasks` per TTL, plus our own submissions since.
 struct CapGate {
@@ -58,14 +71,11 @@ impl CapGate {
 }
 
 pub struct Submitter {
-    target: ZkTarget,
-    client: RwLock<Client>,
-    /// Serialises session renewal so concurrent requests open one new session, not many.
-    renewal: tokio::sync::Mutex<()>,
+    session: Arc<Session>,
+    writes: mpsc::UnboundedSender<Write>,
     prefix: String,
     counter: AtomicU64,
     gate: CapGate,
-    acls: Acls<'static>,
 }
 
 impl Submitter {
@@ -82,65 +92,31 @@ impl Submitter {
         };
         // Session ids are unique among live sessions: ids stay unique across clients.
         let prefix = format!("t{:x}-", client.session_id().0 as u64);
+        let session = Arc::new(Session::new(target.clone(), client));
+        let writes = batch::start(session.clone(), target.acls());
         Ok(Self {
-            target: target.clone(),
-            client: RwLock::new(client),
-            renewal: tokio::sync::Mutex::new(()),
+            session,
+            writes,
             prefix,
             counter: AtomicU64::new(0),
             gate: CapGate { cap: settings.backlog_cap, last: Mutex::new(None) },
-            acls: target.acls(),
         })
     }
 
     /// The current session.
     pub fn client(&self) -> Client {
-        match self.client.read() {
-            Ok(client) => client.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    /// Replaces `expired` with a new session (unless another request already did).
-    async fn renew(&self, expired: &Client) -> Result<(), SubmitError> {
-        let _guard = self.renewal.lock().await;
-        if self.client().session_id() != expired.session_id() {
-            return Ok(());
-        }
-        tracing::warn!("ZooKeeper session ended; opening a new one");
-        let fresh = self.target.connect().await?;
-        match self.client.write() {
-            Ok(mut client) => *client = fresh,
-            Err(poisoned) => *poisoned.into_inner() = fresh,
-        }
-        Ok(())
-    }
-
-    /// Runs `request` on the current session: retried on connection loss, moved to a new
-    /// session when the current one ended. Retried writes must tolerate their own success.
-    async fn call<T, F, Fut>(&self, op: &'static str, request: F) -> Result<T, SubmitError>
-    where
-        F: Fn(Client) -> Fut,
-        Fut: Future<Output = Result<T, ZkError>>,
-    {
-        loop {
-            let client = self.client();
-            match request(client.clone()).await {
-                Err(error) if client.state().is_terminated() || matches!(error, ZkError::SessionExpired) => {
-                    self.renew(&client).await?;
-                },
-                Err(error) if is_transient(&error) => tokio::time::sleep(RETRY_PAUSE).await,
-                Err(source) => return Err(SubmitError::Zk { op, source }),
-                Ok(value) => return Ok(value),
-            }
-        }
+        self.session.client()
     }
 
     async fn check_cap(&self) -> Result<(), SubmitError> {
         if self.gate.admit_cached() == Some(true) {
             return Ok(());
         }
-        let stat = self.call("size check of /tasks", |c| async move { c.check_stat(paths::TASKS).await }).await?;
+        let stat = self
+            .session
+            .call(|c, _| async move { c.check_stat(paths::TASKS).await })
+            .await
+            .map_err(SubmitError::from_call("size check of /tasks"))?;
         let tasks = stat.map_or(0, |s| s.num_children.max(0) as u64);
         self.gate.record(tasks);
         if tasks >= self.gate.cap {
@@ -153,36 +129,24 @@ impl Submitter {
         format!("{}{}", self.prefix, self.counter.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// Hands a write to the group committer and waits for its outcome.
+    async fn write<T>(&self, op: &'static str, make: impl FnOnce(oneshot::Sender<Result<T, CallError>>) -> Write) -> Result<T, SubmitError> {
+        let (reply, outcome) = oneshot::channel();
+        let gone = || SubmitError::Zk { op, source: ZkError::ClientClosed };
+        self.writes.send(make(reply)).map_err(|_| gone())?;
+        outcome.await.map_err(|_| gone())?.map_err(SubmitError::from_call(op))
+    }
+
     /// Creates `/data/<id>` and `/tasks/<id>` in one multi. Returns the task id.
     pub async fn submit(&self, payload: &[u8]) -> Result<String, SubmitError> {
         if payload.len() > MAX_PAYLOAD_BYTES {
             return Err(SubmitError::PayloadTooLarge { size: payload.len() });
         }
         self.check_cap().await?;
-        let options = CreateMode::Persistent.with_acls(self.acls);
         loop {
             let id = self.next_id();
-            let (data_path, task_path) = (paths::data(&id), paths::task(&id));
-            let attempts = AtomicU64::new(0);
             let created = self
-                .call("submission", |client| {
-                    let retry = attempts.fetch_add(1, Ordering::Relaxed) > 0;
-                    let (data_path, task_path, options) = (&data_path, &task_path, &options);
-                    async move {
-                        let mut writer = client.new_multi_writer();
-                        writer.add_create(data_path, payload, options)?;
-                        writer.add_create(task_path, b"", options)?;
-                        match writer.commit().await {
-                            Ok(_) => Ok(true),
-                            // After a lost reply, NodeExists may be our own earlier attempt.
-                            Err(error) => match ZkError::from(error) {
-                                ZkError::NodeExists if retry => Ok(client.check_stat(task_path).await?.is_some()),
-                                ZkError::NodeExists => Ok(false),
-                                other => Err(other),
-                            },
-                        }
-                    }
-                })
+                .write("submission", |reply| Write::Submit { id: id.clone(), payload: payload.to_vec(), reply })
                 .await?;
             if created {
                 return Ok(id);
@@ -195,16 +159,14 @@ impl Submitter {
     pub async fn wait(&self, id: &str) -> Result<TaskOutcome, SubmitError> {
         let path = paths::task(id);
         loop {
-            let read = self.call("read of the result", |c| {
+            let read = self.session.call(|c, _| {
                 let path = &path;
                 async move { c.get_and_watch_data(path).await }
             });
             let (data, _, watcher) = match read.await {
                 Ok(read) => read,
-                Err(SubmitError::Zk { source: ZkError::NoNode, .. }) => {
-                    return Err(SubmitError::Vanished { id: id.to_string() })
-                },
-                Err(error) => return Err(error),
+                Err(CallError::Zk(ZkError::NoNode)) => return Err(SubmitError::Vanished { id: id.to_string() }),
+                Err(error) => return Err(SubmitError::from_call("read of the result")(error)),
             };
             if !data.is_empty() {
                 return Ok(TaskOutcome::from_result(data));
@@ -219,32 +181,7 @@ impl Submitter {
 
     /// Deletes `/tasks/<id>` and `/data/<id>`; already-missing nodes are fine.
     pub async fn collect(&self, id: &str) -> Result<(), SubmitError> {
-        let (task, data) = (paths::task(id), paths::data(id));
-        self.call("cleanup", |client| {
-            let (task, data) = (&task, &data);
-            async move {
-                let mut writer = client.new_multi_writer();
-                writer.add_delete(task, None)?;
-                writer.add_delete(data, None)?;
-                match writer.commit().await {
-                    Ok(_) => Ok(()),
-                    Err(error) => match ZkError::from(error) {
-                        // One is gone already (a foreign layout, or a retry): delete what is left.
-                        ZkError::NoNode => {
-                            for path in [task, data] {
-                                match client.delete(path, None).await {
-                                    Ok(()) | Err(ZkError::NoNode) => {},
-                                    Err(other) => return Err(other),
-                                }
-                            }
-                            Ok(())
-                        },
-                        other => Err(other),
-                    },
-                }
-            }
-        })
-        .await
+        self.write("cleanup", |reply| Write::Collect { id: id.to_string(), reply }).await
     }
 
     /// Submit, wait, collect.
