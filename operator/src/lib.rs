@@ -11,6 +11,7 @@ pub mod controller;
 #[cfg(test)]
 pub mod fixtures;
 pub mod http;
+pub mod lease;
 pub mod metrics;
 #[cfg(test)]
 mod mock;

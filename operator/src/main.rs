@@ -1,6 +1,7 @@
 //! `taskcluster-operator`: reconciles TaskCluster resources. Configured by environment:
 //! `RUST_LOG` (log filter), `LOG_FORMAT` (`text` or `json`), `LISTEN` (metrics and probes
-//! address, default `0.0.0.0:8080`), `POD_NAMESPACE`, `CLUSTER_DOMAIN`, `IMAGE_PULL_SECRETS`.
+//! address, default `0.0.0.0:8080`), `POD_NAMESPACE`, `POD_NAME`, `CLUSTER_DOMAIN`,
+//! `IMAGE_PULL_SECRETS`, `LEADER_ELECTION` (`true` when several replicas run).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -14,6 +15,7 @@ use taskcluster_operator::build::Settings;
 use taskcluster_operator::controller;
 use taskcluster_operator::crd::TaskCluster;
 use taskcluster_operator::http::{self, Health};
+use taskcluster_operator::lease::{self, LeaseSettings};
 use taskcluster_operator::metrics::Metrics;
 use taskcluster_operator::zk::ZkStatusReader;
 use tracing::{error, info};
@@ -91,9 +93,59 @@ async fn main() -> ExitCode {
     }
     let settings = settings();
     info!(version = taskcluster_operator::crd::OPERATOR_VERSION, ?settings, "starting");
+    // A standby replica is healthy too: readiness means the CRD check passed.
     ready.store(true, Ordering::Relaxed);
+    let lease = match lease_settings() {
+        Ok(lease) => lease,
+        Err(message) => {
+            error!("{message}");
+            return ExitCode::FAILURE;
+        },
+    };
+    if let Some(lease) = &lease {
+        tokio::select! {
+            _ = lease::acquire(&client, lease) => {},
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+            _ = terminated() => return ExitCode::SUCCESS,
+        }
+    }
     let zookeeper = Arc::new(ZkStatusReader::new(Duration::from_millis(1500)));
-    controller::run(client, settings, metrics, zookeeper).await;
+    let run = controller::run(client.clone(), settings, metrics, zookeeper);
+    match &lease {
+        None => run.await,
+        Some(lease) => {
+            tokio::select! {
+                _ = run => lease::release(&client, lease).await,
+                _ = lease::hold(&client, lease) => {
+                    error!("lost the Lease; exiting so that the restart contends again");
+                    return ExitCode::FAILURE;
+                },
+            }
+        },
+    }
     info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Resolves on SIGTERM (never, where signals cannot be installed).
+async fn terminated() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut signal) => {
+            signal.recv().await;
+        },
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// Leader election settings when `LEADER_ELECTION=true`.
+fn lease_settings() -> Result<Option<LeaseSettings>, String> {
+    if !std::env::var("LEADER_ELECTION").is_ok_and(|v| v == "true") {
+        return Ok(None);
+    }
+    let namespace = std::env::var("POD_NAMESPACE").ok().filter(|v| !v.is_empty());
+    let identity = std::env::var("POD_NAME").ok().filter(|v| !v.is_empty());
+    match (namespace, identity) {
+        (Some(namespace), Some(identity)) => Ok(Some(LeaseSettings::new(namespace, identity))),
+        _ => Err("LEADER_ELECTION=true needs POD_NAMESPACE and POD_NAME (set them from the downward API)".into()),
+    }
 }

@@ -26,3 +26,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- default "default" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
+
+{{- define "taskcluster-operator.leaderElection" -}}
+{{- if or .Values.leaderElection (gt (int .Values.replicas) 1) -}}true{{- end -}}
+{{- end -}}
