@@ -32,11 +32,11 @@ impl Processes {
         Ok(())
     }
 
+    /// Sends SIGTERM; the process exits on its own (reaped on drop).
     fn terminate(&mut self, id: &str) {
         if let Some((_, child)) = self.0.iter_mut().find(|(name, _)| name == id) {
             // SAFETY: kill(2) on a child we spawned and have not reaped.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let _ = child.wait();
         }
     }
 }
@@ -123,7 +123,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
         }
         if let Some((at, old)) = &failover_at {
             if let Some(new) = leader_of(&watch).await.filter(|l| l != old) {
-                println!("  failover: {new} leads after {} ms", at.elapsed().as_millis());
+                println!("  failover: {new} leads, {} ms after the signal", at.elapsed().as_millis());
                 failover_at = Some((Instant::now() + Duration::from_secs(3600), new));
             }
         }
