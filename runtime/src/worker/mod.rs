@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use zookeeper_client::{Client, CreateMode, Error as ZkError, EventType, MultiWriteError, OneshotWatcher};
+use futures::FutureExt;
+use zookeeper_client::{
+    AddWatchMode, Client, CreateMode, Error as ZkError, EventType, MultiWriteError, PersistentWatcher, SessionState, WatchedEvent,
+};
 
 use crate::connect::{self, ConnectError, ZkTarget};
 use crate::paths;
@@ -103,61 +106,141 @@ async fn register(client: &Client, ctx: &WorkerContext, shutdown: &CancellationT
     }
 }
 
+/// What a change on our znode's persistent watch means to us.
+#[derive(Debug, PartialEq, Eq)]
+enum Change {
+    /// The data changed: a new assignment, or one withdrawn.
+    Data,
+    /// The znode or the session is gone: register again.
+    Gone,
+    /// Back after a disconnection: the watch must be added again.
+    Reconnected,
+    /// Nothing that concerns us (a disconnection in progress).
+    Nothing,
+}
+
+fn classify(event: &WatchedEvent) -> Change {
+    match event.event_type {
+        EventType::NodeDataChanged => Change::Data,
+        EventType::NodeDeleted => Change::Gone,
+        EventType::Session if event.session_state.is_terminated() => Change::Gone,
+        EventType::Session if event.session_state == SessionState::SyncConnected => Change::Reconnected,
+        _ => Change::Nothing,
+    }
+}
+
+/// Safety net under the watch: an idle worker re-reads its znode this often anyway.
+const IDLE_RECHECK: Duration = Duration::from_secs(1);
+
+/// One persistent watch on our znode (added again after every reconnection, as
+/// zookeeper-client 0.11 does not restore persistent watches) tells us about assignments.
+/// After our own completion we know the znode is empty, so we wait without reading: one read
+/// per task fewer than re-arming a one-shot watch.
 async fn serve(client: &Client, ctx: &WorkerContext, shutdown: &CancellationToken) -> WorkerEnd {
     let me = paths::worker(&ctx.id);
+    let mut watch = match client.watch(&me, AddWatchMode::Persistent).await {
+        Ok(watch) => watch,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch our znode");
+            return WorkerEnd::Reregister;
+        },
+    };
+    let mut known_free = false;
     loop {
         if shutdown.is_cancelled() {
             return WorkerEnd::Shutdown;
         }
-        let (data, stat, watcher) = match client.get_and_watch_data(&me).await {
-            Ok(read) => read,
-            Err(ZkError::NoNode) => {
-                tracing::warn!("our registration vanished; registering again");
-                return WorkerEnd::Reregister;
-            },
-            Err(error) => {
-                tracing::warn!(%error, "cannot read our assignment");
-                if matches!(error, ZkError::SessionExpired | ZkError::ClientClosed) {
+        if !known_free {
+            let (data, stat) = match client.get_data(&me).await {
+                Ok(read) => read,
+                Err(ZkError::NoNode) => {
+                    tracing::warn!("our registration vanished; registering again");
                     return WorkerEnd::Reregister;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            },
-        };
-        if data.is_empty() || data == paths::DRAINING {
-            tokio::select! {
-                _ = shutdown.cancelled() => return WorkerEnd::Shutdown,
-                event = watcher.changed() => {
-                    if event.event_type == EventType::Session && event.session_state.is_terminated() {
-                        return WorkerEnd::Reregister;
-                    }
                 },
+                Err(error) if client.state().is_terminated() => {
+                    tracing::warn!(%error, "session ended");
+                    return WorkerEnd::Reregister;
+                },
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read our assignment");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                },
+            };
+            // Changes delivered before the read's reply are reflected in it: drop them, so
+            // the next event is news.
+            let mut reread = false;
+            while let Some(event) = watch.changed().now_or_never() {
+                match classify(&event) {
+                    Change::Gone => return WorkerEnd::Reregister,
+                    Change::Reconnected => match client.watch(&me, AddWatchMode::Persistent).await {
+                        Ok(fresh) => {
+                            watch = fresh;
+                            reread = true;
+                        },
+                        Err(_) => return WorkerEnd::Reregister,
+                    },
+                    Change::Data | Change::Nothing => {},
+                }
             }
-            continue;
-        }
-        let task = match String::from_utf8(data) {
-            Ok(task) if paths::is_valid_name(&task) => task,
-            _ => {
-                tracing::warn!("ignoring an assignment that is not a task id; clearing it");
-                let _ = client.set_data(&me, b"", Some(stat.version)).await;
+            if reread {
                 continue;
-            },
+            }
+            if !data.is_empty() && data != paths::DRAINING {
+                match String::from_utf8(data) {
+                    Ok(task) if paths::is_valid_name(&task) => {
+                        match run_task(client, ctx, &task, stat.version, &mut watch, shutdown).await {
+                            TaskEnd::Cleared => known_free = true,
+                            TaskEnd::Unknown => {},
+                            TaskEnd::Stop(end) => return end,
+                        }
+                    },
+                    _ => {
+                        tracing::warn!("ignoring an assignment that is not a task id; clearing it");
+                        let _ = client.set_data(&me, b"", Some(stat.version)).await;
+                    },
+                }
+                continue;
+            }
+        }
+        let change = tokio::select! {
+            _ = shutdown.cancelled() => return WorkerEnd::Shutdown,
+            event = watch.changed() => classify(&event),
+            _ = tokio::time::sleep(IDLE_RECHECK) => Change::Data,
         };
-        if let Some(end) = run_task(client, ctx, &task, stat.version, watcher, shutdown).await {
-            return end;
+        match change {
+            Change::Data => known_free = false,
+            Change::Gone => return WorkerEnd::Reregister,
+            Change::Reconnected => match client.watch(&me, AddWatchMode::Persistent).await {
+                Ok(fresh) => {
+                    watch = fresh;
+                    known_free = false;
+                },
+                Err(_) => return WorkerEnd::Reregister,
+            },
+            Change::Nothing => {},
         }
     }
 }
 
-/// Executes one assignment and reports it. Returns Some when the worker must stop serving.
+/// How a task left our znode.
+enum TaskEnd {
+    /// We cleared it ourselves (result or failure written) and consumed that change's event.
+    Cleared,
+    /// Not known: read the znode again.
+    Unknown,
+    Stop(WorkerEnd),
+}
+
+/// Executes one assignment and reports it.
 async fn run_task(
     client: &Client,
     ctx: &WorkerContext,
     task: &str,
     version: i32,
-    assignment_changed: OneshotWatcher,
+    watch: &mut PersistentWatcher,
     shutdown: &CancellationToken,
-) -> Option<WorkerEnd> {
+) -> TaskEnd {
     ctx.metrics.busy.set(1);
     let _idle = scopeguard(|| {
         ctx.metrics.busy.set(0);
@@ -168,40 +251,61 @@ async fn run_task(
             let input = TaskInput { task, worker: &ctx.id, attempt, payload: &payload };
             let execution = ctx.handler.execute(&input);
             tokio::pin!(execution);
-            let revoked = assignment_changed.changed();
-            tokio::pin!(revoked);
-            tokio::select! {
-                outcome = &mut execution => outcome,
-                event = &mut revoked => {
-                    ctx.metrics.count("abandoned");
-                    tracing::warn!(%task, ?event.event_type, "assignment withdrawn while running; abandoned");
-                    return (event.event_type == EventType::Session).then_some(WorkerEnd::Reregister);
-                },
-                _ = shutdown.cancelled() => {
-                    tracing::info!(%task, grace = ?ctx.grace_period, "shutting down: finishing the current task");
-                    tokio::select! {
-                        outcome = &mut execution => outcome,
-                        _ = tokio::time::sleep(ctx.grace_period) => {
-                            give_back(client, ctx, task, version).await;
-                            return Some(WorkerEnd::Shutdown);
+            loop {
+                tokio::select! {
+                    outcome = &mut execution => break outcome,
+                    event = watch.changed() => match classify(&event) {
+                        // Nobody but the leader writes our znode while we run: a withdrawal.
+                        Change::Data | Change::Gone => {
+                            ctx.metrics.count("abandoned");
+                            tracing::warn!(%task, ?event.event_type, "assignment withdrawn while running; abandoned");
+                            return if classify(&event) == Change::Gone { TaskEnd::Stop(WorkerEnd::Reregister) } else { TaskEnd::Unknown };
                         },
-                    }
-                },
+                        Change::Reconnected => match client.watch(&paths::worker(&ctx.id), AddWatchMode::Persistent).await {
+                            Ok(fresh) => *watch = fresh,
+                            Err(_) => return TaskEnd::Stop(WorkerEnd::Reregister),
+                        },
+                        Change::Nothing => {},
+                    },
+                    _ = shutdown.cancelled() => {
+                        tracing::info!(%task, grace = ?ctx.grace_period, "shutting down: finishing the current task");
+                        tokio::select! {
+                            outcome = &mut execution => break outcome,
+                            _ = tokio::time::sleep(ctx.grace_period) => {
+                                give_back(client, ctx, task, version).await;
+                                return TaskEnd::Stop(WorkerEnd::Shutdown);
+                            },
+                        }
+                    },
+                }
             }
         },
         Err(ZkError::NoNode) => Err(format!("payload {} is missing", paths::data(task))),
         Err(error) => Err(format!("cannot read the payload: {error}")),
     };
-    match outcome {
+    let cleared = match outcome {
         Ok(result) => complete(client, ctx, task, version, &result).await,
         Err(error) => fail(client, ctx, task, version, &error).await,
+    };
+    if !cleared {
+        return TaskEnd::Unknown;
     }
-    None
+    // The change our own write made was delivered before its reply: consume it, so that the
+    // next event is news. Anything else, or nothing, means we read again.
+    match watch.changed().now_or_never() {
+        Some(event) if classify(&event) == Change::Data => TaskEnd::Cleared,
+        Some(event) if classify(&event) == Change::Gone => TaskEnd::Stop(WorkerEnd::Reregister),
+        other => {
+            tracing::debug!(?other, "echo of our own write not queued; reading again");
+            TaskEnd::Unknown
+        },
+    }
 }
 
 /// The seed's multi: the result into `/tasks/<id>` and our znode cleared, guarded by the
-/// assignment's version so a revoked assignment cannot complete.
-async fn complete(client: &Client, ctx: &WorkerContext, task: &str, version: i32, result: &[u8]) {
+/// assignment's version so a revoked assignment cannot complete. True when our znode was
+/// cleared by a write whose reply came back on the first try (its change event is queued).
+async fn complete(client: &Client, ctx: &WorkerContext, task: &str, version: i32, result: &[u8]) -> bool {
     let me = paths::worker(&ctx.id);
     let mut retried = false;
     loop {
@@ -211,12 +315,13 @@ async fn complete(client: &Client, ctx: &WorkerContext, task: &str, version: i32
             .and_then(|_| writer.add_set_data(&me, b"", Some(version)));
         if let Err(error) = added {
             tracing::error!(%error, %task, "cannot build the completion");
-            return;
+            return false;
         }
-        match writer.commit().await {
+        return match writer.commit().await {
             Ok(_) => {
                 ctx.metrics.count("succeeded");
                 tracing::debug!(%task, "completed");
+                !retried
             },
             Err(error) if is_transient_multi(&error) && !client.state().is_terminated() => {
                 retried = true;
@@ -227,19 +332,20 @@ async fn complete(client: &Client, ctx: &WorkerContext, task: &str, version: i32
                 // The client gave up on the task (or retention removed it): just free ourselves.
                 ctx.metrics.count("abandoned");
                 tracing::warn!(%task, "task vanished before its result was written");
-                let _ = client.set_data(&me, b"", Some(version)).await;
+                client.set_data(&me, b"", Some(version)).await.is_ok() && !retried
             },
             Err(error) if retried && result_present(client, task).await => {
                 // The attempt before the connection dropped went through.
                 tracing::debug!(%error, %task, "completed (confirmed after reconnecting)");
                 ctx.metrics.count("succeeded");
+                false
             },
             Err(error) => {
                 ctx.metrics.count("abandoned");
                 tracing::warn!(%error, %task, "result not accepted (assignment withdrawn or session lost)");
+                false
             },
-        }
-        return;
+        };
     }
 }
 
@@ -257,13 +363,14 @@ async fn read_attempts(client: &Client, task: &str) -> (Attempts, Option<i32>) {
 }
 
 /// Records a failed attempt and frees us in one multi; the leader then retries or
-/// dead-letters the task.
-async fn fail(client: &Client, ctx: &WorkerContext, task: &str, version: i32, error: &str) {
+/// dead-letters the task. True as for [`complete`].
+async fn fail(client: &Client, ctx: &WorkerContext, task: &str, version: i32, error: &str) -> bool {
     ctx.metrics.count("failed");
     tracing::warn!(%task, %error, "task failed");
     let me = paths::worker(&ctx.id);
     let path = paths::attempts(task);
     let options = CreateMode::Persistent.with_acls(ctx.target.acls());
+    let mut retried = false;
     for _ in 0..5 {
         let (mut record, record_version) = read_attempts(client, task).await;
         record.attempts += 1;
@@ -279,18 +386,20 @@ async fn fail(client: &Client, ctx: &WorkerContext, task: &str, version: i32, er
             break;
         }
         match writer.commit().await {
-            Ok(_) => return,
+            Ok(_) => return !retried,
             Err(error) if is_transient_multi(&error) && !client.state().is_terminated() => {
+                retried = true;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             },
             // Someone else wrote the record meanwhile: read it again.
             Err(MultiWriteError::OperationFailed { index: 0, .. }) => continue,
             Err(error) => {
                 tracing::warn!(%error, %task, "cannot record the failure (assignment withdrawn or session lost)");
-                return;
+                return false;
             },
         }
     }
+    false
 }
 
 /// Hands the task back without counting an attempt: our znode says "draining", which the
