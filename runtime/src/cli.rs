@@ -55,9 +55,7 @@ pub struct ZkArgs {
 
 impl ZkArgs {
     pub fn target(&self) -> ZkTarget {
-        ZkTarget::new(self.zk.clone())
-            .with_session_timeout(self.session_timeout)
-            .with_digest(self.zk_digest.clone())
+        ZkTarget::new(self.zk.clone()).with_session_timeout(self.session_timeout).with_digest(self.zk_digest.clone())
     }
 }
 

@@ -32,10 +32,8 @@ pub enum ConnectError {
     Roots { path: &'static str, source: zookeeper_client::Error },
 }
 
-static CREATOR_ALL_ANYONE_READ: [Acl; 2] = [
-    Acl::new_const(Permission::ALL, "auth", ""),
-    Acl::new_const(Permission::READ, "world", "anyone"),
-];
+static CREATOR_ALL_ANYONE_READ: [Acl; 2] =
+    [Acl::new_const(Permission::ALL, "auth", ""), Acl::new_const(Permission::READ, "world", "anyone")];
 
 impl ZkTarget {
     pub fn new(connect: impl Into<String>) -> Self {
@@ -105,11 +103,8 @@ impl ZkTarget {
             connector = connector.with_auth("digest", digest.as_bytes());
         }
         let attempt = connector.connect(&self.connect);
-        let unreachable = |source| ConnectError::Unreachable {
-            connect: self.connect.clone(),
-            timeout: self.session_timeout,
-            source,
-        };
+        let unreachable =
+            |source| ConnectError::Unreachable { connect: self.connect.clone(), timeout: self.session_timeout, source };
         match tokio::time::timeout(self.session_timeout, attempt).await {
             Ok(Ok(client)) => Ok(client),
             Ok(Err(source @ zookeeper_client::Error::AuthFailed)) => {
@@ -179,9 +174,7 @@ impl ZkTarget {
 pub async fn close(client: Client) {
     let mut state = client.state_watcher();
     drop(client);
-    let closed = async {
-        while !state.changed().await.is_terminated() {}
-    };
+    let closed = async { while !state.changed().await.is_terminated() {} };
     let _ = tokio::time::timeout(Duration::from_secs(2), closed).await;
 }
 

@@ -41,7 +41,8 @@ impl LocalZk {
         );
         std::fs::write(dir.join("zoo.cfg"), config)?;
         let log = std::fs::File::create(dir.join("zookeeper.log"))?;
-        let java = std::env::var_os("JAVA_HOME").map_or(PathBuf::from("java"), |home| PathBuf::from(home).join("bin/java"));
+        let java =
+            std::env::var_os("JAVA_HOME").map_or(PathBuf::from("java"), |home| PathBuf::from(home).join("bin/java"));
         let child = Command::new(java)
             .arg("-Xmx512m")
             .arg("-cp")
@@ -70,7 +71,8 @@ impl LocalZk {
             std::thread::sleep(Duration::from_millis(100));
         }
         let log = std::fs::read_to_string(self.dir.join("zookeeper.log")).unwrap_or_default();
-        let tail: String = log.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        let tail: String =
+            log.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
         Err(LocalZkError::NotServing { port: self.port, timeout, log: tail })
     }
 }

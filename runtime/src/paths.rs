@@ -78,12 +78,7 @@ pub fn is_contender(name: &str) -> bool {
 
 /// The contender that leads: the lowest sequence number among our election znodes.
 pub fn lowest_contender<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    names
-        .into_iter()
-        .filter(|n| is_contender(n))
-        .filter_map(|n| sequence_of(n).map(|s| (s, n)))
-        .min()
-        .map(|(_, n)| n)
+    names.into_iter().filter(|n| is_contender(n)).filter_map(|n| sequence_of(n).map(|s| (s, n))).min().map(|(_, n)| n)
 }
 
 #[cfg(test)]

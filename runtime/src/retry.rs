@@ -11,7 +11,11 @@ use zookeeper_client::{Client, Error as ZkError, MultiWriteError};
 pub fn is_transient(error: &ZkError) -> bool {
     matches!(
         error,
-        ZkError::ConnectionLoss | ZkError::Timeout | ZkError::Throttled | ZkError::Custom(_) | ZkError::UnexpectedError(_)
+        ZkError::ConnectionLoss
+            | ZkError::Timeout
+            | ZkError::Throttled
+            | ZkError::Custom(_)
+            | ZkError::UnexpectedError(_)
     )
 }
 

@@ -40,7 +40,9 @@ pub struct LeaderInfo {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
-    #[error("the task tree is missing ({0} does not exist): no master or worker has run against this ZooKeeper root yet")]
+    #[error(
+        "the task tree is missing ({0} does not exist): no master or worker has run against this ZooKeeper root yet"
+    )]
     NotInitialised(&'static str),
     #[error("cannot read {path} from ZooKeeper: {source}")]
     Read { path: &'static str, source: ZkError },
@@ -108,9 +110,9 @@ async fn leader_info(
 ) -> Result<LeaderInfo, StatusError> {
     let path = format!("{}/{contender}", paths::MASTER);
     let id = match client.get_data(&path).await {
-        Ok((data, _)) => records::decode::<ContenderRecord>(&path, &data)
-            .map(|c| c.id)
-            .unwrap_or_else(|_| contender.to_string()),
+        Ok((data, _)) => {
+            records::decode::<ContenderRecord>(&path, &data).map(|c| c.id).unwrap_or_else(|_| contender.to_string())
+        },
         // The leader just went away; report its znode name rather than fail.
         Err(ZkError::NoNode) => contender.to_string(),
         Err(source) => return Err(StatusError::Read { path: paths::MASTER, source }),

@@ -15,7 +15,19 @@ async fn only_holders_of_the_credentials_can_write_the_task_tree() {
     let zk = tc.zk();
     let master = tc.run(
         "master",
-        &["master", "--zk", &zk, "--zk-digest", DIGEST, "--id", "m1", "--listen", "off", "--session-timeout", SESSION_TIMEOUT],
+        &[
+            "master",
+            "--zk",
+            &zk,
+            "--zk-digest",
+            DIGEST,
+            "--id",
+            "m1",
+            "--listen",
+            "off",
+            "--session-timeout",
+            SESSION_TIMEOUT,
+        ],
     );
     let opts = WorkerOpts { env: vec![("TASKCLUSTER_ZK_DIGEST".into(), DIGEST.into())], ..WorkerOpts::handler("seed") };
     let mut worker = tc.worker_with("w1", &opts);

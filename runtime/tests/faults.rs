@@ -7,9 +7,9 @@ mod support;
 use std::collections::HashMap;
 
 use support::{
-    assert_exactly_one_ok_result_each, assert_tree_drained, eventually, eventually_async, is_leader, payloads,
-    scrape, seed_result, seed_results, wait_ready, wait_single_leader, Journal, MasterOpts, Proc, ResultLine,
-    TestCluster, WorkerOpts, LONG,
+    assert_exactly_one_ok_result_each, assert_tree_drained, eventually, eventually_async, is_leader, payloads, scrape,
+    seed_result, seed_results, wait_ready, wait_single_leader, Journal, MasterOpts, Proc, ResultLine, TestCluster,
+    WorkerOpts, LONG,
 };
 
 const ASSIGNMENTS: &str = "taskcluster_master_assignments_total";
@@ -322,8 +322,7 @@ async fn submissions_beyond_the_backlog_cap_are_refused() {
     let master = tc.master_with("m1", &MasterOpts { backlog_cap: Some(5), ..MasterOpts::default() });
     wait_single_leader(&[&master], LONG).await;
     let zk = tc.inspector().await;
-    eventually_async("the leader to publish its config", LONG, || async { zk.data("/taskcluster/config").await })
-        .await;
+    eventually_async("the leader to publish its config", LONG, || async { zk.data("/taskcluster/config").await }).await;
 
     let first: Vec<String> = payloads("capped", 5);
     let args: Vec<&str> = first.iter().map(String::as_str).collect();

@@ -10,11 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use support::{
-    assert_exactly_one_ok_result_each, assert_tree_drained, payloads, seed_results, wait_ready,
-    wait_single_leader, Proc, ResultLine, TestCluster, LONG,
+    assert_exactly_one_ok_result_each, assert_tree_drained, payloads, seed_results, wait_ready, wait_single_leader,
+    Proc, ResultLine, TestCluster, LONG,
 };
 
-const INSTALL: &str = "install them with `apt-get install -y python3 python3-pip && python3 -m pip install kazoo==2.11.0`";
+const INSTALL: &str =
+    "install them with `apt-get install -y python3 python3-pip && python3 -m pip install kazoo==2.11.0`";
 
 fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kazoo").join(name)

@@ -8,8 +8,8 @@ use std::collections::{HashMap, HashSet};
 
 use support::{
     all_tasks_have_results, assert_exactly_one_ok_result_each, assert_tree_drained, eventually, eventually_async,
-    payloads, scrape, seed_result, seed_results, wait_ready, wait_single_leader, Journal, Proc, ResultLine, TestCluster,
-    WorkerOpts, LONG,
+    payloads, scrape, seed_result, seed_results, wait_ready, wait_single_leader, Journal, Proc, ResultLine,
+    TestCluster, WorkerOpts, LONG,
 };
 
 /// Seconds of work per task in the exec script: long enough that kills land mid-task.
@@ -44,10 +44,7 @@ async fn assert_client_succeeded(client: &mut Proc, payloads: &[String]) -> Vec<
 }
 
 fn deaths(procs: &[&Proc]) -> HashMap<String, u128> {
-    procs
-        .iter()
-        .filter_map(|p| p.killed_at_ns.map(|t| (worker_id(&p.name), t)))
-        .collect()
+    procs.iter().filter_map(|p| p.killed_at_ns.map(|t| (worker_id(&p.name), t))).collect()
 }
 
 /// `worker-w1.3` (the process name) to `w1` (the worker id).
@@ -250,10 +247,8 @@ async fn many_tasks_in_flight_from_two_clients() {
     assert_tree_drained(&tc).await;
     let completed = scrape(&master).get("taskcluster_tasks_completed_total");
     assert_eq!(completed, Some(600.0), "completed counter");
-    let executed: f64 = [&w1, &w2]
-        .iter()
-        .map(|w| scrape(w).counter("taskcluster_worker_tasks_total{outcome=\"succeeded\"}"))
-        .sum();
+    let executed: f64 =
+        [&w1, &w2].iter().map(|w| scrape(w).counter("taskcluster_worker_tasks_total{outcome=\"succeeded\"}")).sum();
     assert_eq!(executed, 600.0, "without failures every task executes exactly once");
     master.assert_no_panic();
 }

@@ -139,7 +139,9 @@ async fn create_one(
                 writer.add_create(task_path, b"", options)?;
                 match writer.commit().await.map_err(ZkError::from) {
                     Ok(_) => Ok(true),
-                    Err(ZkError::NodeExists) if retried || in_doubt => Ok(client.check_stat(task_path).await?.is_some()),
+                    Err(ZkError::NodeExists) if retried || in_doubt => {
+                        Ok(client.check_stat(task_path).await?.is_some())
+                    },
                     Err(ZkError::NodeExists) => Ok(false),
                     Err(other) => Err(other),
                 }

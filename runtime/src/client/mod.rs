@@ -130,7 +130,11 @@ impl Submitter {
     }
 
     /// Hands a write to the group committer and waits for its outcome.
-    async fn write<T>(&self, op: &'static str, make: impl FnOnce(oneshot::Sender<Result<T, CallError>>) -> Write) -> Result<T, SubmitError> {
+    async fn write<T>(
+        &self,
+        op: &'static str,
+        make: impl FnOnce(oneshot::Sender<Result<T, CallError>>) -> Write,
+    ) -> Result<T, SubmitError> {
         let (reply, outcome) = oneshot::channel();
         let gone = || SubmitError::Zk { op, source: ZkError::ClientClosed };
         self.writes.send(make(reply)).map_err(|_| gone())?;

@@ -186,10 +186,7 @@ async fn drive(
     let mut histogram = Histogram::<u64>::new(3).map_err(|e| Failure::usage(e.to_string()))?;
     let mut failed = 0;
     for run in runs {
-        let (h, f) = run
-            .await
-            .map_err(|e| Failure::zookeeper(e.to_string()))?
-            .map_err(Failure::zookeeper)?;
+        let (h, f) = run.await.map_err(|e| Failure::zookeeper(e.to_string()))?.map_err(Failure::zookeeper)?;
         histogram.add(h).map_err(|e| Failure::usage(e.to_string()))?;
         failed += f;
     }

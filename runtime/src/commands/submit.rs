@@ -82,7 +82,9 @@ fn collect_payloads(args: &SubmitArgs) -> Result<Payloads, Failure> {
     } else if !std::io::stdin().is_terminal() {
         read_lines(std::io::stdin().lock(), "stdin")?
     } else {
-        return Err(Failure::usage("no payloads: give them as arguments, with --file FILE (- for stdin), or --count N"));
+        return Err(Failure::usage(
+            "no payloads: give them as arguments, with --file FILE (- for stdin), or --count N",
+        ));
     };
     Ok(Payloads::Given(payloads))
 }

@@ -223,11 +223,8 @@ impl Board {
     /// The current data and version of `/workers/<wid>` (event re-read or rebuild). Reads older
     /// than what we know are ignored, so out-of-order completions are harmless.
     pub fn worker_read(&mut self, wid: &str, data: &[u8], version: i32) -> Option<Action> {
-        let holding = if data.is_empty() {
-            Holding::Free
-        } else {
-            Holding::Task(String::from_utf8_lossy(data).into_owned())
-        };
+        let holding =
+            if data.is_empty() { Holding::Free } else { Holding::Task(String::from_utf8_lossy(data).into_owned()) };
         let previous = match self.workers.get(wid) {
             Some(w) if version < w.version => return None,
             Some(w) if version == w.version && w.holding != Holding::Unknown => return None,

@@ -9,7 +9,8 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 use zookeeper_client::{
-    AddWatchMode, Client, Error as ZkError, EventType, OwnedLockClient, PersistentWatcher, SessionState, Stat, WatchedEvent,
+    AddWatchMode, Client, Error as ZkError, EventType, OwnedLockClient, PersistentWatcher, SessionState, Stat,
+    WatchedEvent,
 };
 
 use super::board::{Action, Assignment, Board, ReturnReason};
@@ -448,7 +449,9 @@ impl<'a> Leader<'a> {
                             self.act(action);
                         }
                     },
-                    Err(error) => tracing::debug!(%error, %wid, "worker read failed; the next event or rebuild covers it"),
+                    Err(error) => {
+                        tracing::debug!(%error, %wid, "worker read failed; the next event or rebuild covers it")
+                    },
                 }
             },
             Completion::Assigned { generation, batch, result } => match result {

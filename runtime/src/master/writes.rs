@@ -140,7 +140,8 @@ pub async fn resolve(
     if dead {
         let message = format!("dead-lettered after {} attempts: {}", record.attempts, record.last_error);
         writer.add_set_data(&paths::task(task), &records::failure_result(&message), None).map_err(WriteError::Other)?;
-        let letter = DeadLetter { attempts: record.attempts, error: record.last_error.clone(), at_ms: records::now_ms() };
+        let letter =
+            DeadLetter { attempts: record.attempts, error: record.last_error.clone(), at_ms: records::now_ms() };
         writer.add_create(&paths::deadletter(task), &records::encode(&letter), &options).map_err(WriteError::Other)?;
         ops += 2;
     }

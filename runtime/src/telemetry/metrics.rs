@@ -32,9 +32,17 @@ impl MasterMetrics {
         );
         r.register("master_takeovers", "Times this master became leader", self.takeovers.clone());
         r.register("tasks_completed", "Results observed by this master while leading", self.completed.clone());
-        r.register("tasks_failed_attempts", "Failed attempts (handler error, worker death, timeout)", self.failed_attempts.clone());
+        r.register(
+            "tasks_failed_attempts",
+            "Failed attempts (handler error, worker death, timeout)",
+            self.failed_attempts.clone(),
+        );
         r.register("tasks_dead_lettered", "Tasks given up after the last attempt", self.dead_lettered.clone());
-        r.register("tasks_expired_results", "Uncollected results removed after retention", self.expired_results.clone());
+        r.register(
+            "tasks_expired_results",
+            "Uncollected results removed after retention",
+            self.expired_results.clone(),
+        );
         r.register("backlog", "Tasks waiting for a worker", self.backlog.clone());
         r.register("running", "Tasks running on workers", self.running.clone());
     }

@@ -5,10 +5,11 @@ pub mod handler;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
 use futures::FutureExt;
+use tokio_util::sync::CancellationToken;
 use zookeeper_client::{
-    AddWatchMode, Client, CreateMode, Error as ZkError, EventType, MultiWriteError, PersistentWatcher, SessionState, WatchedEvent,
+    AddWatchMode, Client, CreateMode, Error as ZkError, EventType, MultiWriteError, PersistentWatcher, SessionState,
+    WatchedEvent,
 };
 
 use crate::connect::{self, ConnectError, ZkTarget};

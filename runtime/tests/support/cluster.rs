@@ -258,7 +258,8 @@ pub async fn wait_ready(proc: &mut Proc) {
 /// A metrics scrape that must succeed.
 pub fn scrape(proc: &Proc) -> Metrics {
     let addr = proc.listen.as_deref().expect("process has a --listen address");
-    Metrics::scrape(addr).unwrap_or_else(|| panic!("{} does not serve /metrics on {addr}\n{}", proc.name, proc.describe()))
+    Metrics::scrape(addr)
+        .unwrap_or_else(|| panic!("{} does not serve /metrics on {addr}\n{}", proc.name, proc.describe()))
 }
 
 /// Whether this master says it leads (None when it does not answer, e.g. while stopped).

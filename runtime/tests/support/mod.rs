@@ -14,7 +14,10 @@ pub mod process;
 pub mod results;
 pub mod zk_server;
 
-pub use cluster::{all_tasks_have_results, assert_tree_drained, is_leader, scrape, wait_http_ok, wait_ready, wait_single_leader, MasterOpts, TestCluster, WorkerOpts};
+pub use cluster::{
+    all_tasks_have_results, assert_tree_drained, is_leader, scrape, wait_http_ok, wait_ready, wait_single_leader,
+    MasterOpts, TestCluster, WorkerOpts,
+};
 pub use inspect::Inspector;
 pub use journal::Journal;
 pub use metrics::Metrics;

@@ -90,7 +90,9 @@ impl ZkNode {
             .stderr(log);
         die_with_parent(&mut command);
         let child = spawn_from_keeper(command).unwrap_or_else(|e| {
-            panic!("cannot start java for ZooKeeper ({e}): install a JRE with `apt-get install -y default-jre-headless`")
+            panic!(
+                "cannot start java for ZooKeeper ({e}): install a JRE with `apt-get install -y default-jre-headless`"
+            )
         });
         *slot = Some(child);
     }
