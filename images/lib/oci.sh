@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Writes container images as archives without a Docker engine or a registry.
 # Sourced by images/build.sh and e2e/cluster. Never run.
 #

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Writes the cluster's certificates, kubeconfigs and component configurations.
 # Sourced by local.sh after lib/common.sh. Everything is generated offline, once per
 # cluster; `down` deletes it with the state directory.

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Network of the local cluster and the fence that keeps its traffic on the machine.
 # Sourced by local.sh after lib/common.sh.
 
