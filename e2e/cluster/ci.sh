@@ -22,9 +22,9 @@ cleanup() {
 ensure_host_packages
 
 log "building the release binaries and the images"
-cargo build --release -p taskcluster
+cargo build --release --locked -p taskcluster
 if grep -q '^name = "taskcluster-operator"' operator/Cargo.toml 2>/dev/null; then
-	cargo build --release -p taskcluster-operator
+	cargo build --release --locked -p taskcluster-operator
 fi
 "$REPO_ROOT/images/build.sh" node operator zookeeper
 
@@ -37,4 +37,4 @@ eval "$("$CLUSTER_DIR/build.sh" paths)"
 # The local cluster has no storage provisioner: ZooKeeper gets ephemeral storage.
 TASKCLUSTER_E2E=1 TASKCLUSTER_E2E_EPHEMERAL_STORAGE=1 KUBECONFIG="$KUBECONFIG_OUT" \
 	KUBECTL="$KUBERNETES_BIN/kubectl" HELM="$HELM_BIN/helm" \
-	cargo test -p taskcluster-e2e -- --test-threads=1
+	cargo test --locked -p taskcluster-e2e -- --test-threads=1
