@@ -7,17 +7,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use support::{
-    assert_exactly_one_ok_result_each, eventually, payloads, seed_results, settle, wait_ready, wait_single_leader,
-    Journal, Proc, ResultLine, TestCluster, WorkerOpts, ZkCluster, LONG,
+    assert_client_succeeded, eventually, payloads, settle, wait_ready, wait_single_leader, Journal, TestCluster,
+    WorkerOpts, ZkCluster, LONG,
 };
-
-async fn assert_client_succeeded(client: &mut Proc, payloads: &[String]) {
-    let code = client.exit_code(LONG).await;
-    assert_eq!(code, 0, "{} should exit 0\n{}", client.name, client.describe());
-    client.assert_no_panic();
-    let lines = ResultLine::parse_all(&client.stdout());
-    assert_exactly_one_ok_result_each(&client.name, &lines, &seed_results(payloads));
-}
 
 async fn wait_quorum(zk: &ZkCluster) {
     let running: Vec<u16> = zk.nodes.iter().filter(|n| n.is_running()).map(|n| n.client_port).collect();

@@ -7,22 +7,12 @@ mod support;
 use std::collections::HashMap;
 
 use support::{
-    assert_exactly_one_ok_result_each, assert_tree_drained, eventually, eventually_async, is_leader, payloads, scrape,
-    seed_result, seed_results, wait_ready, wait_single_leader, Journal, MasterOpts, Proc, ResultLine, TestCluster,
-    WorkerOpts, LONG,
+    assert_client_succeeded, assert_tree_drained, eventually, eventually_async, is_leader, payloads, scrape,
+    seed_result, wait_ready, wait_single_leader, Journal, MasterOpts, ResultLine, TestCluster, WorkerOpts, LONG,
 };
 
 const ASSIGNMENTS: &str = "taskcluster_master_assignments_total";
 const FENCED: &str = "taskcluster_master_fenced_writes_total";
-
-async fn assert_client_succeeded(client: &mut Proc, payloads: &[String]) -> Vec<ResultLine> {
-    let code = client.exit_code(LONG).await;
-    assert_eq!(code, 0, "{} should exit 0\n{}", client.name, client.describe());
-    client.assert_no_panic();
-    let lines = ResultLine::parse_all(&client.stdout());
-    assert_exactly_one_ok_result_each(&client.name, &lines, &seed_results(payloads));
-    lines
-}
 
 /// The leader is paused (SIGSTOP) past its session timeout while tasks arrive; the standby
 /// takes over. Resumed, the old leader has writes rejected (fenced) and none accepted.

@@ -7,9 +7,9 @@ mod support;
 use std::collections::{HashMap, HashSet};
 
 use support::{
-    all_tasks_have_results, assert_exactly_one_ok_result_each, assert_tree_drained, eventually, eventually_async,
-    payloads, scrape, seed_result, seed_results, wait_ready, wait_single_leader, Journal, Proc, ResultLine,
-    TestCluster, WorkerOpts, LONG,
+    all_tasks_have_results, assert_client_succeeded, assert_exactly_one_ok_result_each, assert_tree_drained,
+    eventually, eventually_async, payloads, scrape, seed_result, wait_ready, wait_single_leader, Journal, Proc,
+    ResultLine, TestCluster, WorkerOpts, LONG,
 };
 
 /// Seconds of work per task in the exec script: long enough that kills land mid-task.
@@ -34,15 +34,6 @@ async fn wait_lines(client: &mut Proc, at_least: usize) {
 }
 
 /// Waits for the client to exit 0 and checks it got exactly one ok result per payload.
-async fn assert_client_succeeded(client: &mut Proc, payloads: &[String]) -> Vec<ResultLine> {
-    let code = client.exit_code(LONG).await;
-    assert_eq!(code, 0, "{} should exit 0\n{}", client.name, client.describe());
-    client.assert_no_panic();
-    let lines = ResultLine::parse_all(&client.stdout());
-    assert_exactly_one_ok_result_each(&client.name, &lines, &seed_results(payloads));
-    lines
-}
-
 fn deaths(procs: &[&Proc]) -> HashMap<String, u128> {
     procs.iter().filter_map(|p| p.killed_at_ns.map(|t| (worker_id(&p.name), t))).collect()
 }

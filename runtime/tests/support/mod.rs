@@ -23,7 +23,9 @@ pub use journal::Journal;
 pub use metrics::Metrics;
 pub use poll::{eventually, eventually_async, settle};
 pub use process::{now_ns, Proc};
-pub use results::{assert_exactly_one_ok_result_each, payloads, seed_result, seed_results, ResultLine};
+pub use results::{
+    assert_client_succeeded, assert_exactly_one_ok_result_each, payloads, seed_result, seed_results, ResultLine,
+};
 pub use zk_server::{free_port, shared_standalone, ZkCluster};
 
 use std::time::Duration;

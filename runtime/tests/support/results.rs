@@ -102,3 +102,14 @@ pub fn payloads(prefix: &str, n: usize) -> Vec<String> {
 pub fn seed_results(payloads: &[String]) -> Vec<String> {
     payloads.iter().map(|p| seed_result(p)).collect()
 }
+
+/// The client exited 0 without panicking and printed exactly one successful seed result per
+/// payload. Returns its result lines.
+pub async fn assert_client_succeeded(client: &mut super::Proc, payloads: &[String]) -> Vec<ResultLine> {
+    let code = client.exit_code(super::LONG).await;
+    assert_eq!(code, 0, "{} should exit 0\n{}", client.name, client.describe());
+    client.assert_no_panic();
+    let lines = ResultLine::parse_all(&client.stdout());
+    assert_exactly_one_ok_result_each(&client.name, &lines, &seed_results(payloads));
+    lines
+}
