@@ -14,6 +14,7 @@ kubernetes_bin() { echo "$CACHE_DIR/bin/kubernetes-$KUBERNETES_VERSION-$(inputs_
 etcd_bin() { echo "$CACHE_DIR/bin/etcd-$ETCD_VERSION-$(inputs_hash "$CLUSTER_DIR"/go/etcd/{go.mod,go.sum,main.go})"; }
 coredns_bin() { echo "$CACHE_DIR/bin/coredns-$COREDNS_VERSION-$(inputs_hash "$CLUSTER_DIR"/go/coredns/{go.mod,go.sum,main.go})"; }
 helm_bin() { echo "$CACHE_DIR/bin/helm-$HELM_VERSION-$(inputs_hash "$CLUSTER_DIR"/go/helm/go.{mod,sum})"; }
+localpath_bin() { echo "$CACHE_DIR/bin/local-path-provisioner-$LOCAL_PATH_VERSION-$(inputs_hash "$CLUSTER_DIR"/go/local-path/go.{mod,sum})"; }
 pause_bin() { echo "$CACHE_DIR/bin/pause-$(inputs_hash "$CLUSTER_DIR/pause/pause.c")"; }
 
 # Moves a finished build into place only when it is complete, so an interrupted build is
@@ -84,6 +85,19 @@ build_helm() {
 	log "built Helm in $((SECONDS - start)) s"
 }
 
+build_localpath() {
+	local dest
+	dest=$(localpath_bin)
+	[[ -x $dest/local-path-provisioner ]] && return 0
+	log "building local-path-provisioner $LOCAL_PATH_VERSION into $dest"
+	local tmp="$dest.partial" start=$SECONDS
+	rm -rf "$tmp" && mkdir -p "$tmp"
+	go_in "$KUBERNETES_GO_TOOLCHAIN" "$CLUSTER_DIR/go/local-path" build -trimpath -ldflags "-s -w" \
+		-o "$tmp/local-path-provisioner" github.com/rancher/local-path-provisioner
+	publish "$tmp" "$dest"
+	log "built local-path-provisioner in $((SECONDS - start)) s"
+}
+
 build_pause() {
 	local dest
 	dest=$(pause_bin)
@@ -101,14 +115,14 @@ main() {
 	mkdir -p "$CACHE_DIR/bin"
 	local only=${1:-all}
 	case $only in
-	all) build_pause && build_etcd && build_coredns && build_kubernetes && build_helm ;;
-	kubernetes | etcd | coredns | pause | helm) "build_$only" ;;
+	all) build_pause && build_etcd && build_coredns && build_kubernetes && build_helm && build_localpath ;;
+	kubernetes | etcd | coredns | pause | helm | localpath) "build_$only" ;;
 	paths)
-		printf 'KUBERNETES_BIN=%s\nETCD_BIN=%s\nCOREDNS_BIN=%s\nPAUSE_BIN=%s\nHELM_BIN=%s\n' \
-			"$(kubernetes_bin)" "$(etcd_bin)" "$(coredns_bin)" "$(pause_bin)" "$(helm_bin)"
+		printf 'KUBERNETES_BIN=%s\nETCD_BIN=%s\nCOREDNS_BIN=%s\nPAUSE_BIN=%s\nHELM_BIN=%s\nLOCALPATH_BIN=%s\n' \
+			"$(kubernetes_bin)" "$(etcd_bin)" "$(coredns_bin)" "$(pause_bin)" "$(helm_bin)" "$(localpath_bin)"
 		return 0
 		;;
-	*) die "unknown component '$only' (all, kubernetes, etcd, coredns, pause, helm, paths)" ;;
+	*) die "unknown component '$only' (all, kubernetes, etcd, coredns, pause, helm, localpath, paths)" ;;
 	esac
 }
 

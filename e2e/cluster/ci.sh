@@ -34,7 +34,6 @@ trap cleanup EXIT
 
 log "running the e2e suite"
 eval "$("$CLUSTER_DIR/build.sh" paths)"
-# The local cluster has no storage provisioner: ZooKeeper gets ephemeral storage.
-TASKCLUSTER_E2E=1 TASKCLUSTER_E2E_EPHEMERAL_STORAGE=1 KUBECONFIG="$KUBECONFIG_OUT" \
+TASKCLUSTER_E2E=1 KUBECONFIG="$KUBECONFIG_OUT" \
 	KUBECTL="$KUBERNETES_BIN/kubectl" HELM="$HELM_BIN/helm" \
 	cargo test --locked -p taskcluster-e2e -- --test-threads=1

@@ -19,7 +19,7 @@ set -euo pipefail
 . "$REPO_ROOT/images/lib/oci.sh"
 
 # Control-plane components in start order; `down` stops them in reverse.
-COMPONENTS=(containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy coredns)
+COMPONENTS=(containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy coredns local-path-provisioner)
 
 load_bin_paths() {
 	eval "$("$CLUSTER_DIR/build.sh" paths)"
@@ -157,6 +157,15 @@ start_node() {
 		--node-ip "$NODE_IP"
 	start_proc kube-proxy "$KUBERNETES_BIN/kube-proxy" --config "$CONF_DIR/kube-proxy.yaml"
 	start_proc coredns "$COREDNS_BIN/coredns" -conf "$CONF_DIR/Corefile"
+	start_proc local-path-provisioner "$LOCALPATH_BIN/local-path-provisioner" start \
+		--kubeconfig "$KCFG_DIR/admin.conf" \
+		--config "$CONF_DIR/local-path.json" \
+		--helper-pod-file "$CONF_DIR/local-path-helper.yaml" \
+		--helper-image "$LOCAL_PATH_HELPER_IMAGE" \
+		--provisioner-name rancher.io/local-path \
+		--namespace kube-system \
+		--configmap-name local-path-config \
+		--service-account-name default
 }
 
 node_ready() {
@@ -181,7 +190,8 @@ cmd_up() {
 	cmd_load_images
 	start_etcd
 	start_apiserver
-	kubectl_admin --kubeconfig "$KCFG_DIR/super-admin.conf" apply -f "$CLUSTER_DIR/manifests/bootstrap.yaml" >/dev/null
+	kubectl_admin --kubeconfig "$KCFG_DIR/super-admin.conf" apply \
+		-f "$CLUSTER_DIR/manifests/bootstrap.yaml" -f "$CLUSTER_DIR/manifests/storage.yaml" >/dev/null
 	start_controllers
 	start_node
 	wait_until 180 "node $NODE_NAME to be Ready" node_ready ||

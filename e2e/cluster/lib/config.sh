@@ -164,6 +164,26 @@ conntrack:
   maxPerCore: 0
 YAML
 
+	# Storage: local-path-provisioner runs on the node and makes one directory per claim
+	# under the state directory, through helper pods of the ZooKeeper image (it has sh).
+	mkdir -p "$STATE_DIR/volumes"
+	cat >"$CONF_DIR/local-path.json" <<JSON
+{"nodePathMap": [{"node": "DEFAULT_PATH_FOR_NON_LISTED_NODES", "paths": ["$STATE_DIR/volumes"]}]}
+JSON
+	cat >"$CONF_DIR/local-path-helper.yaml" <<YAML
+apiVersion: v1
+kind: Pod
+metadata:
+  name: helper-pod
+spec:
+  containers:
+    - name: helper-pod
+      image: $LOCAL_PATH_HELPER_IMAGE
+      imagePullPolicy: Never
+      # The claim directories belong to root on the node.
+      securityContext: {runAsUser: 0, runAsGroup: 0}
+YAML
+
 	cat >"$CONF_DIR/Corefile" <<COREFILE
 # Cluster DNS only: no forward plugin exists in this build, so names outside
 # $CLUSTER_DOMAIN get no answer and nothing is asked of any other server.
