@@ -162,6 +162,7 @@ impl Submitter {
     /// Waits until `/tasks/<id>` holds a result.
     pub async fn wait(&self, id: &str) -> Result<TaskOutcome, SubmitError> {
         let path = paths::task(id);
+        let vanished = || SubmitError::Vanished { id: id.to_string() };
         loop {
             let read = self.session.call(|c, _| {
                 let path = &path;
@@ -169,17 +170,31 @@ impl Submitter {
             });
             let (data, _, watcher) = match read.await {
                 Ok(read) => read,
-                Err(CallError::Zk(ZkError::NoNode)) => return Err(SubmitError::Vanished { id: id.to_string() }),
+                Err(CallError::Zk(ZkError::NoNode)) => return Err(vanished()),
                 Err(error) => return Err(SubmitError::from_call("read of the result")(error)),
             };
             if !data.is_empty() {
                 return Ok(TaskOutcome::from_result(data));
             }
             let event = watcher.changed().await;
-            if event.event_type == EventType::NodeDeleted {
-                return Err(SubmitError::Vanished { id: id.to_string() });
+            match event.event_type {
+                EventType::NodeDeleted => return Err(vanished()),
+                // Read without a new watch: one would only fire again when we delete the task.
+                EventType::NodeDataChanged => {
+                    let read = self.session.call(|c, _| {
+                        let path = &path;
+                        async move { c.get_data(path).await }
+                    });
+                    match read.await {
+                        Ok((data, _)) if !data.is_empty() => return Ok(TaskOutcome::from_result(data)),
+                        Ok(_) => {},
+                        Err(CallError::Zk(ZkError::NoNode)) => return Err(vanished()),
+                        Err(error) => return Err(SubmitError::from_call("read of the result")(error)),
+                    }
+                },
+                // The session ended or came back: read again (on a new session if needed).
+                _ => {},
             }
-            // Data changed, or the session ended: read again (on a new session if needed).
         }
     }
 
