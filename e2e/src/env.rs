@@ -44,10 +44,8 @@ impl E2e {
         if let Err(err) = client.apiserver_version().await {
             panic!("{ENABLE_VAR} is set but the API server does not answer: {err}");
         }
-        let repo_root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("."));
+        let repo_root =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
         Some(Self {
             client,
             tools: Tools::from_env(),

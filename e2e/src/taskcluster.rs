@@ -109,7 +109,8 @@ impl E2e {
     /// Creates a fresh namespace for one test.
     pub async fn create_namespace(&self, test: &str) -> Result<String> {
         let suffix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() % 1_000_000).unwrap_or(0);
-        let base: String = test.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+        let base: String =
+            test.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
         let name = format!("e2e-{}-{suffix}", base.chars().take(40).collect::<String>().trim_matches('-'));
         let namespace = Namespace {
             metadata: ObjectMeta {
@@ -135,12 +136,17 @@ impl E2e {
             Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
             Err(source) => return Err(Error::Kube { context: format!("deleting namespace {name}"), source }),
         }
-        crate::wait::until(&format!("namespace {name} to be deleted"), Duration::from_secs(180), Duration::from_secs(2), || async {
-            match api.get_opt(name).await.context(|| format!("reading namespace {name}"))? {
-                None => Ok(crate::wait::Poll::Done(())),
-                Some(ns) => Ok(crate::wait::Poll::NotYet(format!("phase {:?}", ns.status.and_then(|s| s.phase)))),
-            }
-        })
+        crate::wait::until(
+            &format!("namespace {name} to be deleted"),
+            Duration::from_secs(180),
+            Duration::from_secs(2),
+            || async {
+                match api.get_opt(name).await.context(|| format!("reading namespace {name}"))? {
+                    None => Ok(crate::wait::Poll::Done(())),
+                    Some(ns) => Ok(crate::wait::Poll::NotYet(format!("phase {:?}", ns.status.and_then(|s| s.phase)))),
+                }
+            },
+        )
         .await
     }
 }

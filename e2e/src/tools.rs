@@ -17,7 +17,8 @@ pub struct Tools {
 
 impl Tools {
     pub fn from_env() -> Self {
-        let path = |var: &str, default: &str| std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| default.into());
+        let path =
+            |var: &str, default: &str| std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| default.into());
         Self { kubectl: path("KUBECTL", "kubectl"), helm: path("HELM", "helm") }
     }
 
@@ -47,15 +48,14 @@ async fn run(program: &PathBuf, variable: &'static str, args: &[&str], input: Op
         .spawn()
         .map_err(|source| Error::Tool { command: command.clone(), variable, source })?;
     if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin
-            .write_all(input.as_bytes())
-            .await
-            .map_err(|source| Error::Tool { command: command.clone(), variable, source })?;
+        stdin.write_all(input.as_bytes()).await.map_err(|source| Error::Tool {
+            command: command.clone(),
+            variable,
+            source,
+        })?;
     }
-    let output = child
-        .wait_with_output()
-        .await
-        .map_err(|source| Error::Tool { command: command.clone(), variable, source })?;
+    let output =
+        child.wait_with_output().await.map_err(|source| Error::Tool { command: command.clone(), variable, source })?;
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {

@@ -47,10 +47,8 @@ fn taskcluster_manifest(e2e: &E2e, namespace: &str, name: &str, masters: i64, wo
 /// clusters without a storage provisioner.
 fn example_manifest(e2e: &E2e, namespace: &str) -> Result<(String, String)> {
     let path = e2e.repo_root.join("examples/taskcluster.yaml");
-    let text = std::fs::read_to_string(&path).map_err(|err| Error::Invalid {
-        context: format!("reading {}", path.display()),
-        message: err.to_string(),
-    })?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|err| Error::Invalid { context: format!("reading {}", path.display()), message: err.to_string() })?;
     let mut object: Value = serde_yaml::from_str(&text)
         .map_err(|err| Error::Invalid { context: format!("parsing {}", path.display()), message: err.to_string() })?;
     object["metadata"]["namespace"] = json!(namespace);
@@ -163,7 +161,10 @@ async fn submit_job(e2e: &E2e, namespace: &str, instance: &str, job: &str, args:
 
 /// `Some(true)` once the Job succeeded, `Some(false)` once it failed.
 async fn job_outcome(e2e: &E2e, namespace: &str, job: &str) -> Result<Option<bool>> {
-    let job = Api::<Job>::namespaced(e2e.client.clone(), namespace).get(job).await.context(|| format!("reading Job {job}"))?;
+    let job = Api::<Job>::namespaced(e2e.client.clone(), namespace)
+        .get(job)
+        .await
+        .context(|| format!("reading Job {job}"))?;
     let status = job.status.unwrap_or_default();
     Ok(if status.succeeded.unwrap_or(0) > 0 {
         Some(true)
@@ -175,7 +176,10 @@ async fn job_outcome(e2e: &E2e, namespace: &str, job: &str) -> Result<Option<boo
 }
 
 async fn job_logs(e2e: &E2e, namespace: &str, job: &str) -> String {
-    e2e.tools.kubectl(&["logs", "-n", namespace, &format!("job/{job}"), "--tail=40"]).await.unwrap_or_else(|e| e.to_string())
+    e2e.tools
+        .kubectl(&["logs", "-n", namespace, &format!("job/{job}"), "--tail=40"])
+        .await
+        .unwrap_or_else(|e| e.to_string())
 }
 
 // Scenario 1: the example becomes Ready, `kubectl get taskclusters` shows the printer
@@ -224,15 +228,16 @@ async fn thousand_tasks_all_complete_and_the_backlog_drains() {
         // All 1,000 in flight at once, so the backlog is visibly above zero for a while.
         submit_job(&e2e, &ns, name, "submit", &["--count", "1000", "--inflight", "1000", "--wait"]).await?;
         let peak_backlog = std::cell::Cell::new(0);
-        let succeeded = wait::until("the submit Job to finish", Duration::from_secs(600), Duration::from_millis(500), || async {
-            let object = get(&e2e, &ns, name).await?;
-            peak_backlog.set(peak_backlog.get().max(status_i64(&object, "backlog")));
-            Ok(match job_outcome(&e2e, &ns, "submit").await? {
-                Some(outcome) => Poll::Done(outcome),
-                None => Poll::NotYet(summary(&object)),
+        let succeeded =
+            wait::until("the submit Job to finish", Duration::from_secs(600), Duration::from_millis(500), || async {
+                let object = get(&e2e, &ns, name).await?;
+                peak_backlog.set(peak_backlog.get().max(status_i64(&object, "backlog")));
+                Ok(match job_outcome(&e2e, &ns, "submit").await? {
+                    Some(outcome) => Poll::Done(outcome),
+                    None => Poll::NotYet(summary(&object)),
+                })
             })
-        })
-        .await?;
+            .await?;
         ensure(succeeded, || "`taskcluster submit --wait` failed: not every result came back".into())?;
 
         let object = wait::until("the backlog to drain", Duration::from_secs(120), POLL, || async {
@@ -269,29 +274,37 @@ async fn leader_moves_within_the_bound_when_its_pod_is_deleted() {
         let pods_api = Api::<Pod>::namespaced(e2e.client.clone(), &ns);
         for round in 1..=10 {
             // Both masters up, so there is another one to take over.
-            let object = wait::until(&format!("round {round}: two ready masters and a leader"), READY_TIMEOUT, POLL, || async {
-                let object = get(&e2e, &ns, name).await?;
-                let ready = status(&object)["masters"]["ready"].as_i64().unwrap_or(0);
-                if ready >= 2 && leader(&object).is_some() {
-                    Ok(Poll::Done(object))
-                } else {
-                    Ok(Poll::NotYet(summary(&object)))
-                }
-            })
-            .await?;
+            let object =
+                wait::until(&format!("round {round}: two ready masters and a leader"), READY_TIMEOUT, POLL, || async {
+                    let object = get(&e2e, &ns, name).await?;
+                    let ready = status(&object)["masters"]["ready"].as_i64().unwrap_or(0);
+                    if ready >= 2 && leader(&object).is_some() {
+                        Ok(Poll::Done(object))
+                    } else {
+                        Ok(Poll::NotYet(summary(&object)))
+                    }
+                })
+                .await?;
             let old = leader(&object).unwrap_or_default();
             pods_api.delete(&old, &DeleteParams::default()).await.context(|| format!("deleting leader pod {old}"))?;
             let deleted_at = Instant::now();
-            let new = wait::until(&format!("round {round}: a new leader after deleting {old}"), failover_bound(), Duration::from_millis(200), || async {
-                let object = get(&e2e, &ns, name).await?;
-                Ok(match leader(&object) {
-                    Some(new) if new != old => Poll::Done(new),
-                    other => Poll::NotYet(format!("leader {other:?}")),
-                })
-            })
+            let new = wait::until(
+                &format!("round {round}: a new leader after deleting {old}"),
+                failover_bound(),
+                Duration::from_millis(200),
+                || async {
+                    let object = get(&e2e, &ns, name).await?;
+                    Ok(match leader(&object) {
+                        Some(new) if new != old => Poll::Done(new),
+                        other => Poll::NotYet(format!("leader {other:?}")),
+                    })
+                },
+            )
             .await?;
             let pod = running_pod(&e2e, &ns, &new).await?;
-            ensure(label(&pod, "app.kubernetes.io/component") == Some("master"), || format!("new leader {new} is not a master"))?;
+            ensure(label(&pod, "app.kubernetes.io/component") == Some("master"), || {
+                format!("new leader {new} is not a master")
+            })?;
             eprintln!("round {round}: leader {old} -> {new} in {:?}", deleted_at.elapsed());
         }
 
@@ -319,7 +332,15 @@ async fn scale_and_spec_edits_are_followed_by_pods_and_status() {
         e2e.tools.kubectl(&["scale", "-n", &ns, &format!("taskcluster/{name}"), "--replicas=1"]).await?;
         follow(&e2e, &ns, name, "workers", 1).await?;
         e2e.tools
-            .kubectl(&["patch", "-n", &ns, &format!("taskcluster/{name}"), "--type=merge", "-p", r#"{"spec":{"workers":4,"masters":1}}"#])
+            .kubectl(&[
+                "patch",
+                "-n",
+                &ns,
+                &format!("taskcluster/{name}"),
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"workers":4,"masters":1}}"#,
+            ])
             .await?;
         follow(&e2e, &ns, name, "workers", 4).await?;
         follow(&e2e, &ns, name, "masters", 1).await?;
@@ -355,10 +376,17 @@ async fn invalid_specs_are_rejected_and_deletion_removes_every_owned_object() {
     scenario("invalid-and-delete", |e2e, ns| async move {
         let invalid = taskcluster_manifest(&e2e, &ns, "invalid", 2, 2, 2);
         match e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &invalid).await {
-            Ok(out) => return Err(Error::Invalid { context: "invalid spec".into(), message: format!("zookeeper.replicas: 2 was accepted: {out}") }),
-            Err(Error::Command { stderr, .. }) => ensure(stderr.contains("zookeeper.replicas must be 1, 3 or 5"), || {
-                format!("the rejection does not say what is wrong: {stderr}")
-            })?,
+            Ok(out) => {
+                return Err(Error::Invalid {
+                    context: "invalid spec".into(),
+                    message: format!("zookeeper.replicas: 2 was accepted: {out}"),
+                })
+            },
+            Err(Error::Command { stderr, .. }) => {
+                ensure(stderr.contains("zookeeper.replicas must be 1, 3 or 5"), || {
+                    format!("the rejection does not say what is wrong: {stderr}")
+                })?
+            },
             Err(other) => return Err(other),
         }
 
@@ -370,7 +398,10 @@ async fn invalid_specs_are_rejected_and_deletion_removes_every_owned_object() {
         let owned = e2e.tools.kubectl(&["get", kinds, "-n", &ns, "-l", &selector, "-o", "name"]).await?;
         ensure(owned.lines().count() >= 5, || format!("expected the TaskCluster's objects, found only:\n{owned}"))?;
 
-        taskcluster::api(&e2e, &ns).delete(name, &DeleteParams::foreground()).await.context(|| format!("deleting {name}"))?;
+        taskcluster::api(&e2e, &ns)
+            .delete(name, &DeleteParams::foreground())
+            .await
+            .context(|| format!("deleting {name}"))?;
         wait::until("every owned object to be deleted", Duration::from_secs(180), POLL, || async {
             let left = e2e.tools.kubectl(&["get", kinds, "-n", &ns, "-l", &selector, "-o", "name"]).await?;
             let tc = taskcluster::api(&e2e, &ns).get_opt(name).await.context(|| format!("reading {name}"))?;
@@ -397,20 +428,25 @@ async fn work_survives_deleted_workers_and_a_deleted_zookeeper_server() {
 
         // Two workers, each deleted while tasks are assigned to it.
         for round in 1..=2 {
-            let victim = wait::until(&format!("round {round}: a busy worker"), Duration::from_secs(300), Duration::from_millis(250), || async {
-                let object = get(&e2e, &ns, name).await?;
-                let busy = status(&object)["workers"]["busy"].as_i64().unwrap_or(0);
-                let workers = pods(&e2e, &ns, &component_selector(name, "worker")).await?;
-                let running: Vec<_> = workers
-                    .iter()
-                    .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-                    .filter_map(|p| p.metadata.name.clone())
-                    .collect();
-                match running.first() {
-                    Some(pod) if busy > 0 => Ok(Poll::Done(pod.clone())),
-                    _ => Ok(Poll::NotYet(format!("busy {busy}, running workers {running:?}"))),
-                }
-            })
+            let victim = wait::until(
+                &format!("round {round}: a busy worker"),
+                Duration::from_secs(300),
+                Duration::from_millis(250),
+                || async {
+                    let object = get(&e2e, &ns, name).await?;
+                    let busy = status(&object)["workers"]["busy"].as_i64().unwrap_or(0);
+                    let workers = pods(&e2e, &ns, &component_selector(name, "worker")).await?;
+                    let running: Vec<_> = workers
+                        .iter()
+                        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                        .filter_map(|p| p.metadata.name.clone())
+                        .collect();
+                    match running.first() {
+                        Some(pod) if busy > 0 => Ok(Poll::Done(pod.clone())),
+                        _ => Ok(Poll::NotYet(format!("busy {busy}, running workers {running:?}"))),
+                    }
+                },
+            )
             .await?;
             Api::<Pod>::namespaced(e2e.client.clone(), &ns)
                 .delete(&victim, &DeleteParams::default().grace_period(0))
@@ -444,7 +480,10 @@ async fn work_survives_deleted_workers_and_a_deleted_zookeeper_server() {
         let object = wait::until("Ready again with three ZooKeeper servers", READY_TIMEOUT, POLL, || async {
             let object = get(&e2e, &ns, name).await?;
             let servers = status(&object)["zookeeper"]["readyReplicas"].as_i64().unwrap_or(0);
-            if condition(&object, "Ready").as_deref() == Some("True") && status_i64(&object, "backlog") == 0 && servers == 3 {
+            if condition(&object, "Ready").as_deref() == Some("True")
+                && status_i64(&object, "backlog") == 0
+                && servers == 3
+            {
                 Ok(Poll::Done(object))
             } else {
                 Ok(Poll::NotYet(summary(&object)))
@@ -456,7 +495,10 @@ async fn work_survives_deleted_workers_and_a_deleted_zookeeper_server() {
         // Report a shortfall, but judge loss by the client's results above.
         let counted = status_i64(&object, "completed") - before;
         if counted < 3000 {
-            eprintln!("note: status.completed rose by {counted}, not 3000, across the disruptions ({})", summary(&object));
+            eprintln!(
+                "note: status.completed rose by {counted}, not 3000, across the disruptions ({})",
+                summary(&object)
+            );
         }
         ensure(status_i64(&object, "deadLettered") == 0, || format!("tasks were dead-lettered: {}", summary(&object)))?;
         Ok(())
