@@ -31,6 +31,7 @@ DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 # package's init scripts and its dependency on the full (GUI) JRE.
 ZOOKEEPER_PACKAGES=libzookeeper-java,openjdk-17-jre-headless,netbase
 NONROOT_UID=65532
+BUSYBOX=/bin/busybox
 
 log() { printf '%s [images] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -78,6 +79,16 @@ build_binary_image() {
 	work=$(mktemp -d)
 	write_etc "$work/root"
 	copy_binary_with_libs "$bin" "$work/root" "/usr/local/bin/$binary"
+	if [[ $name == node ]]; then
+		# Workers run `--exec` commands through `sh -c`: a static BusyBox provides the shell
+		# and the usual tools (Debian's busybox-static).
+		[[ -x $BUSYBOX ]] || die "$BUSYBOX is missing: apt-get install busybox-static"
+		install -D -m 0755 "$BUSYBOX" "$work/root/bin/busybox"
+		local applet
+		for applet in $("$BUSYBOX" --list); do
+			[[ -e $work/root/bin/$applet ]] || ln -s busybox "$work/root/bin/$applet"
+		done
+	fi
 	oci_layer_from_dir "$work/root" "$work/layer.tar"
 	local config
 	config=$(jq -cn --arg bin "/usr/local/bin/$binary" --arg user "$NONROOT_UID:$NONROOT_UID" '{

@@ -321,6 +321,57 @@ async fn leader_moves_within_the_bound_when_its_pod_is_deleted() {
     .await;
 }
 
+// Scenario 5b: an exec command set on a running TaskCluster rolls out to the workers, and
+// the tasks run through it (`sh -c` in the node image): the seed handler would reverse the
+// words, `tr a-z A-Z` keeps their order.
+#[tokio::test]
+async fn an_exec_change_rolls_out_and_tasks_run_through_it() {
+    scenario("exec", |e2e, ns| async move {
+        let name = "exec";
+        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster_manifest(&e2e, &ns, name, 1, 1, 1)).await?;
+        wait_ready(&e2e, &ns, name).await?;
+        e2e.tools
+            .kubectl(&[
+                "patch",
+                "-n",
+                &ns,
+                &format!("taskcluster/{name}"),
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"exec":"tr a-z A-Z"}}"#,
+            ])
+            .await?;
+        // Until the new worker pods serve, a task may still meet the seed handler: submit
+        // again until one comes back through the command.
+        let mut attempt = 0;
+        let logs = wait::until("a task to run through the exec command", READY_TIMEOUT, POLL, || {
+            attempt += 1;
+            let (e2e, ns) = (&e2e, &ns);
+            let job = format!("exec-{attempt}");
+            async move {
+                submit_job(e2e, ns, name, &job, &["--wait", "--timeout", "60s", "rolled out"]).await?;
+                let outcome = wait::until("the submit Job to finish", Duration::from_secs(180), POLL, || async {
+                    Ok(match job_outcome(e2e, ns, &job).await? {
+                        Some(outcome) => Poll::Done(outcome),
+                        None => Poll::NotYet("running".into()),
+                    })
+                })
+                .await?;
+                let logs = job_logs(e2e, ns, &job).await;
+                Ok(if outcome && logs.contains("\tok\tROLLED OUT") {
+                    Poll::Done(logs)
+                } else {
+                    Poll::NotYet(format!("job {job}: succeeded={outcome}, output {logs:?}"))
+                })
+            }
+        })
+        .await?;
+        ensure(!logs.contains("OUT ROLLED"), || format!("the seed handler answered after the rollout: {logs}"))?;
+        Ok(())
+    })
+    .await;
+}
+
 // Scenario 5: `kubectl scale` and spec edits are followed by the pods and the status.
 #[tokio::test]
 async fn scale_and_spec_edits_are_followed_by_pods_and_status() {

@@ -44,7 +44,7 @@ PID_DIR="$STATE_DIR/pids"
 CONF_DIR="$STATE_DIR/config"
 
 # The Debian packages the provider runs; installed on first use.
-HOST_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack mmdebstrap jq curl bind9-dnsutils)
+HOST_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack mmdebstrap jq curl bind9-dnsutils busybox-static)
 CNI_BIN_DIR=/usr/lib/cni
 
 ensure_host_packages() {
