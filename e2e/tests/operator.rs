@@ -372,6 +372,62 @@ async fn an_exec_change_rolls_out_and_tasks_run_through_it() {
     .await;
 }
 
+// Scenario 5c: the operator is killed in the middle of reconciling a new TaskCluster; its
+// replacement converges: the cluster becomes Ready with every child and an up-to-date status.
+#[tokio::test]
+async fn an_operator_killed_mid_reconcile_converges_after_restart() {
+    scenario("restart", |e2e, ns| async move {
+        let name = "restarted";
+        let operator = format!(
+            "app.kubernetes.io/name=taskcluster-operator,app.kubernetes.io/instance={}",
+            taskcluster::OPERATOR_RELEASE
+        );
+        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster_manifest(&e2e, &ns, name, 2, 2, 1)).await?;
+        // Right after the first children appear, the reconcile is under way: kill it there.
+        wait::until("the first child objects", Duration::from_secs(60), Duration::from_millis(200), || async {
+            let count = Api::<Deployment>::namespaced(e2e.client.clone(), &ns)
+                .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={name}")))
+                .await
+                .context(|| "listing Deployments".to_string())?
+                .items
+                .len();
+            Ok(if count > 0 { Poll::Done(()) } else { Poll::NotYet("no Deployment yet".into()) })
+        })
+        .await?;
+        e2e.tools
+            .kubectl(&[
+                "delete",
+                "pod",
+                "-n",
+                taskcluster::OPERATOR_NAMESPACE,
+                "-l",
+                &operator,
+                "--grace-period=0",
+                "--force",
+            ])
+            .await?;
+        e2e.tools
+            .kubectl(&[
+                "rollout",
+                "status",
+                "-n",
+                taskcluster::OPERATOR_NAMESPACE,
+                &format!("deployment/{}", taskcluster::OPERATOR_RELEASE),
+                "--timeout=180s",
+            ])
+            .await?;
+        let object = wait_ready(&e2e, &ns, name).await?;
+        let generation = object.metadata.generation.unwrap_or(0);
+        ensure(status_i64(&object, "observedGeneration") == generation, || {
+            format!("status.observedGeneration lags generation {generation}: {}", summary(&object))
+        })?;
+        follow(&e2e, &ns, name, "masters", 2).await?;
+        follow(&e2e, &ns, name, "workers", 2).await?;
+        Ok(())
+    })
+    .await;
+}
+
 // Scenario 5: `kubectl scale` and spec edits are followed by the pods and the status.
 #[tokio::test]
 async fn scale_and_spec_edits_are_followed_by_pods_and_status() {
