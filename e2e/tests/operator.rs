@@ -182,6 +182,26 @@ async fn job_logs(e2e: &E2e, namespace: &str, job: &str) -> String {
         .unwrap_or_else(|e| e.to_string())
 }
 
+/// Waits until the Job finished; true when it succeeded.
+async fn job_succeeded(e2e: &E2e, namespace: &str, job: &str, timeout: Duration) -> Result<bool> {
+    wait::until(&format!("Job {job} to finish"), timeout, POLL, || async {
+        Ok(match job_outcome(e2e, namespace, job).await? {
+            Some(outcome) => Poll::Done(outcome),
+            None => Poll::NotYet("running".into()),
+        })
+    })
+    .await
+}
+
+/// `kubectl patch --type=merge` of a TaskCluster's spec.
+async fn patch_spec(e2e: &E2e, namespace: &str, name: &str, spec: Value) -> Result<()> {
+    let patch = json!({ "spec": spec }).to_string();
+    e2e.tools
+        .kubectl(&["patch", "-n", namespace, &format!("taskcluster/{name}"), "--type=merge", "-p", &patch])
+        .await?;
+    Ok(())
+}
+
 // Scenario 1: the example becomes Ready, `kubectl get taskclusters` shows the printer
 // columns, and status.leader names a running master pod.
 #[tokio::test]
@@ -308,13 +328,7 @@ async fn leader_moves_within_the_bound_when_its_pod_is_deleted() {
             eprintln!("round {round}: leader {old} -> {new} in {:?}", deleted_at.elapsed());
         }
 
-        let succeeded = wait::until("the submit Job to finish", Duration::from_secs(900), POLL, || async {
-            Ok(match job_outcome(&e2e, &ns, "submit").await? {
-                Some(outcome) => Poll::Done(outcome),
-                None => Poll::NotYet("running".into()),
-            })
-        })
-        .await?;
+        let succeeded = job_succeeded(&e2e, &ns, "submit", Duration::from_secs(900)).await?;
         ensure(succeeded, || "some task did not complete across ten leader failovers".into())?;
         Ok(())
     })
@@ -330,17 +344,7 @@ async fn an_exec_change_rolls_out_and_tasks_run_through_it() {
         let name = "exec";
         e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster_manifest(&e2e, &ns, name, 1, 1, 1)).await?;
         wait_ready(&e2e, &ns, name).await?;
-        e2e.tools
-            .kubectl(&[
-                "patch",
-                "-n",
-                &ns,
-                &format!("taskcluster/{name}"),
-                "--type=merge",
-                "-p",
-                r#"{"spec":{"exec":"tr a-z A-Z"}}"#,
-            ])
-            .await?;
+        patch_spec(&e2e, &ns, name, json!({"exec": "tr a-z A-Z"})).await?;
         // Until the new worker pods serve, a task may still meet the seed handler: submit
         // again until one comes back through the command.
         let mut attempt = 0;
@@ -350,13 +354,7 @@ async fn an_exec_change_rolls_out_and_tasks_run_through_it() {
             let job = format!("exec-{attempt}");
             async move {
                 submit_job(e2e, ns, name, &job, &["--wait", "--timeout", "60s", "rolled out"]).await?;
-                let outcome = wait::until("the submit Job to finish", Duration::from_secs(180), POLL, || async {
-                    Ok(match job_outcome(e2e, ns, &job).await? {
-                        Some(outcome) => Poll::Done(outcome),
-                        None => Poll::NotYet("running".into()),
-                    })
-                })
-                .await?;
+                let outcome = job_succeeded(e2e, ns, &job, Duration::from_secs(180)).await?;
                 let logs = job_logs(e2e, ns, &job).await;
                 Ok(if outcome && logs.contains("\tok\tROLLED OUT") {
                     Poll::Done(logs)
@@ -438,17 +436,7 @@ async fn scale_and_spec_edits_are_followed_by_pods_and_status() {
 
         e2e.tools.kubectl(&["scale", "-n", &ns, &format!("taskcluster/{name}"), "--replicas=1"]).await?;
         follow(&e2e, &ns, name, "workers", 1).await?;
-        e2e.tools
-            .kubectl(&[
-                "patch",
-                "-n",
-                &ns,
-                &format!("taskcluster/{name}"),
-                "--type=merge",
-                "-p",
-                r#"{"spec":{"workers":4,"masters":1}}"#,
-            ])
-            .await?;
+        patch_spec(&e2e, &ns, name, json!({"workers": 4, "masters": 1})).await?;
         follow(&e2e, &ns, name, "workers", 4).await?;
         follow(&e2e, &ns, name, "masters", 1).await?;
         let object = wait_ready(&e2e, &ns, name).await?;
@@ -570,13 +558,7 @@ async fn work_survives_deleted_workers_and_a_deleted_zookeeper_server() {
             .await
             .context(|| format!("deleting ZooKeeper pod {zk_pod}"))?;
 
-        let succeeded = wait::until("the submit Job to finish", Duration::from_secs(900), POLL, || async {
-            Ok(match job_outcome(&e2e, &ns, "submit").await? {
-                Some(outcome) => Poll::Done(outcome),
-                None => Poll::NotYet(summary(&get(&e2e, &ns, name).await?)),
-            })
-        })
-        .await?;
+        let succeeded = job_succeeded(&e2e, &ns, "submit", Duration::from_secs(900)).await?;
         ensure(succeeded, || "some task was lost to the deleted workers or the ZooKeeper restart".into())?;
         // The client's own accounting is the proof that nothing was lost: it waited for
         // every one of its 3,000 results.
