@@ -19,6 +19,15 @@ fn exec_worker(tc: &TestCluster, journal: &Journal, id: &str) -> Proc {
     tc.worker_with(id, &WorkerOpts::exec(journal.exec_command(), DELAY))
 }
 
+/// Workers w1 and w2 on the journalling exec script, both registered.
+async fn two_ready_exec_workers(tc: &TestCluster, journal: &Journal) -> (Proc, Proc) {
+    let mut w1 = exec_worker(tc, journal, "w1");
+    let mut w2 = exec_worker(tc, journal, "w2");
+    wait_ready(&mut w1).await;
+    wait_ready(&mut w2).await;
+    (w1, w2)
+}
+
 async fn wait_lines(client: &mut Proc, at_least: usize) {
     let what = format!("{} to print {at_least} results", client.name);
     eventually(&what, LONG, || {
@@ -91,10 +100,7 @@ async fn scenario_1_2_1_a_worker_fails() {
     let tc = TestCluster::new("s121").await;
     let journal = Journal::new(tc.dir());
     let master = tc.master("m1");
-    let mut w1 = exec_worker(&tc, &journal, "w1");
-    let mut w2 = exec_worker(&tc, &journal, "w2");
-    wait_ready(&mut w1).await;
-    wait_ready(&mut w2).await;
+    let (mut w1, w2) = two_ready_exec_workers(&tc, &journal).await;
 
     let tasks = payloads("pair", 40);
     let mut client = tc.submit_wait("client", &tasks);
@@ -128,10 +134,7 @@ async fn scenario_2_2_1_workers_compete() {
     let tc = TestCluster::new("s221").await;
     let journal = Journal::new(tc.dir());
     let master = tc.master("m1");
-    let mut w1 = exec_worker(&tc, &journal, "w1");
-    let mut w2 = exec_worker(&tc, &journal, "w2");
-    wait_ready(&mut w1).await;
-    wait_ready(&mut w2).await;
+    let (w1, w2) = two_ready_exec_workers(&tc, &journal).await;
 
     let a = payloads("alpha", 25);
     let b = payloads("bravo", 25);
@@ -167,10 +170,7 @@ async fn scenario_2_2_2_the_backup_master_takes_over() {
     let tc = TestCluster::new("s222").await;
     let journal = Journal::new(tc.dir());
     let mut masters = [tc.master("m1"), tc.master("m2")];
-    let mut w1 = exec_worker(&tc, &journal, "w1");
-    let mut w2 = exec_worker(&tc, &journal, "w2");
-    wait_ready(&mut w1).await;
-    wait_ready(&mut w2).await;
+    let (_w1, _w2) = two_ready_exec_workers(&tc, &journal).await;
     let leader = wait_single_leader(&[&masters[0], &masters[1]], LONG).await;
     let standby = 1 - leader;
     let epoch_before = tc.status().await["epoch"].as_u64().expect("status has an epoch");

@@ -146,18 +146,8 @@ impl TestCluster {
     }
 
     pub fn master_with(&self, id: &str, opts: &MasterOpts) -> Proc {
-        let listen = format!("127.0.0.1:{}", free_port());
-        let mut args = vec![
-            "master".to_string(),
-            "--zk".into(),
-            self.zk(),
-            "--id".into(),
-            id.into(),
-            "--listen".into(),
-            listen.clone(),
-            "--session-timeout".into(),
-            opts.session_timeout.clone(),
-            "--max-attempts".into(),
+        let mut flags = vec![
+            "--max-attempts".to_string(),
             opts.max_attempts.to_string(),
             "--task-timeout".into(),
             opts.task_timeout.clone(),
@@ -165,10 +155,9 @@ impl TestCluster {
             opts.retention.clone(),
         ];
         if let Some(cap) = opts.backlog_cap {
-            args.push("--backlog-cap".into());
-            args.push(cap.to_string());
+            flags.extend(["--backlog-cap".into(), cap.to_string()]);
         }
-        Proc::spawn(self.dir(), &self.unique(&format!("master-{id}")), &args, None, Some(listen), &[])
+        self.serve("master", id, &opts.session_timeout, flags, &[])
     }
 
     pub fn worker(&self, id: &str, handler: &str) -> Proc {
@@ -176,9 +165,19 @@ impl TestCluster {
     }
 
     pub fn worker_with(&self, id: &str, opts: &WorkerOpts) -> Proc {
+        let mut flags =
+            vec!["--handler".to_string(), opts.handler.clone(), "--grace-period".into(), opts.grace_period.clone()];
+        if let Some(exec) = &opts.exec {
+            flags.extend(["--exec".into(), exec.clone()]);
+        }
+        self.serve("worker", id, &opts.session_timeout, flags, &opts.env)
+    }
+
+    /// `taskcluster <role>` on this chroot with a metrics port of its own, then `flags`.
+    fn serve(&self, role: &str, id: &str, session_timeout: &str, flags: Vec<String>, env: &[(String, String)]) -> Proc {
         let listen = format!("127.0.0.1:{}", free_port());
         let mut args = vec![
-            "worker".to_string(),
+            role.to_string(),
             "--zk".into(),
             self.zk(),
             "--id".into(),
@@ -186,17 +185,10 @@ impl TestCluster {
             "--listen".into(),
             listen.clone(),
             "--session-timeout".into(),
-            opts.session_timeout.clone(),
-            "--handler".into(),
-            opts.handler.clone(),
-            "--grace-period".into(),
-            opts.grace_period.clone(),
+            session_timeout.into(),
         ];
-        if let Some(exec) = &opts.exec {
-            args.push("--exec".into());
-            args.push(exec.clone());
-        }
-        Proc::spawn(self.dir(), &self.unique(&format!("worker-{id}")), &args, None, Some(listen), &opts.env)
+        args.extend(flags);
+        Proc::spawn(self.dir(), &self.unique(&format!("{role}-{id}")), &args, None, Some(listen), env)
     }
 
     /// `taskcluster submit --zk <this chroot> <args>`.
