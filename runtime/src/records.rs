@@ -39,6 +39,13 @@ pub struct Attempts {
     pub attempts: u32,
     #[serde(default)]
     pub last_error: String,
+    /// Times a shutting-down worker handed the task back; these are not attempts.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub given_back: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +139,6 @@ mod tests {
         let err = decode::<Attempts>("/taskcluster/attempts/x", b"\xff\xfe garbage").unwrap_err();
         assert!(err.to_string().contains("/taskcluster/attempts/x"));
         let ok: Attempts = decode("/a", br#"{"attempts":2}"#).unwrap();
-        assert_eq!(ok, Attempts { attempts: 2, last_error: String::new() });
+        assert_eq!(ok, Attempts { attempts: 2, ..Attempts::default() });
     }
 }

@@ -259,6 +259,9 @@ async fn sigterm_to_a_busy_worker_gives_its_task_back_after_the_grace_period() {
     zk.sync("/workers").await;
     assert!(!zk.exists("/workers/slow").await, "the worker must deregister before exiting");
     assert!(client.is_running(), "the client got a result although the task was given back\n{}", client.describe());
+    let record = zk.data(&format!("/taskcluster/attempts/{}", run.task)).await.expect("the give-back is recorded");
+    let record: serde_json::Value = serde_json::from_slice(&record).expect("the attempts record is JSON");
+    assert_eq!((record["attempts"].as_u64(), record["given_back"].as_u64()), (Some(0), Some(1)), "{record}");
 
     let mut fast = tc.worker_with("fast", &WorkerOpts::exec(journal.exec_command(), "0"));
     wait_ready(&mut fast).await;
@@ -343,6 +346,33 @@ async fn submissions_beyond_the_backlog_cap_are_refused() {
     }
     let mut client = tc.submit_wait("after-drain", &["accepted again".to_string()]);
     assert_eq!(client.exit_code(LONG).await, 0, "{}", client.describe());
+    master.assert_no_panic();
+    worker.assert_no_panic();
+}
+
+/// A foreign client deletes its task while it runs: the worker's clear comes without a result,
+/// which the leader follows with a watch on that worker, so the worker gets the next task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_collected_while_it_runs_frees_its_worker_for_the_next() {
+    let tc = TestCluster::new("collected-running").await;
+    let master = tc.master("m1");
+    let mut worker = tc.worker("w1", "sleep");
+    wait_ready(&mut worker).await;
+
+    let zk = tc.inspector().await;
+    zk.put("/data/foreign", b"1500", false).await;
+    zk.put("/tasks/foreign", b"", false).await;
+    eventually_async("the foreign task to be assigned", LONG, || async {
+        (zk.data("/workers/w1").await.as_deref() == Some(b"foreign".as_slice())).then_some(())
+    })
+    .await;
+    for path in ["/tasks/foreign", "/data/foreign"] {
+        zk.client.delete(path, None).await.unwrap_or_else(|e| panic!("delete {path}: {e}"));
+    }
+
+    let next = vec!["100".to_string()];
+    assert_client_succeeded(&mut tc.submit_wait("client", &next), &next).await;
+    assert_tree_drained(&tc).await;
     master.assert_no_panic();
     worker.assert_no_panic();
 }

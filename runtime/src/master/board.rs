@@ -2,14 +2,18 @@
 //! Pure logic: no I/O. The leader loop feeds it events and read results and carries out the
 //! actions it returns.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
+
+use crate::paths;
 
 /// Why a running task came back without a result.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReturnReason {
-    /// The worker cleared its znode without a result: it recorded a failure or gave the task back.
+    /// The worker cleared its znode without a result: it recorded a failure itself.
     Returned,
+    /// A shutting-down worker handed the task back (its znode says draining): no attempt spent.
+    GivenBack,
     /// The worker's znode vanished: process or session died. Counts as a failed attempt.
     WorkerDied { worker: String },
     /// The task ran past the timeout; revoke it from `worker` at `version`.
@@ -53,9 +57,8 @@ enum Holding {
 struct Worker {
     version: i32,
     holding: Holding,
-    /// Data-change events on this znode whose outcome we already know (the echo of our own
-    /// assignment, the clear we inferred from a result): they need no read.
-    known_events: u32,
+    /// The znode's creation zxid: a worker that registered again is a new incarnation.
+    created: i64,
 }
 
 /// One planned assignment: write `task` into the worker's znode at `version`.
@@ -171,20 +174,35 @@ impl Board {
         };
         worker.version = cleared_version;
         worker.holding = Holding::Free;
-        worker.known_events += 1;
         self.free.push_back(wid.to_string());
     }
 
-    /// A data-change event on `/workers/<wid>`: true if we already know its outcome, so the
-    /// caller skips the read. Unknown workers and unexpected changes are read.
-    pub fn expected_worker_event(&mut self, wid: &str) -> bool {
-        match self.workers.get_mut(wid) {
-            Some(worker) if worker.known_events > 0 => {
-                worker.known_events -= 1;
-                true
-            },
+    /// The worker `task` is assigned to, while it runs.
+    pub fn holder_of(&self, task: &str) -> Option<&str> {
+        match self.tasks.get(task).map(|t| &t.state) {
+            Some(TaskState::Assigned { worker, .. }) => Some(worker),
+            _ => None,
+        }
+    }
+
+    /// Whether the next change of this worker's znode cannot be inferred, so it must be
+    /// watched: it holds something that is not a task running there (a collected or foreign
+    /// task, the draining mark, garbage). Running tasks end with a result or an attempts
+    /// record, which the leader watches anyway.
+    pub fn needs_watch(&self, wid: &str) -> bool {
+        match self.workers.get(wid).map(|w| &w.holding) {
+            Some(Holding::Task(task)) => self.holder_of(task) != Some(wid),
             _ => false,
         }
+    }
+
+    pub fn workers_needing_watch(&self) -> Vec<String> {
+        self.workers.keys().filter(|wid| self.needs_watch(wid)).cloned().collect()
+    }
+
+    /// Known workers missing from a listing of `/workers`.
+    pub fn workers_not_in(&self, listed: &HashSet<&str>) -> Vec<String> {
+        self.workers.keys().filter(|wid| !listed.contains(wid.as_str())).cloned().collect()
     }
 
     /// The task is finished by us (dead letter written): done without counting a completion.
@@ -220,9 +238,15 @@ impl Board {
         }
     }
 
-    /// The current data and version of `/workers/<wid>` (event re-read or rebuild). Reads older
-    /// than what we know are ignored, so out-of-order completions are harmless.
-    pub fn worker_read(&mut self, wid: &str, data: &[u8], version: i32) -> Option<Action> {
+    /// The current data, version and creation zxid of `/workers/<wid>` (a read or the rebuild).
+    /// Reads older than what we know are ignored, so out-of-order completions are harmless. A
+    /// new creation zxid means the worker we knew died and registered again.
+    pub fn worker_read(&mut self, wid: &str, data: &[u8], version: i32, created: i64) -> Option<Action> {
+        if self.workers.get(wid).is_some_and(|w| w.created != created) {
+            let died = self.worker_deleted(wid);
+            self.worker_read(wid, data, version, created);
+            return died;
+        }
         let holding =
             if data.is_empty() { Holding::Free } else { Holding::Task(String::from_utf8_lossy(data).into_owned()) };
         let previous = match self.workers.get(wid) {
@@ -231,8 +255,7 @@ impl Board {
             Some(w) => Some(w.holding.clone()),
             None => None,
         };
-        let known_events = self.workers.get(wid).map_or(0, |w| w.known_events);
-        self.workers.insert(wid.to_string(), Worker { version, holding: holding.clone(), known_events });
+        self.workers.insert(wid.to_string(), Worker { version, holding: holding.clone(), created });
         if holding == Holding::Free {
             self.free.push_back(wid.to_string());
         }
@@ -244,7 +267,8 @@ impl Board {
         }
         match previous {
             Some(Holding::Task(old) | Holding::Assigning(old)) if holding != Holding::Task(old.clone()) => {
-                self.returned(&old, wid, ReturnReason::Returned)
+                let reason = if data == paths::DRAINING { ReturnReason::GivenBack } else { ReturnReason::Returned };
+                self.returned(&old, wid, reason)
             },
             _ => None,
         }
@@ -283,7 +307,6 @@ impl Board {
             };
             let worker = self.workers.get_mut(&wid).expect("popped worker exists");
             worker.holding = Holding::Assigning(task.clone());
-            worker.known_events += 1;
             let version = worker.version;
             self.set_state(&task, TaskState::Assigned { worker: wid.clone(), since: Instant::now() });
             planned.push(Assignment { task, worker: wid, version });
@@ -323,7 +346,6 @@ impl Board {
     /// caller re-reads the worker, whose read brings it back to the pool.
     pub fn assignment_failed(&mut self, a: &Assignment) {
         if let Some(worker) = self.workers.get_mut(&a.worker) {
-            worker.known_events = worker.known_events.saturating_sub(1);
             if worker.holding == Holding::Assigning(a.task.clone()) {
                 // Not free, so it is not planned until re-read.
                 worker.holding = Holding::Unknown;
@@ -410,7 +432,7 @@ mod tests {
     fn board_with(tasks: &[&str], workers: &[&str]) -> Board {
         let mut b = Board::new();
         for w in workers {
-            b.worker_read(w, b"", 0);
+            b.worker_read(w, b"", 0, 1);
         }
         for t in tasks {
             b.task_created(t);
@@ -436,7 +458,7 @@ mod tests {
     #[test]
     fn duplicate_events_are_idempotent() {
         let mut b = board_with(&["t1", "t1"], &["w1"]);
-        b.worker_read("w1", b"", 0);
+        b.worker_read("w1", b"", 0, 1);
         assert_eq!(b.plan(100).len(), 1);
         assert!(b.plan(100).is_empty());
         assert_eq!(b.counts().backlog, 0);
@@ -448,7 +470,7 @@ mod tests {
         let a = b.plan(100).remove(0);
         b.assigned(&a, 1);
         b.task_completed("t1", Instant::now());
-        assert_eq!(b.worker_read("w1", b"", 2), None, "a completed task is not resolved");
+        assert_eq!(b.worker_read("w1", b"", 2, 1), None, "a completed task is not resolved");
         assert_eq!(b.plan(100)[0].task, "t2");
         assert_eq!(b.completed, 1);
     }
@@ -461,28 +483,48 @@ mod tests {
         b.assigned(&a, 1);
         let next = b.plan(100);
         assert_eq!(next, vec![Assignment { task: "t2".into(), worker: "w1".into(), version: 2 }]);
-        assert_eq!(b.worker_read("w1", b"", 2), None, "the clear we assumed is no news");
+        assert_eq!(b.worker_read("w1", b"", 2, 1), None, "the clear we assumed is no news");
     }
 
     #[test]
-    fn only_events_we_caused_or_inferred_skip_the_read() {
+    fn only_workers_holding_something_unexpected_are_watched() {
         let mut b = board_with(&["t1"], &["w1"]);
-        assert!(!b.expected_worker_event("w1"), "nothing expected yet");
+        assert!(!b.needs_watch("w1"), "free");
         let a = b.plan(10).remove(0);
-        assert!(b.expected_worker_event("w1"), "the echo of our assignment");
         b.assigned(&a, 1);
-        b.task_completed("t1", Instant::now());
-        assert!(b.expected_worker_event("w1"), "the clear inferred from the result");
-        assert!(!b.expected_worker_event("w1"), "anything else is read");
-        assert!(!b.expected_worker_event("w9"), "unknown workers are read");
+        assert!(!b.needs_watch("w1"), "its task ends with a result or an attempts record");
+        assert_eq!(b.holder_of("t1"), Some("w1"));
+        assert_eq!(b.task_deleted("t1"), None);
+        assert!(b.needs_watch("w1"), "the client collected the task before the worker cleared");
+        b.worker_read("w2", b"\0draining", 4, 1);
+        assert!(b.needs_watch("w2"), "draining until it leaves");
+        assert!(!b.needs_watch("w9"), "unknown workers are read, not watched");
     }
 
     #[test]
-    fn a_rejected_assignment_expects_no_echo() {
+    fn a_worker_that_registered_again_lost_its_task() {
         let mut b = board_with(&["t1"], &["w1"]);
         let a = b.plan(10).remove(0);
-        b.assignment_failed(&a);
-        assert!(!b.expected_worker_event("w1"));
+        b.assigned(&a, 1);
+        let died = b.worker_read("w1", b"", 0, 2);
+        assert_eq!(
+            died,
+            Some(Action::Resolve { task: "t1".into(), reason: ReturnReason::WorkerDied { worker: "w1".into() } })
+        );
+        b.requeue("t1");
+        assert_eq!(b.plan(10), vec![Assignment { task: "t1".into(), worker: "w1".into(), version: 0 }]);
+    }
+
+    #[test]
+    fn a_draining_worker_gives_its_task_back() {
+        let mut b = board_with(&["t1"], &["w1"]);
+        let a = b.plan(10).remove(0);
+        b.assigned(&a, 1);
+        let action = b.worker_read("w1", b"\0draining", 2, 1);
+        assert_eq!(action, Some(Action::Resolve { task: "t1".into(), reason: ReturnReason::GivenBack }));
+        let listed: HashSet<&str> = HashSet::new();
+        assert_eq!(b.workers_not_in(&listed), vec!["w1".to_string()]);
+        assert_eq!(b.worker_deleted("w1"), None, "nothing left to return");
     }
 
     #[test]
@@ -490,7 +532,7 @@ mod tests {
         let mut b = board_with(&["t1"], &["w1"]);
         let a = b.plan(100).remove(0);
         b.assigned(&a, 1);
-        let action = b.worker_read("w1", b"", 2);
+        let action = b.worker_read("w1", b"", 2, 1);
         assert_eq!(action, Some(Action::Resolve { task: "t1".into(), reason: ReturnReason::Returned }));
         assert_eq!(b.task_state("t1"), Some(&TaskState::Resolving));
         assert!(b.plan(100).is_empty(), "resolving tasks are not planned");
@@ -502,9 +544,9 @@ mod tests {
     fn stale_reads_are_ignored() {
         let mut b = board_with(&["t1"], &["w1"]);
         let a = b.plan(100).remove(0);
-        b.worker_read("w1", b"", 2); // worker already cleared (version 2)
+        b.worker_read("w1", b"", 2, 1); // worker already cleared (version 2)
         b.assigned(&a, 1); // late completion of our own write
-        assert_eq!(b.worker_read("w1", b"t1", 1), None, "older version ignored");
+        assert_eq!(b.worker_read("w1", b"t1", 1, 1), None, "older version ignored");
         assert_eq!(b.counts().workers_busy, 0);
     }
 
@@ -534,7 +576,7 @@ mod tests {
         let mut b = Board::new();
         b.task_created("t1");
         b.task_created("t2");
-        b.worker_read("w1", b"t1", 5);
+        b.worker_read("w1", b"t1", 5, 1);
         let counts = b.counts();
         assert_eq!(counts, Counts { backlog: 1, running: 1, workers_busy: 1 });
     }
@@ -542,9 +584,9 @@ mod tests {
     #[test]
     fn garbage_in_a_worker_znode_makes_it_busy_not_a_crash() {
         let mut b = board_with(&["t1"], &[]);
-        b.worker_read("w1", b"\xff\xfe", 3);
+        b.worker_read("w1", b"\xff\xfe", 3, 1);
         assert!(b.plan(10).is_empty());
-        b.worker_read("w1", b"", 4);
+        b.worker_read("w1", b"", 4, 1);
         assert_eq!(b.plan(10).len(), 1);
     }
 

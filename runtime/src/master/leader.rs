@@ -1,6 +1,14 @@
-//! The leader loop: watch `/tasks` and `/workers`, keep the board current, assign, resolve
-//! returned tasks, enforce timeouts and retention, publish status. Every write is fenced.
+//! The leader loop: watch `/tasks`, the membership of `/workers` and the attempts records,
+//! keep the board current, assign, resolve returned tasks, enforce timeouts and retention,
+//! publish status. Every write is fenced.
+//!
+//! Workers' znodes are not watched for data: the leader knows its own assignments, infers
+//! a worker's clear from its task's result (our workers write both in one multi), and learns
+//! a failure or a give-back from the attempts record the worker writes with its clear. Only
+//! a worker holding something else (a collected or foreign task, the draining mark) gets a
+//! one-shot watch. Per task the leader is notified three times: created, completed, collected.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -9,8 +17,8 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 use zookeeper_client::{
-    AddWatchMode, Client, Error as ZkError, EventType, OwnedLockClient, PersistentWatcher, SessionState, Stat,
-    WatchedEvent,
+    AddWatchMode, Client, Error as ZkError, EventType, OneshotWatcher, OwnedLockClient, PersistentWatcher,
+    SessionState, Stat, WatchedEvent,
 };
 
 use super::board::{Action, Assignment, Board, ReturnReason};
@@ -38,11 +46,41 @@ const STATUS_PERIOD: Duration = Duration::from_millis(500);
 const REBUILD_WINDOW: usize = 2_000;
 
 enum Completion {
-    WorkerRead { generation: u64, wid: String, result: Result<(Vec<u8>, Stat), ZkError> },
-    Assigned { generation: u64, batch: Vec<Assignment>, result: Result<Vec<i32>, WriteError> },
-    Resolved { generation: u64, task: String, reason: ReturnReason, result: Result<Resolution, WriteError> },
-    Cleaned { result: Result<(), WriteError>, expired: bool },
-    StatusWritten { result: Result<i32, WriteError> },
+    /// `watched`: a read that was to leave a watch (`watcher`, when it succeeded).
+    WorkerRead {
+        generation: u64,
+        wid: String,
+        result: Result<(Vec<u8>, Stat), ZkError>,
+        watched: bool,
+        watcher: Option<OneshotWatcher>,
+    },
+    /// A watched worker's znode changed.
+    WorkerChanged {
+        generation: u64,
+        wid: String,
+    },
+    WorkersListed {
+        generation: u64,
+        result: Result<Vec<String>, ZkError>,
+    },
+    Assigned {
+        generation: u64,
+        batch: Vec<Assignment>,
+        result: Result<Vec<i32>, WriteError>,
+    },
+    Resolved {
+        generation: u64,
+        task: String,
+        reason: ReturnReason,
+        result: Result<Resolution, WriteError>,
+    },
+    Cleaned {
+        result: Result<(), WriteError>,
+        expired: bool,
+    },
+    StatusWritten {
+        result: Result<i32, WriteError>,
+    },
 }
 
 type Pending<'a> = FuturesUnordered<Pin<Box<dyn Future<Output = Completion> + Send + 'a>>>;
@@ -61,7 +99,22 @@ struct Leader<'a> {
     last_status_at: Instant,
     status_in_flight: bool,
     pending: Pending<'a>,
+    /// Workers with a one-shot watch in place (see `Board::needs_watch`).
+    watched: HashSet<String>,
+    /// A listing of `/workers` is in flight; `relist`: another change came meanwhile.
+    listing: bool,
+    relist: bool,
     end: Option<LeadEnd>,
+}
+
+/// The leader's persistent watches.
+struct Watches {
+    /// Recursive on `/tasks`: creations, results, collections.
+    tasks: PersistentWatcher,
+    /// On `/workers` itself: registrations and departures.
+    workers: PersistentWatcher,
+    /// Recursive on the attempts records: failures and give-backs written by workers.
+    attempts: PersistentWatcher,
 }
 
 pub async fn lead(lock: &OwnedLockClient, ctx: &MasterContext, shutdown: &CancellationToken) -> LeadEnd {
@@ -69,7 +122,7 @@ pub async fn lead(lock: &OwnedLockClient, ctx: &MasterContext, shutdown: &Cancel
     let mut state = client.state_watcher();
     // Watches first, reads second: nothing that changes in between is missed.
     let watches = tokio::try_join!(watch_tree(client), client.check_and_watch_stat(lock.lock_path()));
-    let ((mut tasks_watch, mut workers_watch), lock_watch) = match watches {
+    let (mut watches, lock_watch) = match watches {
         Ok((tree, (Some(_), l))) => (tree, l),
         Ok((_, (None, _))) => return LeadEnd::LeadershipLost,
         Err(error) => {
@@ -92,6 +145,9 @@ pub async fn lead(lock: &OwnedLockClient, ctx: &MasterContext, shutdown: &Cancel
         last_status_at: Instant::now(),
         status_in_flight: false,
         pending: FuturesUnordered::new(),
+        watched: HashSet::new(),
+        listing: false,
+        relist: false,
         end: None,
     };
     if let Err(end) = leader.take_over().await {
@@ -119,8 +175,9 @@ pub async fn lead(lock: &OwnedLockClient, ctx: &MasterContext, shutdown: &Cancel
                     leader.end = Some(LeadEnd::LeadershipLost);
                 }
             },
-            event = tasks_watch.changed() => leader.on_task_event(event),
-            event = workers_watch.changed() => leader.on_worker_event(event),
+            event = watches.tasks.changed() => leader.on_task_event(event),
+            event = watches.workers.changed() => leader.on_membership_event(event),
+            event = watches.attempts.changed() => leader.on_attempts_event(event),
             Some(done) = leader.pending.next() => leader.on_completion(done),
             // After the events: those already delivered happened before the state change.
             session = state.changed() => {
@@ -128,9 +185,8 @@ pub async fn lead(lock: &OwnedLockClient, ctx: &MasterContext, shutdown: &Cancel
                     // zookeeper-client 0.11 does not restore persistent watches when it
                     // reconnects (its SetWatches omits them): add them again, then rebuild.
                     match watch_tree(client).await {
-                        Ok((tasks, workers)) => {
-                            tasks_watch = tasks;
-                            workers_watch = workers;
+                        Ok(fresh) => {
+                            watches = fresh;
                             leader.resync().await;
                         },
                         Err(error) => leader.end = Some(end_for(&error)),
@@ -148,7 +204,7 @@ pub async fn lead(lock: &OwnedLockClient, ctx: &MasterContext, shutdown: &Cancel
             // consistent picture (a completion's events arrive before later reads).
             loop {
                 let mut progressed = false;
-                while let Some(event) = tasks_watch.changed().now_or_never() {
+                while let Some(event) = watches.tasks.changed().now_or_never() {
                     leader.on_task_event(event);
                     progressed = true;
                     if leader.end.is_some() {
@@ -156,8 +212,13 @@ pub async fn lead(lock: &OwnedLockClient, ctx: &MasterContext, shutdown: &Cancel
                     }
                 }
                 while leader.end.is_none() {
-                    let Some(event) = workers_watch.changed().now_or_never() else { break };
-                    leader.on_worker_event(event);
+                    let Some(event) = watches.workers.changed().now_or_never() else { break };
+                    leader.on_membership_event(event);
+                    progressed = true;
+                }
+                while leader.end.is_none() {
+                    let Some(event) = watches.attempts.changed().now_or_never() else { break };
+                    leader.on_attempts_event(event);
                     progressed = true;
                 }
                 if leader.end.is_some() || !progressed {
@@ -177,12 +238,13 @@ pub async fn lead(lock: &OwnedLockClient, ctx: &MasterContext, shutdown: &Cancel
     }
 }
 
-/// One persistent recursive watch on `/tasks` and one on `/workers`.
-async fn watch_tree(client: &Client) -> Result<(PersistentWatcher, PersistentWatcher), ZkError> {
-    tokio::try_join!(
+async fn watch_tree(client: &Client) -> Result<Watches, ZkError> {
+    let (tasks, workers, attempts) = tokio::try_join!(
         client.watch(paths::TASKS, AddWatchMode::PersistentRecursive),
-        client.watch(paths::WORKERS, AddWatchMode::PersistentRecursive),
-    )
+        client.watch(paths::WORKERS, AddWatchMode::Persistent),
+        client.watch(paths::ATTEMPTS, AddWatchMode::PersistentRecursive),
+    )?;
+    Ok(Watches { tasks, workers, attempts })
 }
 
 fn end_for(error: &ZkError) -> LeadEnd {
@@ -285,7 +347,7 @@ impl<'a> Leader<'a> {
         for (wid, read) in workers.iter().zip(reads) {
             match read {
                 Ok((data, stat)) => {
-                    board.worker_read(wid, &data, stat.version);
+                    board.worker_read(wid, &data, stat.version, stat.czxid);
                 },
                 Err(ZkError::NoNode) => {},
                 Err(error) => return Err(end_for(&error)),
@@ -305,6 +367,10 @@ impl<'a> Leader<'a> {
         }
         self.board = board;
         self.generation += 1;
+        self.watched.clear();
+        for wid in &workers {
+            self.ensure_watched(wid);
+        }
         let counts = self.board.counts();
         tracing::info!(
             tasks = ids.len(),
@@ -374,32 +440,67 @@ impl<'a> Leader<'a> {
                 }
             },
             EventType::NodeDeleted => {
+                let holder = self.board.holder_of(id).map(str::to_string);
                 if let Some(action) = self.board.task_deleted(id) {
                     self.act(action);
+                }
+                // Collected while running: the worker's clear will not come with a result.
+                if let Some(wid) = holder {
+                    self.ensure_watched(&wid);
                 }
             },
             _ => {},
         }
     }
 
-    fn on_worker_event(&mut self, event: WatchedEvent) {
+    /// A registration or departure under `/workers`: list it again.
+    fn on_membership_event(&mut self, event: WatchedEvent) {
         if self.on_session_event(&event) {
             return;
         }
-        let Some(wid) = paths::child_of(paths::WORKERS, &event.path) else { return };
-        match event.event_type {
-            EventType::NodeCreated => self.read_worker(wid.to_string()),
-            EventType::NodeDataChanged => {
-                if !self.board.expected_worker_event(wid) {
-                    self.read_worker(wid.to_string());
-                }
-            },
-            EventType::NodeDeleted => {
-                if let Some(action) = self.board.worker_deleted(wid) {
-                    self.act(action);
-                }
-            },
-            _ => {},
+        if event.event_type == EventType::NodeChildrenChanged {
+            self.list_workers();
+        }
+    }
+
+    /// An attempts record written: if its task runs, the worker recorded a failure or gave the
+    /// task back, and cleared its znode in the same multi. Our own records concern tasks that
+    /// are no longer running, so they cost nothing here.
+    fn on_attempts_event(&mut self, event: WatchedEvent) {
+        if self.on_session_event(&event) {
+            return;
+        }
+        if !matches!(event.event_type, EventType::NodeCreated | EventType::NodeDataChanged) {
+            return;
+        }
+        let Some(task) = paths::child_of(paths::ATTEMPTS, &event.path) else { return };
+        if let Some(wid) = self.board.holder_of(task) {
+            self.read_worker(wid.to_string());
+        }
+    }
+
+    fn list_workers(&mut self) {
+        if self.listing {
+            self.relist = true;
+            return;
+        }
+        self.listing = true;
+        let generation = self.generation;
+        let list = self.client().list_children(paths::WORKERS);
+        self.pending.push(Box::pin(async move { Completion::WorkersListed { generation, result: list.await } }));
+    }
+
+    /// Departures are the names that vanished; every listed worker is read, since one may have
+    /// left and registered again between two listings (its creation zxid tells).
+    fn workers_listed(&mut self, names: Vec<String>) {
+        let listed: HashSet<&str> = names.iter().map(String::as_str).collect();
+        for wid in self.board.workers_not_in(&listed) {
+            if let Some(action) = self.board.worker_deleted(&wid) {
+                self.act(action);
+            }
+        }
+        for wid in names {
+            self.read_worker(wid);
         }
     }
 
@@ -407,7 +508,32 @@ impl<'a> Leader<'a> {
     fn read_worker(&mut self, wid: String) {
         let generation = self.generation;
         let read = self.client().get_data(&paths::worker(&wid));
-        self.pending.push(Box::pin(async move { Completion::WorkerRead { generation, wid, result: read.await } }));
+        self.pending.push(Box::pin(async move {
+            Completion::WorkerRead { generation, wid, result: read.await, watched: false, watcher: None }
+        }));
+    }
+
+    /// A read that leaves a one-shot watch, for a worker whose next change cannot be inferred.
+    fn ensure_watched(&mut self, wid: &str) {
+        if !self.board.needs_watch(wid) || !self.watched.insert(wid.to_string()) {
+            return;
+        }
+        let (generation, wid) = (self.generation, wid.to_string());
+        let read = self.client().get_and_watch_data(&paths::worker(&wid));
+        self.pending.push(Box::pin(async move {
+            match read.await {
+                Ok((data, stat, watcher)) => Completion::WorkerRead {
+                    generation,
+                    wid,
+                    result: Ok((data, stat)),
+                    watched: true,
+                    watcher: Some(watcher),
+                },
+                Err(error) => {
+                    Completion::WorkerRead { generation, wid, result: Err(error), watched: true, watcher: None }
+                },
+            }
+        }));
     }
 
     fn act(&mut self, action: Action) {
@@ -434,13 +560,13 @@ impl<'a> Leader<'a> {
 
     fn on_completion(&mut self, done: Completion) {
         match done {
-            Completion::WorkerRead { generation, wid, result } => {
+            Completion::WorkerRead { generation, wid, result, watched, watcher } => {
                 if generation != self.generation {
                     return;
                 }
                 match result {
                     Ok((data, stat)) => {
-                        if let Some(action) = self.board.worker_read(&wid, &data, stat.version) {
+                        if let Some(action) = self.board.worker_read(&wid, &data, stat.version, stat.czxid) {
                             self.act(action);
                         }
                     },
@@ -452,6 +578,43 @@ impl<'a> Leader<'a> {
                     Err(error) => {
                         tracing::debug!(%error, %wid, "worker read failed; the next event or rebuild covers it")
                     },
+                }
+                match watcher {
+                    Some(watcher) if self.board.needs_watch(&wid) => self.pending.push(Box::pin(async move {
+                        watcher.changed().await;
+                        Completion::WorkerChanged { generation, wid }
+                    })),
+                    // A watch no longer needed fires once, unheeded. After a failed read the tick
+                    // places the watch again, if still needed.
+                    Some(_) => {
+                        self.watched.remove(&wid);
+                    },
+                    None if watched => {
+                        self.watched.remove(&wid);
+                    },
+                    None => self.ensure_watched(&wid),
+                }
+            },
+            Completion::WorkerChanged { generation, wid } => {
+                if generation == self.generation {
+                    self.watched.remove(&wid);
+                    self.ensure_watched(&wid);
+                    if !self.watched.contains(&wid) {
+                        self.read_worker(wid);
+                    }
+                }
+            },
+            Completion::WorkersListed { generation, result } => {
+                self.listing = false;
+                match result {
+                    Ok(names) if generation == self.generation => self.workers_listed(names),
+                    Ok(_) => {},
+                    Err(error) => {
+                        tracing::debug!(%error, "cannot list the workers; the next change or rebuild covers it")
+                    },
+                }
+                if std::mem::take(&mut self.relist) {
+                    self.list_workers();
                 }
             },
             Completion::Assigned { generation, batch, result } => match result {
@@ -559,6 +722,9 @@ impl<'a> Leader<'a> {
         }
         for wid in self.board.workers_needing_read() {
             self.read_worker(wid);
+        }
+        for wid in self.board.workers_needing_watch() {
+            self.ensure_watched(&wid);
         }
         self.publish_status(now);
     }

@@ -105,7 +105,7 @@ pub async fn resolve(
         Err(err) => return Err(classify_zk(err)),
     };
     let counts_failure = match reason {
-        ReturnReason::Returned => false,
+        ReturnReason::Returned | ReturnReason::GivenBack => false,
         ReturnReason::WorkerDied { worker } => {
             record.last_error = format!("worker {worker} died while running the task");
             true

@@ -363,56 +363,74 @@ async fn read_attempts(client: &Client, task: &str) -> (Attempts, Option<i32>) {
     }
 }
 
-/// Records a failed attempt and frees us in one multi; the leader then retries or
-/// dead-letters the task. True as for [`complete`].
+/// Records a failed attempt and frees us in one multi; the leader, watching the attempts
+/// records, then retries or dead-letters the task. True as for [`complete`].
 async fn fail(client: &Client, ctx: &WorkerContext, task: &str, version: i32, error: &str) -> bool {
     ctx.metrics.count("failed");
     tracing::warn!(%task, %error, "task failed");
-    let me = paths::worker(&ctx.id);
-    let path = paths::attempts(task);
-    let options = CreateMode::Persistent.with_acls(ctx.target.acls());
-    let mut retried = false;
-    for _ in 0..5 {
-        let (mut record, record_version) = read_attempts(client, task).await;
+    let note = |record: &mut Attempts| {
         record.attempts += 1;
         record.last_error = format!("worker {}: {error}", ctx.id);
-        let data = records::encode(&record);
-        let mut writer = client.new_multi_writer();
-        let added = match record_version {
-            Some(v) => writer.add_set_data(&path, &data, Some(v)),
-            None => writer.add_create(&path, &data, &options),
-        }
-        .and_then(|_| writer.add_set_data(&me, b"", Some(version)));
-        if added.is_err() {
-            break;
-        }
-        match writer.commit().await {
-            Ok(_) => return !retried,
-            Err(error) if is_transient_multi(&error) && !client.state().is_terminated() => {
-                retried = true;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            },
-            // Someone else wrote the record meanwhile: read it again.
-            Err(MultiWriteError::OperationFailed { index: 0, .. }) => continue,
-            Err(error) => {
-                tracing::warn!(%error, %task, "cannot record the failure (assignment withdrawn or session lost)");
-                return false;
-            },
-        }
+    };
+    match release(client, ctx, task, version, b"", note).await {
+        Ok(retried) => !retried,
+        Err(error) => {
+            tracing::warn!(%error, %task, "cannot record the failure (assignment withdrawn or session lost)");
+            false
+        },
     }
-    false
 }
 
-/// Hands the task back without counting an attempt: our znode says "draining", which the
-/// leader reads as "this worker no longer holds the task and takes no new one".
+/// Hands the task back without spending an attempt: our znode says "draining", which the
+/// leader reads as "this worker no longer holds the task and takes no new one"; the attempts
+/// record notes the give-back, which is how the leader hears of it.
 async fn give_back(client: &Client, ctx: &WorkerContext, task: &str, version: i32) {
-    match client.set_data(&paths::worker(&ctx.id), paths::DRAINING, Some(version)).await {
+    match release(client, ctx, task, version, paths::DRAINING, |record| record.given_back += 1).await {
         Ok(_) => {
             ctx.metrics.count("given_back");
             tracing::info!(%task, "grace period over: task given back");
         },
         Err(error) => tracing::warn!(%error, %task, "cannot give the task back; the leader retries it when we leave"),
     }
+}
+
+/// In one multi: updates the task's attempts record with `note` and sets our znode to
+/// `mark` at the assignment's version. Returns whether a connection loss made it retry.
+async fn release(
+    client: &Client,
+    ctx: &WorkerContext,
+    task: &str,
+    version: i32,
+    mark: &[u8],
+    note: impl Fn(&mut Attempts),
+) -> Result<bool, String> {
+    let me = paths::worker(&ctx.id);
+    let path = paths::attempts(task);
+    let options = CreateMode::Persistent.with_acls(ctx.target.acls());
+    let mut retried = false;
+    for _ in 0..5 {
+        let (mut record, record_version) = read_attempts(client, task).await;
+        note(&mut record);
+        let data = records::encode(&record);
+        let mut writer = client.new_multi_writer();
+        match record_version {
+            Some(v) => writer.add_set_data(&path, &data, Some(v)),
+            None => writer.add_create(&path, &data, &options),
+        }
+        .and_then(|_| writer.add_set_data(&me, mark, Some(version)))
+        .map_err(|error| error.to_string())?;
+        match writer.commit().await {
+            Ok(_) => return Ok(retried),
+            Err(error) if is_transient_multi(&error) && !client.state().is_terminated() => {
+                retried = true;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            },
+            // Someone else wrote the record meanwhile: read it again.
+            Err(MultiWriteError::OperationFailed { index: 0, .. }) => continue,
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+    Err("the attempts record kept changing".to_string())
 }
 
 /// Runs `f` when dropped.
