@@ -40,28 +40,38 @@ pub fn start(session: Arc<Session>, acls: Acls<'static>) -> mpsc::UnboundedSende
 }
 
 async fn commit_loop(session: Arc<Session>, acls: Acls<'static>, mut queue: mpsc::UnboundedReceiver<Write>) {
-    let mut carried: Option<Write> = None;
-    loop {
-        let first = match carried.take() {
-            Some(write) => write,
-            None => match queue.recv().await {
-                Some(write) => write,
-                None => return,
-            },
-        };
-        let mut bytes = first.bytes();
-        let mut batch = vec![first];
-        while batch.len() < MAX_TASKS {
-            let Ok(write) = queue.try_recv() else { break };
-            if bytes + write.bytes() > MAX_BYTES {
-                carried = Some(write);
-                break;
-            }
-            bytes += write.bytes();
-            batch.push(write);
-        }
+    let mut carried = None;
+    while let Some(batch) = gather(&mut queue, &mut carried, MAX_TASKS, MAX_BYTES, Write::bytes).await {
         commit(&session, acls, batch).await;
     }
+}
+
+/// The next group: the first item to arrive (or the one carried over), then whatever is
+/// already queued, up to `max_items` and `max_bytes`; an item that would overflow is carried
+/// into the next group. None when every sender is gone.
+pub(super) async fn gather<T>(
+    queue: &mut mpsc::UnboundedReceiver<T>,
+    carried: &mut Option<T>,
+    max_items: usize,
+    max_bytes: usize,
+    bytes: impl Fn(&T) -> usize,
+) -> Option<Vec<T>> {
+    let first = match carried.take() {
+        Some(item) => item,
+        None => queue.recv().await?,
+    };
+    let mut total = bytes(&first);
+    let mut group = vec![first];
+    while group.len() < max_items {
+        let Ok(item) = queue.try_recv() else { break };
+        if total + bytes(&item) > max_bytes {
+            *carried = Some(item);
+            break;
+        }
+        total += bytes(&item);
+        group.push(item);
+    }
+    Some(group)
 }
 
 async fn commit(session: &Session, acls: Acls<'static>, batch: Vec<Write>) {

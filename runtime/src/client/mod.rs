@@ -2,9 +2,11 @@
 //!
 //! Tasks are persistent znodes, so a client outlives its ZooKeeper sessions: requests that
 //! fail with connection loss are retried, and an expired session is replaced by a new one.
-//! Under load, submissions and collections are group-committed (see `batch`).
+//! Under load, submissions and collections are group-committed (see `batch`), and the reads
+//! of results are grouped too (see `results`).
 
 mod batch;
+mod results;
 mod session;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,6 +75,7 @@ impl CapGate {
 pub struct Submitter {
     session: Arc<Session>,
     writes: mpsc::UnboundedSender<Write>,
+    reads: mpsc::UnboundedSender<results::Read>,
     prefix: String,
     counter: AtomicU64,
     gate: CapGate,
@@ -94,9 +97,11 @@ impl Submitter {
         let prefix = format!("t{:x}-", client.session_id().0 as u64);
         let session = Arc::new(Session::new(target.clone(), client));
         let writes = batch::start(session.clone(), target.acls());
+        let reads = results::start(session.clone());
         Ok(Self {
             session,
             writes,
+            reads,
             prefix,
             counter: AtomicU64::new(0),
             gate: CapGate { cap: settings.backlog_cap, last: Mutex::new(None) },
@@ -180,22 +185,24 @@ impl Submitter {
             match event.event_type {
                 EventType::NodeDeleted => return Err(vanished()),
                 // Read without a new watch: one would only fire again when we delete the task.
-                EventType::NodeDataChanged => {
-                    let read = self.session.call(|c, _| {
-                        let path = &path;
-                        async move { c.get_data(path).await }
-                    });
-                    match read.await {
-                        Ok((data, _)) if !data.is_empty() => return Ok(TaskOutcome::from_result(data)),
-                        Ok(_) => {},
-                        Err(CallError::Zk(ZkError::NoNode)) => return Err(vanished()),
-                        Err(error) => return Err(SubmitError::from_call("read of the result")(error)),
-                    }
+                EventType::NodeDataChanged => match self.read_result(&path).await {
+                    Ok(data) if !data.is_empty() => return Ok(TaskOutcome::from_result(data)),
+                    Ok(_) => {},
+                    Err(CallError::Zk(ZkError::NoNode)) => return Err(vanished()),
+                    Err(error) => return Err(SubmitError::from_call("read of the result")(error)),
                 },
                 // The session ended or came back: read again (on a new session if needed).
                 _ => {},
             }
         }
+    }
+
+    /// Reads a task's data through the group reader.
+    async fn read_result(&self, path: &str) -> Result<Vec<u8>, CallError> {
+        let (reply, outcome) = oneshot::channel();
+        let gone = || CallError::Zk(ZkError::ClientClosed);
+        self.reads.send(results::Read { path: path.to_string(), reply }).map_err(|_| gone())?;
+        outcome.await.map_err(|_| gone())?
     }
 
     /// Deletes `/tasks/<id>` and `/data/<id>`; already-missing nodes are fine.
