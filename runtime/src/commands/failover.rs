@@ -161,7 +161,7 @@ pub async fn run(args: &BenchArgs, signal: FailoverSignal) -> Result<(), Failure
     let load = steady_load(submitter.clone(), args.inflight as usize, stop.clone());
 
     let mut rounds = Vec::new();
-    let mut next_id = masters.len();
+    let first_replacement = masters.len();
     for round in 0..args.rounds {
         let leader = wait_for("a leader", Duration::from_secs(30), async || leader_id(&observer).await).await?;
         let Some(at) = masters.iter().position(|m| m.id == leader) else {
@@ -194,8 +194,7 @@ pub async fn run(args: &BenchArgs, signal: FailoverSignal) -> Result<(), Failure
         eprintln!("round {}: {} -> {} in {ms:.1} ms", round + 1, masters[at].id, masters[standby].id);
         rounds.push(ms);
         // The stopped master comes back as the next standby.
-        masters[at] = MasterProcess::spawn(&target, &format!("master-{next_id}"))?;
-        next_id += 1;
+        masters[at] = MasterProcess::spawn(&target, &format!("master-{}", first_replacement + round as usize))?;
     }
 
     let worker_rss_kb = proc_status_kb(worker.id(), "VmRSS:");

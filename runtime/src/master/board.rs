@@ -240,12 +240,17 @@ impl Board {
 
     /// The current data, version and creation zxid of `/workers/<wid>` (a read or the rebuild).
     /// Reads older than what we know are ignored, so out-of-order completions are harmless. A
-    /// new creation zxid means the worker we knew died and registered again.
+    /// later creation zxid means the worker we knew died and registered again; an earlier one
+    /// is a late read of a previous incarnation.
     pub fn worker_read(&mut self, wid: &str, data: &[u8], version: i32, created: i64) -> Option<Action> {
-        if self.workers.get(wid).is_some_and(|w| w.created != created) {
-            let died = self.worker_deleted(wid);
-            self.worker_read(wid, data, version, created);
-            return died;
+        match self.workers.get(wid).map(|w| w.created) {
+            Some(known) if created < known => return None,
+            Some(known) if created > known => {
+                let died = self.worker_deleted(wid);
+                self.worker_read(wid, data, version, created);
+                return died;
+            },
+            _ => {},
         }
         let holding =
             if data.is_empty() { Holding::Free } else { Holding::Task(String::from_utf8_lossy(data).into_owned()) };
@@ -512,6 +517,7 @@ mod tests {
             Some(Action::Resolve { task: "t1".into(), reason: ReturnReason::WorkerDied { worker: "w1".into() } })
         );
         b.requeue("t1");
+        assert_eq!(b.worker_read("w1", b"t1", 1, 1), None, "a late read of the old incarnation is ignored");
         assert_eq!(b.plan(10), vec![Assignment { task: "t1".into(), worker: "w1".into(), version: 0 }]);
     }
 

@@ -429,14 +429,12 @@ impl<'a> Leader<'a> {
         let Some(id) = paths::child_of(paths::TASKS, &event.path) else { return };
         match event.event_type {
             EventType::NodeCreated => self.board.task_created(id),
-            EventType::NodeDataChanged => {
-                if self.board.task_state(id).is_some() {
-                    let before = self.board.completed;
-                    self.board.task_completed(id, Instant::now());
-                    if self.board.completed > before {
-                        self.counters.completed += 1;
-                        self.ctx.metrics.completed.inc();
-                    }
+            EventType::NodeDataChanged if self.board.task_state(id).is_some() => {
+                let before = self.board.completed;
+                self.board.task_completed(id, Instant::now());
+                if self.board.completed > before {
+                    self.counters.completed += 1;
+                    self.ctx.metrics.completed.inc();
                 }
             },
             EventType::NodeDeleted => {

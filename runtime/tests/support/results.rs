@@ -81,19 +81,6 @@ pub fn assert_exactly_one_ok_result_each(client: &str, lines: &[ResultLine], exp
     );
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_and_unescapes() {
-        let line = ResultLine::parse("t1-2\tok\ta\\tb\\nc\\\\d");
-        assert_eq!(line, ResultLine { id: "t1-2".into(), ok: true, text: "a\tb\nc\\d".into() });
-        assert!(!ResultLine::parse("x\tfailed\tboom").ok);
-        assert_eq!(seed_result("  alpha beta\tgamma "), "GAMMA BETA ALPHA");
-    }
-}
-
 /// `n` distinct payloads of three words, e.g. `alpha word7 item7`.
 pub fn payloads(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix} word{i} item{i}")).collect()
@@ -112,4 +99,17 @@ pub async fn assert_client_succeeded(client: &mut super::Proc, payloads: &[Strin
     let lines = ResultLine::parse_all(&client.stdout());
     assert_exactly_one_ok_result_each(&client.name, &lines, &seed_results(payloads));
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_unescapes() {
+        let line = ResultLine::parse("t1-2\tok\ta\\tb\\nc\\\\d");
+        assert_eq!(line, ResultLine { id: "t1-2".into(), ok: true, text: "a\tb\nc\\d".into() });
+        assert!(!ResultLine::parse("x\tfailed\tboom").ok);
+        assert_eq!(seed_result("  alpha beta\tgamma "), "GAMMA BETA ALPHA");
+    }
 }
