@@ -232,18 +232,20 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     }
     let scratch = Scratch::create(&args.zk.target()).await?;
     let root_client = scratch.root.clone();
-    eprintln!("measuring raw pipelined creates ({}, after as many to warm the server up) ...", args.raw_creates);
     let raw_dir = format!("{}/raw", scratch.path);
-    // A fresh server's JIT is cold: the first pass only warms it, the second is measured.
-    raw_creates(&root_client, &raw_dir, args.raw_creates, 512).await.map_err(Failure::zookeeper)?;
-    let raw = raw_creates(&root_client, &raw_dir, args.raw_creates, 512).await.map_err(Failure::zookeeper)?;
-
     let target = scratch.target();
+    // A fresh server's JIT is cold: both paths get a first pass of the same size that only
+    // warms it, then both are measured back to back on the same warm server.
+    eprintln!("warming up: {} raw creates, {} tasks ...", args.raw_creates, args.tasks);
+    raw_creates(&root_client, &raw_dir, args.raw_creates, 512).await.map_err(Failure::zookeeper)?;
     let cluster = start_cluster(&target, args.masters, args.workers);
-    // Warm up: the first tasks wait for election and registrations.
+    // The first tasks also wait for the election and the registrations.
     drive(&target, 1, 1, 20).await?;
+    drive(&target, args.clients, args.inflight, args.tasks).await?;
     eprintln!("idle latency (1 client, 1 in flight) ...");
     let (idle, _, _) = drive(&target, 1, 1, 200).await?;
+    eprintln!("raw pipelined creates ({}) ...", args.raw_creates);
+    let raw = raw_creates(&root_client, &raw_dir, args.raw_creates, 512).await.map_err(Failure::zookeeper)?;
     eprintln!(
         "throughput: {} tasks, {} masters, {} workers, {} clients x {} in flight ...",
         args.tasks, args.masters, args.workers, args.clients, args.inflight
