@@ -70,7 +70,7 @@ pub async fn read_status(client: &Client) -> Result<ClusterStatus, StatusError> 
         optional_data(client, paths::LEADER),
         optional_data(client, paths::STATUS),
     );
-    let contenders = match contenders {
+    let mut contenders = match contenders {
         Err(ZkError::NoNode) => return Err(StatusError::NotInitialised(paths::MASTER)),
         other => other.map_err(read_err(paths::MASTER))?,
     };
@@ -81,10 +81,20 @@ pub async fn read_status(client: &Client) -> Result<ClusterStatus, StatusError> 
     let counters: StatusRecord =
         status_record?.and_then(|data| records::decode(paths::STATUS, &data).ok()).unwrap_or_default();
 
-    let leader = match paths::lowest_contender(contenders.iter().map(String::as_str)) {
-        None => None,
-        Some(contender) => Some(leader_info(client, contender, leader_record.as_ref()).await?),
-    };
+    // A leader that leaves between the listing and the read of its znode: list again, so the
+    // answer names its successor, not a znode that is gone.
+    let mut leader = None;
+    for attempt in 1..=3 {
+        let Some(contender) = paths::lowest_contender(contenders.iter().map(String::as_str)) else { break };
+        let id = contender_id(client, contender).await?;
+        if id.is_none() && attempt < 3 {
+            contenders = client.list_children(paths::MASTER).await.map_err(read_err(paths::MASTER))?;
+            continue;
+        }
+        let since_ms = leader_record.as_ref().filter(|r| r.contender == contender).map_or(0, |r| r.since_ms);
+        leader = Some(LeaderInfo { id: id.unwrap_or_else(|| contender.to_string()), since_ms });
+        break;
+    }
     // Counters describe the epoch that published them; a newer leader has not yet spoken.
     let fresh = leader_record.as_ref().is_some_and(|l| l.epoch == counters.epoch);
     Ok(ClusterStatus {
@@ -103,20 +113,15 @@ pub async fn read_status(client: &Client) -> Result<ClusterStatus, StatusError> 
     })
 }
 
-async fn leader_info(
-    client: &Client,
-    contender: &str,
-    record: Option<&LeaderRecord>,
-) -> Result<LeaderInfo, StatusError> {
+/// The master id a contender znode holds (its name if the record is unreadable), or None if
+/// the znode is gone.
+async fn contender_id(client: &Client, contender: &str) -> Result<Option<String>, StatusError> {
     let path = format!("{}/{contender}", paths::MASTER);
-    let id = match client.get_data(&path).await {
-        Ok((data, _)) => {
-            records::decode::<ContenderRecord>(&path, &data).map(|c| c.id).unwrap_or_else(|_| contender.to_string())
-        },
-        // The leader just went away; report its znode name rather than fail.
-        Err(ZkError::NoNode) => contender.to_string(),
-        Err(source) => return Err(StatusError::Read { path: paths::MASTER, source }),
-    };
-    let since_ms = record.filter(|r| r.contender == contender).map_or(0, |r| r.since_ms);
-    Ok(LeaderInfo { id, since_ms })
+    match client.get_data(&path).await {
+        Ok((data, _)) => Ok(Some(
+            records::decode::<ContenderRecord>(&path, &data).map(|c| c.id).unwrap_or_else(|_| contender.to_string()),
+        )),
+        Err(ZkError::NoNode) => Ok(None),
+        Err(source) => Err(StatusError::Read { path: paths::MASTER, source }),
+    }
 }
