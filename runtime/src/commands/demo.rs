@@ -136,5 +136,9 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     let status = read_status(&watch).await.map_err(Failure::zookeeper)?;
     println!("{} tasks completed, {failed} failed; cluster status:", done - failed);
     print!("{}", super::status::table(&status));
+    if status.completed < done - failed {
+        println!("(COMPLETED counts the results the leaders saw; those that landed during the failover");
+        println!(" were delivered but not counted: the counters are best-effort across a leader change)");
+    }
     Ok(())
 }
