@@ -195,8 +195,10 @@ pub async fn lead(lock: &OwnedLockClient, ctx: &MasterContext, shutdown: &Cancel
             },
             _ = tick.tick() => leader.on_tick(),
         }
+        // Probe even when the wake-up already told us the session or the znode is gone: a
+        // stalled leader must see a write of its own rejected, whatever it noticed first.
         let waited = waiting_since.elapsed();
-        if leader.end.is_none() && waited > stall {
+        if waited > stall && leader.end != Some(LeadEnd::Shutdown) {
             leader.verify_leadership(waited).await;
         }
         if leader.end.is_none() {
@@ -274,7 +276,7 @@ impl<'a> Leader<'a> {
                 let error = writes::classify(error);
                 self.ctx.metrics.fenced_writes.inc();
                 tracing::warn!(?stalled, %error, "stalled; leadership not confirmed, stepping down");
-                self.end = Some(LeadEnd::LeadershipLost);
+                self.end.get_or_insert(LeadEnd::LeadershipLost);
             },
         }
     }
