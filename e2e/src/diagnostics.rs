@@ -7,6 +7,9 @@ use crate::taskcluster::OPERATOR_NAMESPACE;
 /// diagnostic must not hide the test's own error.
 pub async fn dump(e2e: &E2e, namespace: &str) {
     eprintln!("==== diagnostics for namespace {namespace}");
+    // The last lines of every container of the pods with this label.
+    let labelled_logs =
+        |selector: &str| args(&["logs", "-n", namespace, "--all-containers", "--prefix", "--tail=60", "-l", selector]);
     let sections: Vec<(String, Vec<String>)> = vec![
         ("TaskClusters".into(), args(&["get", "taskclusters", "-n", namespace, "-o", "yaml"])),
         (
@@ -14,32 +17,8 @@ pub async fn dump(e2e: &E2e, namespace: &str) {
             args(&["get", "all,configmaps,secrets,pvc,pdb,networkpolicies", "-n", namespace, "-o", "wide"]),
         ),
         ("events".into(), args(&["get", "events", "-n", namespace, "--sort-by=.lastTimestamp"])),
-        (
-            "pod logs".into(),
-            args(&[
-                "logs",
-                "-n",
-                namespace,
-                "--all-containers",
-                "--prefix",
-                "--tail=60",
-                "-l",
-                "app.kubernetes.io/name=taskcluster",
-            ]),
-        ),
-        (
-            "job logs".into(),
-            args(&[
-                "logs",
-                "-n",
-                namespace,
-                "--all-containers",
-                "--prefix",
-                "--tail=60",
-                "-l",
-                "taskcluster.dev/e2e-job",
-            ]),
-        ),
+        ("pod logs".into(), labelled_logs("app.kubernetes.io/name=taskcluster")),
+        ("job logs".into(), labelled_logs("taskcluster.dev/e2e-job")),
         ("operator pods".into(), args(&["get", "pods", "-n", OPERATOR_NAMESPACE, "-o", "wide"])),
         (
             "operator logs".into(),

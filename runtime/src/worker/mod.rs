@@ -139,13 +139,7 @@ const IDLE_RECHECK: Duration = Duration::from_secs(1);
 /// per task fewer than re-arming a one-shot watch.
 async fn serve(client: &Client, ctx: &WorkerContext, shutdown: &CancellationToken) -> WorkerEnd {
     let me = paths::worker(&ctx.id);
-    let mut watch = match client.watch(&me, AddWatchMode::Persistent).await {
-        Ok(watch) => watch,
-        Err(error) => {
-            tracing::warn!(%error, "cannot watch our znode");
-            return WorkerEnd::Reregister;
-        },
-    };
+    let Some(mut watch) = watch_own(client, &me).await else { return WorkerEnd::Reregister };
     let mut known_free = false;
     loop {
         if shutdown.is_cancelled() {
@@ -174,12 +168,10 @@ async fn serve(client: &Client, ctx: &WorkerContext, shutdown: &CancellationToke
             while let Some(event) = watch.changed().now_or_never() {
                 match classify(&event) {
                     Change::Gone => return WorkerEnd::Reregister,
-                    Change::Reconnected => match client.watch(&me, AddWatchMode::Persistent).await {
-                        Ok(fresh) => {
-                            watch = fresh;
-                            reread = true;
-                        },
-                        Err(_) => return WorkerEnd::Reregister,
+                    Change::Reconnected => {
+                        let Some(fresh) = watch_own(client, &me).await else { return WorkerEnd::Reregister };
+                        watch = fresh;
+                        reread = true;
                     },
                     Change::Data | Change::Nothing => {},
                 }
@@ -212,15 +204,25 @@ async fn serve(client: &Client, ctx: &WorkerContext, shutdown: &CancellationToke
         match change {
             Change::Data => known_free = false,
             Change::Gone => return WorkerEnd::Reregister,
-            Change::Reconnected => match client.watch(&me, AddWatchMode::Persistent).await {
-                Ok(fresh) => {
-                    watch = fresh;
-                    known_free = false;
-                },
-                Err(_) => return WorkerEnd::Reregister,
+            Change::Reconnected => {
+                let Some(fresh) = watch_own(client, &me).await else { return WorkerEnd::Reregister };
+                watch = fresh;
+                known_free = false;
             },
             Change::Nothing => {},
         }
+    }
+}
+
+/// The persistent watch on our znode, added at the start and again after every reconnection
+/// (zookeeper-client 0.11 does not restore it). None: register again.
+async fn watch_own(client: &Client, me: &str) -> Option<PersistentWatcher> {
+    match client.watch(me, AddWatchMode::Persistent).await {
+        Ok(watch) => Some(watch),
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch our znode");
+            None
+        },
     }
 }
 
@@ -262,9 +264,9 @@ async fn run_task(
                             tracing::warn!(%task, ?event.event_type, "assignment withdrawn while running; abandoned");
                             return if classify(&event) == Change::Gone { TaskEnd::Stop(WorkerEnd::Reregister) } else { TaskEnd::Unknown };
                         },
-                        Change::Reconnected => match client.watch(&paths::worker(&ctx.id), AddWatchMode::Persistent).await {
-                            Ok(fresh) => *watch = fresh,
-                            Err(_) => return TaskEnd::Stop(WorkerEnd::Reregister),
+                        Change::Reconnected => match watch_own(client, &paths::worker(&ctx.id)).await {
+                            Some(fresh) => *watch = fresh,
+                            None => return TaskEnd::Stop(WorkerEnd::Reregister),
                         },
                         Change::Nothing => {},
                     },
