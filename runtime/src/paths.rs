@@ -11,9 +11,10 @@ pub const STATUS: &str = "/taskcluster/status";
 pub const CONFIG: &str = "/taskcluster/config";
 pub const ATTEMPTS: &str = "/taskcluster/attempts";
 pub const DEADLETTER: &str = "/taskcluster/deadletter";
+pub const INBOX: &str = "/taskcluster/inbox";
 
 /// Persistent znodes every participant makes sure exist, parents first.
-pub const ROOTS: [&str; 7] = [MASTER, TASKS, DATA, WORKERS, EXTENSIONS, ATTEMPTS, DEADLETTER];
+pub const ROOTS: [&str; 8] = [MASTER, TASKS, DATA, WORKERS, EXTENSIONS, ATTEMPTS, DEADLETTER, INBOX];
 
 /// What a shutting-down worker writes into its znode to hand back its task: not a task id
 /// (a NUL-led name cannot be one), so the leader neither waits for it nor assigns to it.
@@ -40,6 +41,24 @@ pub fn attempts(id: &str) -> String {
 
 pub fn deadletter(id: &str) -> String {
     format!("{DEADLETTER}/{id}")
+}
+
+/// A worker's inbox: `/taskcluster/inbox/<wid>@<session>`, created in one multi with the
+/// registration of `<wid>` by session `session`, so each registration has its own.
+pub fn inbox(wid: &str, session: i64) -> String {
+    format!("{INBOX}/{wid}@{session:016x}")
+}
+
+/// The inbox entry that announces `task` to the worker owning inbox `dir`.
+pub fn inbox_entry(dir: &str, task: &str) -> String {
+    format!("{dir}/{task}")
+}
+
+/// The worker id and session an inbox is named after (None for a foreign name).
+pub fn inbox_owner(name: &str) -> Option<(&str, i64)> {
+    let (wid, session) = name.rsplit_once('@')?;
+    let session = u64::from_str_radix(session, 16).ok()? as i64;
+    is_valid_name(wid).then_some((wid, session))
 }
 
 /// The direct child name of `parent` that `path` names, if `path` is exactly one level below.
@@ -109,6 +128,19 @@ mod tests {
         let names = ["_c_b-latch-0000000007", "_c_a-latch-0000000009", "garbage", "n_0000000003"];
         assert_eq!(lowest_contender(names), Some("_c_b-latch-0000000007"));
         assert_eq!(lowest_contender(["garbage"]), None);
+    }
+
+    #[test]
+    fn inbox_names_carry_worker_and_session() {
+        let dir = inbox("w@1", -2);
+        assert_eq!(dir, "/taskcluster/inbox/w@1@fffffffffffffffe");
+        let name = child_of(INBOX, &dir).unwrap();
+        assert_eq!(inbox_owner(name), Some(("w@1", -2)));
+        assert_eq!(inbox_owner(&inbox("w", 0x1234)[INBOX.len() + 1..]), Some(("w", 0x1234)));
+        assert_eq!(inbox_owner("w1"), None);
+        assert_eq!(inbox_owner("w1@xyz"), None);
+        assert_eq!(inbox_owner("@00000000000000ff"), None);
+        assert_eq!(inbox_entry(&dir, "t1"), "/taskcluster/inbox/w@1@fffffffffffffffe/t1");
     }
 
     #[test]

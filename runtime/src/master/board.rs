@@ -16,8 +16,9 @@ pub enum ReturnReason {
     GivenBack,
     /// The worker's znode vanished: process or session died. Counts as a failed attempt.
     WorkerDied { worker: String },
-    /// The task ran past the timeout; revoke it from `worker` at `version`.
-    TimedOut { worker: String, version: i32 },
+    /// The task ran past the timeout; revoke it from `worker` at `version` (and remove its
+    /// entry from the worker's inbox, if it has one).
+    TimedOut { worker: String, version: i32, inbox: Option<String> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,14 +60,18 @@ struct Worker {
     holding: Holding,
     /// The znode's creation zxid: a worker that registered again is a new incarnation.
     created: i64,
+    /// This incarnation's inbox, where assignments are announced (None: a worker without one).
+    inbox: Option<String>,
 }
 
-/// One planned assignment: write `task` into the worker's znode at `version`.
+/// One planned assignment: write `task` into the worker's znode at `version`, and announce it
+/// in the worker's inbox if it has one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Assignment {
     pub task: String,
     pub worker: String,
     pub version: i32,
+    pub inbox: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -260,7 +265,8 @@ impl Board {
             Some(w) => Some(w.holding.clone()),
             None => None,
         };
-        self.workers.insert(wid.to_string(), Worker { version, holding: holding.clone(), created });
+        let inbox = self.workers.get(wid).and_then(|w| w.inbox.clone());
+        self.workers.insert(wid.to_string(), Worker { version, holding: holding.clone(), created, inbox });
         if holding == Holding::Free {
             self.free.push_back(wid.to_string());
         }
@@ -276,6 +282,13 @@ impl Board {
                 self.returned(&old, wid, reason)
             },
             _ => None,
+        }
+    }
+
+    /// The inbox of the incarnation of `wid` created at `created` (learnt along with a read).
+    pub fn set_inbox(&mut self, wid: &str, created: i64, inbox: Option<String>) {
+        if let Some(worker) = self.workers.get_mut(wid).filter(|w| w.created == created) {
+            worker.inbox = inbox;
         }
     }
 
@@ -312,9 +325,9 @@ impl Board {
             };
             let worker = self.workers.get_mut(&wid).expect("popped worker exists");
             worker.holding = Holding::Assigning(task.clone());
-            let version = worker.version;
+            let (version, inbox) = (worker.version, worker.inbox.clone());
             self.set_state(&task, TaskState::Assigned { worker: wid.clone(), since: Instant::now() });
-            planned.push(Assignment { task, worker: wid, version });
+            planned.push(Assignment { task, worker: wid, version, inbox });
         }
         planned
     }
@@ -374,17 +387,17 @@ impl Board {
             let Holding::Task(task) = &worker.holding else { continue };
             if let Some(TaskState::Assigned { worker: holder, since }) = self.tasks.get(task).map(|t| &t.state) {
                 if holder == wid && now.duration_since(*since) >= timeout {
-                    expired.push((task.clone(), wid.clone(), worker.version));
+                    expired.push((task.clone(), wid.clone(), worker.version, worker.inbox.clone()));
                 }
             }
         }
         let mut actions = Vec::new();
-        for (task, wid, version) in expired {
+        for (task, wid, version, inbox) in expired {
             if let Some(worker) = self.workers.get_mut(&wid) {
                 worker.holding = Holding::Revoking;
             }
             self.set_state(&task, TaskState::Resolving);
-            actions.push(Action::Resolve { task, reason: ReturnReason::TimedOut { worker: wid, version } });
+            actions.push(Action::Resolve { task, reason: ReturnReason::TimedOut { worker: wid, version, inbox } });
         }
         actions
     }
@@ -452,8 +465,8 @@ mod tests {
         assert_eq!(
             plan,
             vec![
-                Assignment { task: "t1".into(), worker: "w1".into(), version: 0 },
-                Assignment { task: "t2".into(), worker: "w2".into(), version: 0 },
+                Assignment { task: "t1".into(), worker: "w1".into(), version: 0, inbox: None },
+                Assignment { task: "t2".into(), worker: "w2".into(), version: 0, inbox: None },
             ]
         );
         assert!(b.plan(100).is_empty(), "no free worker left");
@@ -487,7 +500,7 @@ mod tests {
         b.task_completed("t1", Instant::now()); // before our write's reply
         b.assigned(&a, 1);
         let next = b.plan(100);
-        assert_eq!(next, vec![Assignment { task: "t2".into(), worker: "w1".into(), version: 2 }]);
+        assert_eq!(next, vec![Assignment { task: "t2".into(), worker: "w1".into(), version: 2, inbox: None }]);
         assert_eq!(b.worker_read("w1", b"", 2, 1), None, "the clear we assumed is no news");
     }
 
@@ -518,7 +531,7 @@ mod tests {
         );
         b.requeue("t1");
         assert_eq!(b.worker_read("w1", b"t1", 1, 1), None, "a late read of the old incarnation is ignored");
-        assert_eq!(b.plan(10), vec![Assignment { task: "t1".into(), worker: "w1".into(), version: 0 }]);
+        assert_eq!(b.plan(10), vec![Assignment { task: "t1".into(), worker: "w1".into(), version: 0, inbox: None }]);
     }
 
     #[test]
@@ -608,12 +621,28 @@ mod tests {
             actions,
             vec![Action::Resolve {
                 task: "t1".into(),
-                reason: ReturnReason::TimedOut { worker: "w1".into(), version: 1 }
+                reason: ReturnReason::TimedOut { worker: "w1".into(), version: 1, inbox: None }
             }]
         );
         b.revoked("w1", 2);
         b.requeue("t1");
         assert_eq!(b.plan(10)[0].task, "t1");
+    }
+
+    #[test]
+    fn assignments_and_revocations_name_the_incarnations_inbox() {
+        let mut b = board_with(&["t1", "t2"], &["w1"]);
+        b.set_inbox("w1", 1, Some("/i/w1@1".into()));
+        b.set_inbox("w1", 7, Some("/i/w1@7".into()));
+        let a = b.plan(10).remove(0);
+        assert_eq!(a.inbox.as_deref(), Some("/i/w1@1"), "an inbox of another incarnation is not taken");
+        b.assigned(&a, 1);
+        let later = Instant::now() + Duration::from_secs(5);
+        let Action::Resolve { reason, .. } = b.expired(Duration::from_secs(1), later).remove(0) else { panic!() };
+        assert_eq!(reason, ReturnReason::TimedOut { worker: "w1".into(), version: 1, inbox: Some("/i/w1@1".into()) });
+        // Registered again: the new incarnation has no inbox until one is learnt.
+        b.worker_read("w1", b"", 0, 2);
+        assert_eq!(b.plan(10)[0].inbox, None);
     }
 
     #[test]

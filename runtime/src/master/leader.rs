@@ -50,7 +50,7 @@ enum Completion {
     WorkerRead {
         generation: u64,
         wid: String,
-        result: Result<(Vec<u8>, Stat), ZkError>,
+        result: Result<WorkerState, ZkError>,
         watched: bool,
         watcher: Option<OneshotWatcher>,
     },
@@ -81,6 +81,25 @@ enum Completion {
     StatusWritten {
         result: Result<i32, WriteError>,
     },
+    InboxesSwept {
+        result: Result<usize, WriteError>,
+    },
+}
+
+/// A worker's znode as read, with its registration's inbox if it has one.
+struct WorkerState {
+    data: Vec<u8>,
+    stat: Stat,
+    inbox: Option<String>,
+}
+
+/// Completes a read of a worker's znode with its inbox: ours is created with the registration,
+/// so it exists by the time the znode can be read; a worker without one (seed style) gets
+/// plain assignments. Failing to look counts as none: plain assignments work for every worker.
+async fn with_inbox(client: &Client, wid: &str, data: Vec<u8>, stat: Stat) -> WorkerState {
+    let dir = paths::inbox(wid, stat.ephemeral_owner);
+    let inbox = matches!(client.check_stat(&dir).await, Ok(Some(_))).then_some(dir);
+    WorkerState { data, stat, inbox }
 }
 
 type Pending<'a> = FuturesUnordered<Pin<Box<dyn Future<Output = Completion> + Send + 'a>>>;
@@ -104,6 +123,9 @@ struct Leader<'a> {
     /// A listing of `/workers` is in flight; `relist`: another change came meanwhile.
     listing: bool,
     relist: bool,
+    /// Inboxes of departed workers may be left: sweep at the next tick (unless one runs).
+    sweep_due: bool,
+    sweeping: bool,
     end: Option<LeadEnd>,
 }
 
@@ -148,6 +170,8 @@ pub async fn lead(lock: &OwnedLockClient, ctx: &MasterContext, shutdown: &Cancel
         watched: HashSet::new(),
         listing: false,
         relist: false,
+        sweep_due: false,
+        sweeping: false,
         end: None,
     };
     if let Err(end) = leader.take_over().await {
@@ -345,11 +369,16 @@ impl<'a> Leader<'a> {
         board.completed = self.board.completed;
 
         let workers = client.list_children(paths::WORKERS).await.map_err(|e| end_for(&e))?;
-        let reads = futures::future::join_all(workers.iter().map(|w| client.get_data(&paths::worker(w)))).await;
+        let reads = futures::future::join_all(workers.iter().map(|wid| async move {
+            let (data, stat) = client.get_data(&paths::worker(wid)).await?;
+            Ok::<_, ZkError>(with_inbox(client, wid, data, stat).await)
+        }))
+        .await;
         for (wid, read) in workers.iter().zip(reads) {
             match read {
-                Ok((data, stat)) => {
-                    board.worker_read(wid, &data, stat.version, stat.czxid);
+                Ok(read) => {
+                    board.worker_read(wid, &read.data, read.stat.version, read.stat.czxid);
+                    board.set_inbox(wid, read.stat.czxid, read.inbox);
                 },
                 Err(ZkError::NoNode) => {},
                 Err(error) => return Err(end_for(&error)),
@@ -369,6 +398,7 @@ impl<'a> Leader<'a> {
         }
         self.board = board;
         self.generation += 1;
+        self.sweep_due = true;
         self.watched.clear();
         for wid in &workers {
             self.ensure_watched(wid);
@@ -460,6 +490,7 @@ impl<'a> Leader<'a> {
         }
         if event.event_type == EventType::NodeChildrenChanged {
             self.list_workers();
+            self.sweep_due = true;
         }
     }
 
@@ -506,10 +537,13 @@ impl<'a> Leader<'a> {
 
     /// Level-triggered: what the read returns is the worker's truth at that version.
     fn read_worker(&mut self, wid: String) {
-        let generation = self.generation;
-        let read = self.client().get_data(&paths::worker(&wid));
+        let (client, generation) = (self.client(), self.generation);
         self.pending.push(Box::pin(async move {
-            Completion::WorkerRead { generation, wid, result: read.await, watched: false, watcher: None }
+            let result = match client.get_data(&paths::worker(&wid)).await {
+                Ok((data, stat)) => Ok(with_inbox(client, &wid, data, stat).await),
+                Err(error) => Err(error),
+            };
+            Completion::WorkerRead { generation, wid, result, watched: false, watcher: None }
         }));
     }
 
@@ -518,16 +552,12 @@ impl<'a> Leader<'a> {
         if !self.board.needs_watch(wid) || !self.watched.insert(wid.to_string()) {
             return;
         }
-        let (generation, wid) = (self.generation, wid.to_string());
-        let read = self.client().get_and_watch_data(&paths::worker(&wid));
+        let (client, generation, wid) = (self.client(), self.generation, wid.to_string());
         self.pending.push(Box::pin(async move {
-            match read.await {
-                Ok((data, stat, watcher)) => Completion::WorkerRead {
-                    generation,
-                    wid,
-                    result: Ok((data, stat)),
-                    watched: true,
-                    watcher: Some(watcher),
+            match client.get_and_watch_data(&paths::worker(&wid)).await {
+                Ok((data, stat, watcher)) => {
+                    let read = with_inbox(client, &wid, data, stat).await;
+                    Completion::WorkerRead { generation, wid, result: Ok(read), watched: true, watcher: Some(watcher) }
                 },
                 Err(error) => {
                     Completion::WorkerRead { generation, wid, result: Err(error), watched: true, watcher: None }
@@ -565,8 +595,10 @@ impl<'a> Leader<'a> {
                     return;
                 }
                 match result {
-                    Ok((data, stat)) => {
-                        if let Some(action) = self.board.worker_read(&wid, &data, stat.version, stat.czxid) {
+                    Ok(read) => {
+                        let action = self.board.worker_read(&wid, &read.data, read.stat.version, read.stat.czxid);
+                        self.board.set_inbox(&wid, read.stat.czxid, read.inbox);
+                        if let Some(action) = action {
                             self.act(action);
                         }
                     },
@@ -668,6 +700,18 @@ impl<'a> Leader<'a> {
                 Err(error) if error.is_fenced() => self.fenced(&error),
                 Err(error) => tracing::debug!(%error, "cleanup failed; retention retries later"),
             },
+            Completion::InboxesSwept { result } => {
+                self.sweeping = false;
+                match result {
+                    Ok(0) => {},
+                    Ok(removed) => tracing::debug!(removed, "removed inboxes of departed workers"),
+                    Err(error) if error.is_fenced() => self.fenced(&error),
+                    Err(error) => {
+                        tracing::debug!(%error, "cannot sweep inboxes; retrying at the next tick");
+                        self.sweep_due = true;
+                    },
+                }
+            },
             Completion::StatusWritten { result } => {
                 self.status_in_flight = false;
                 if let Err(error) = result {
@@ -726,6 +770,13 @@ impl<'a> Leader<'a> {
         for wid in self.board.workers_needing_watch() {
             self.ensure_watched(&wid);
         }
+        if self.sweep_due && !self.sweeping {
+            self.sweep_due = false;
+            self.sweeping = true;
+            let lock = self.lock;
+            self.pending
+                .push(Box::pin(async move { Completion::InboxesSwept { result: writes::sweep_inboxes(lock).await } }));
+        }
         self.publish_status(now);
     }
 
@@ -779,9 +830,10 @@ impl<'a> Leader<'a> {
             if batch.is_empty() {
                 return;
             }
-            let (lock, generation) = (self.lock, self.generation);
+            let generation = self.generation;
+            let write = writes::assign(self.lock, self.ctx.target.acls(), &batch);
             self.pending.push(Box::pin(async move {
-                let result = writes::assign(lock, &batch).await;
+                let result = write.await;
                 Completion::Assigned { generation, batch, result }
             }));
         }

@@ -1,6 +1,8 @@
 //! The leader's fenced writes: every one is a multi whose first op checks the leader's own
 //! election znode, so a master that lost leadership cannot change anything.
 
+use std::future::Future;
+
 use zookeeper_client::{Acls, CheckWriteError, CreateMode, Error as ZkError, MultiWriteResult, OwnedLockClient};
 
 use super::board::{Assignment, ReturnReason};
@@ -50,24 +52,36 @@ pub fn classify(err: CheckWriteError) -> WriteError {
     }
 }
 
-/// Writes a batch of assignments in one multi. Returns each worker znode's new version.
-pub async fn assign(lock: &OwnedLockClient, batch: &[Assignment]) -> Result<Vec<i32>, WriteError> {
+/// Writes a batch of assignments in one multi, each announced in the worker's inbox if it has
+/// one. Returns each worker znode's new version. The request is sent at the call, not at the
+/// first poll: the leader's loop polls its pending writes only after the events at hand.
+pub fn assign<'a>(
+    lock: &'a OwnedLockClient,
+    acls: Acls<'static>,
+    batch: &[Assignment],
+) -> impl Future<Output = Result<Vec<i32>, WriteError>> + Send + 'a {
+    let options = CreateMode::Persistent.with_acls(acls);
     let mut writer = lock.new_check_writer();
-    for a in batch {
-        let task = paths::task(&a.task);
-        let worker = paths::worker(&a.worker);
+    let built = batch.iter().try_for_each(|a| {
         // -1: the task must exist, whatever its version.
-        writer.add_check_version(&task, -1).map_err(WriteError::Other)?;
-        writer.add_set_data(&worker, a.task.as_bytes(), Some(a.version)).map_err(WriteError::Other)?;
+        writer.add_check_version(&paths::task(&a.task), -1)?;
+        writer.add_set_data(&paths::worker(&a.worker), a.task.as_bytes(), Some(a.version))?;
+        match &a.inbox {
+            Some(inbox) => writer.add_create(&paths::inbox_entry(inbox, &a.task), b"", &options).map(drop),
+            None => Ok(()),
+        }
+    });
+    let commit = built.map(|()| writer.commit());
+    async move {
+        let results = commit.map_err(WriteError::Other)?.await.map_err(classify)?;
+        Ok(results
+            .into_iter()
+            .filter_map(|r| match r {
+                MultiWriteResult::SetData { stat } => Some(stat.version),
+                _ => None,
+            })
+            .collect())
     }
-    let results = writer.commit().await.map_err(classify)?;
-    Ok(results
-        .into_iter()
-        .filter_map(|r| match r {
-            MultiWriteResult::SetData { stat } => Some(stat.version),
-            _ => None,
-        })
-        .collect())
 }
 
 /// What became of a task that came back from a worker.
@@ -132,10 +146,14 @@ pub async fn resolve(
         ops += 1;
     }
     let mut revoked_at = None;
-    if let ReturnReason::TimedOut { worker, version } = reason {
+    if let ReturnReason::TimedOut { worker, version, inbox } = reason {
         writer.add_set_data(&paths::worker(worker), b"", Some(*version)).map_err(WriteError::Other)?;
         revoked_at = Some((ops, worker.clone()));
         ops += 1;
+        if let Some(inbox) = inbox {
+            writer.add_delete(&paths::inbox_entry(inbox, task), None).map_err(WriteError::Other)?;
+            ops += 1;
+        }
     }
     if dead {
         let message = format!("dead-lettered after {} attempts: {}", record.attempts, record.last_error);
@@ -174,6 +192,38 @@ pub async fn delete_task_nodes(lock: &OwnedLockClient, task: &str, with_task: bo
         }
     }
     Ok(())
+}
+
+/// Removes the inboxes of registrations that are gone (a worker's inbox is named after its
+/// session, which never registers again), entries first. Returns how many were removed.
+pub async fn sweep_inboxes(lock: &OwnedLockClient) -> Result<usize, WriteError> {
+    let client = lock.client();
+    let mut removed = 0;
+    for name in client.list_children(paths::INBOX).await.map_err(classify_zk)? {
+        let Some((wid, session)) = paths::inbox_owner(&name) else { continue };
+        match client.check_stat(&paths::worker(wid)).await.map_err(classify_zk)? {
+            Some(stat) if stat.ephemeral_owner == session => continue,
+            _ => {},
+        }
+        let dir = format!("{}/{name}", paths::INBOX);
+        let entries = match client.list_children(&dir).await {
+            Ok(entries) => entries,
+            Err(ZkError::NoNode) => continue,
+            Err(err) => return Err(classify_zk(err)),
+        };
+        for entry in entries {
+            match lock.delete(&paths::inbox_entry(&dir, &entry), None).await {
+                Ok(()) | Err(ZkError::NoNode) => {},
+                Err(err) => return Err(classify_zk(err)),
+            }
+        }
+        match lock.delete(&dir, None).await {
+            Ok(()) => removed += 1,
+            Err(ZkError::NoNode | ZkError::NotEmpty) => {},
+            Err(err) => return Err(classify_zk(err)),
+        }
+    }
+    Ok(removed)
 }
 
 /// Sets a record znode, creating it when missing. Returns the new version.

@@ -2,14 +2,15 @@
 
 pub mod handler;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 use zookeeper_client::{
-    AddWatchMode, Client, CreateMode, Error as ZkError, EventType, MultiWriteError, PersistentWatcher, SessionState,
-    WatchedEvent,
+    AddWatchMode, Client, CreateMode, Error as ZkError, EventType, MultiWriteError, MultiWriter, PersistentWatcher,
+    SessionState, WatchedEvent,
 };
 
 use crate::connect::{self, ConnectError, ZkTarget};
@@ -51,27 +52,22 @@ pub async fn run(ctx: &WorkerContext, shutdown: &CancellationToken) -> Result<()
         return Err(WorkerError::BadId(ctx.id.clone()));
     }
     while let Some(client) = ctx.target.connect_until_up(shutdown).await? {
-        let end = match register(&client, ctx, shutdown).await {
-            Ok(true) => {
-                ctx.probes.set_ready(true);
-                ctx.metrics.registrations.inc();
-                tracing::info!(id = %ctx.id, session = %client.session_id(), "registered");
-                let end = serve(&client, ctx, shutdown).await;
-                ctx.probes.set_ready(false);
-                end
-            },
-            Ok(false) => WorkerEnd::Shutdown,
+        let dir = paths::inbox(&ctx.id, client.session_id().0);
+        let end = match session(&client, ctx, &dir, shutdown).await {
+            Ok(end) => end,
             Err(error) => {
                 tracing::warn!(%error, "cannot register; retrying with a new session");
                 WorkerEnd::Reregister
             },
         };
         if end == WorkerEnd::Shutdown {
-            // Deregister explicitly, then close: the leader sees us leave at once.
+            // Deregister explicitly, then close: the leader sees us leave at once. An inbox
+            // still holding an entry is left to the leader, which removes departed workers'.
             match client.delete(&paths::worker(&ctx.id), None).await {
                 Ok(()) | Err(ZkError::NoNode) => tracing::info!("deregistered"),
                 Err(error) => tracing::warn!(%error, "cannot deregister; the session close removes us"),
             }
+            let _ = client.delete(&dir, None).await;
             connect::close(client).await;
             break;
         }
@@ -80,19 +76,51 @@ pub async fn run(ctx: &WorkerContext, shutdown: &CancellationToken) -> Result<()
     Ok(())
 }
 
-/// Creates our ephemeral znode. A znode left by our previous session (a restart within the
-/// session timeout) is waited out. Returns false on shutdown.
-async fn register(client: &Client, ctx: &WorkerContext, shutdown: &CancellationToken) -> Result<bool, ZkError> {
+/// One registration with the session of `client`, served until it ends.
+async fn session(
+    client: &Client,
+    ctx: &WorkerContext,
+    dir: &str,
+    shutdown: &CancellationToken,
+) -> Result<WorkerEnd, ZkError> {
+    // Watch first: the inbox exists from the registration on, and nothing in it is missed.
+    let watch = client.watch(dir, AddWatchMode::PersistentRecursive).await?;
+    if !register(client, ctx, dir, shutdown).await? {
+        return Ok(WorkerEnd::Shutdown);
+    }
+    ctx.probes.set_ready(true);
+    ctx.metrics.registrations.inc();
+    tracing::info!(id = %ctx.id, session = %client.session_id(), "registered");
+    let mut inbox = Inbox { dir: dir.to_string(), watch, announced: VecDeque::new() };
+    let end = serve(client, ctx, &mut inbox, shutdown).await;
+    ctx.probes.set_ready(false);
+    Ok(end)
+}
+
+/// Creates our ephemeral znode and, in the same multi, our inbox (see [`serve`]). A znode left
+/// by our previous session (a restart within the session timeout) is waited out. Returns false
+/// on shutdown.
+async fn register(
+    client: &Client,
+    ctx: &WorkerContext,
+    inbox: &str,
+    shutdown: &CancellationToken,
+) -> Result<bool, ZkError> {
     let path = paths::worker(&ctx.id);
-    let options = CreateMode::Ephemeral.with_acls(ctx.target.acls());
+    let ephemeral = CreateMode::Ephemeral.with_acls(ctx.target.acls());
+    let persistent = CreateMode::Persistent.with_acls(ctx.target.acls());
     loop {
-        match client.create(&path, b"", &options).await {
+        let mut writer = client.new_multi_writer();
+        writer.add_create(&path, b"", &ephemeral)?;
+        writer.add_create(inbox, b"", &persistent)?;
+        match writer.commit().await {
             Ok(_) => return Ok(true),
-            Err(ZkError::NodeExists) => {},
-            Err(error) => return Err(error),
+            Err(MultiWriteError::OperationFailed { index: 0, source: ZkError::NodeExists }) => {},
+            Err(error) => return Err(error.into()),
         }
         let (stat, watcher) = client.check_and_watch_stat(&path).await?;
         match stat {
+            // Our own multi went through before a connection loss hid its reply.
             Some(stat) if stat.ephemeral_owner == client.session_id().0 => return Ok(true),
             Some(stat) => {
                 tracing::warn!(owner = stat.ephemeral_owner, "{path} is held by another session; waiting for it to go");
@@ -107,130 +135,194 @@ async fn register(client: &Client, ctx: &WorkerContext, shutdown: &CancellationT
     }
 }
 
-/// What a change on our znode's persistent watch means to us.
+/// What a change in our inbox means to us.
 #[derive(Debug, PartialEq, Eq)]
 enum Change {
-    /// The data changed: a new assignment, or one withdrawn.
-    Data,
-    /// The znode or the session is gone: register again.
+    /// An entry appeared: the leader assigned us this task.
+    Assigned(String),
+    /// An entry went: we finished the task, or the leader withdrew it.
+    Withdrawn(String),
+    /// The inbox or the session is gone: register again.
     Gone,
     /// Back after a disconnection: the watch must be added again.
     Reconnected,
-    /// Nothing that concerns us (a disconnection in progress).
+    /// Nothing that concerns us (the inbox's own creation, a disconnection in progress).
     Nothing,
 }
 
-fn classify(event: &WatchedEvent) -> Change {
+fn classify(inbox: &str, event: &WatchedEvent) -> Change {
+    let entry = || paths::child_of(inbox, &event.path).map(str::to_string);
     match event.event_type {
-        EventType::NodeDataChanged => Change::Data,
-        EventType::NodeDeleted => Change::Gone,
+        EventType::NodeCreated => entry().map_or(Change::Nothing, Change::Assigned),
+        EventType::NodeDeleted if event.path == inbox => Change::Gone,
+        EventType::NodeDeleted => entry().map_or(Change::Nothing, Change::Withdrawn),
         EventType::Session if event.session_state.is_terminated() => Change::Gone,
         EventType::Session if event.session_state == SessionState::SyncConnected => Change::Reconnected,
         _ => Change::Nothing,
     }
 }
 
+/// How we know an assignment, which decides what guards our writes that end it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Guard {
+    /// Announced by an inbox entry, which exists exactly while the leader assigns us the task.
+    Inbox,
+    /// Read from our znode at this version (a leader that writes no inbox entries).
+    Version(i32),
+}
+
+/// Our view of the inbox: the watch on it and the assignments announced but not yet started.
+struct Inbox {
+    dir: String,
+    watch: PersistentWatcher,
+    announced: VecDeque<String>,
+}
+
+impl Inbox {
+    /// Applies one event. Err: register again.
+    async fn apply(&mut self, client: &Client, event: WatchedEvent) -> Result<Change, WorkerEnd> {
+        let change = classify(&self.dir, &event);
+        match &change {
+            Change::Assigned(task) => self.announced.push_back(task.clone()),
+            Change::Withdrawn(task) => self.announced.retain(|t| t != task),
+            Change::Gone => return Err(WorkerEnd::Reregister),
+            Change::Reconnected => self.watch = watch_inbox(client, &self.dir).await.ok_or(WorkerEnd::Reregister)?,
+            Change::Nothing => {},
+        }
+        Ok(change)
+    }
+
+    /// Applies the events already delivered. Returns whether the session reconnected.
+    async fn catch_up(&mut self, client: &Client) -> Result<bool, WorkerEnd> {
+        let mut reconnected = false;
+        while let Some(event) = self.watch.changed().now_or_never() {
+            reconnected |= self.apply(client, event).await? == Change::Reconnected;
+        }
+        Ok(reconnected)
+    }
+}
+
 /// Safety net under the watch: an idle worker re-reads its znode this often anyway.
 const IDLE_RECHECK: Duration = Duration::from_secs(1);
 
-/// One persistent watch on our znode (added again after every reconnection, as
-/// zookeeper-client 0.11 does not restore persistent watches) tells us about assignments.
-/// After our own completion we know the znode is empty, so we wait without reading: one read
-/// per task fewer than re-arming a one-shot watch.
-async fn serve(client: &Client, ctx: &WorkerContext, shutdown: &CancellationToken) -> WorkerEnd {
-    let me = paths::worker(&ctx.id);
-    let Some(mut watch) = watch_own(client, &me).await else { return WorkerEnd::Reregister };
-    let mut known_free = false;
+/// The leader announces each assignment with an entry `<inbox>/<task>`, created in the multi
+/// that writes the task id into our znode (the seed's assignment). The persistent recursive
+/// watch on the inbox thus tells us the task id with the notification, so we go straight to
+/// the payload: one round trip per task fewer than reading our znode first. Our znode is still
+/// read at the start, after a reconnection and when idle, which also serves a leader that
+/// writes no inbox entries.
+async fn serve(client: &Client, ctx: &WorkerContext, inbox: &mut Inbox, shutdown: &CancellationToken) -> WorkerEnd {
+    let mut check = true;
     loop {
         if shutdown.is_cancelled() {
             return WorkerEnd::Shutdown;
         }
-        if !known_free {
-            let (data, stat) = match client.get_data(&me).await {
-                Ok(read) => read,
-                Err(ZkError::NoNode) => {
-                    tracing::warn!("our registration vanished; registering again");
-                    return WorkerEnd::Reregister;
-                },
-                Err(error) if client.state().is_terminated() => {
-                    tracing::warn!(%error, "session ended");
-                    return WorkerEnd::Reregister;
-                },
-                Err(error) => {
-                    tracing::warn!(%error, "cannot read our assignment");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                },
-            };
-            // Changes delivered before the read's reply are reflected in it: drop them, so
-            // the next event is news.
-            let mut reread = false;
-            while let Some(event) = watch.changed().now_or_never() {
-                match classify(&event) {
-                    Change::Gone => return WorkerEnd::Reregister,
-                    Change::Reconnected => {
-                        let Some(fresh) = watch_own(client, &me).await else { return WorkerEnd::Reregister };
-                        watch = fresh;
-                        reread = true;
-                    },
-                    Change::Data | Change::Nothing => {},
-                }
-            }
-            if reread {
-                continue;
-            }
-            if !data.is_empty() && data != paths::DRAINING {
-                match String::from_utf8(data) {
-                    Ok(task) if paths::is_valid_name(&task) => {
-                        match run_task(client, ctx, &task, stat.version, &mut watch, shutdown).await {
-                            TaskEnd::Cleared => known_free = true,
-                            TaskEnd::Unknown => {},
-                            TaskEnd::Stop(end) => return end,
-                        }
-                    },
-                    _ => {
-                        tracing::warn!("ignoring an assignment that is not a task id; clearing it");
-                        let _ = client.set_data(&me, b"", Some(stat.version)).await;
-                    },
-                }
-                continue;
-            }
+        match inbox.catch_up(client).await {
+            Ok(reconnected) => check |= reconnected,
+            Err(end) => return end,
         }
-        let change = tokio::select! {
-            _ = shutdown.cancelled() => return WorkerEnd::Shutdown,
-            event = watch.changed() => classify(&event),
-            _ = tokio::time::sleep(IDLE_RECHECK) => Change::Data,
-        };
-        match change {
-            Change::Data => known_free = false,
-            Change::Gone => return WorkerEnd::Reregister,
-            Change::Reconnected => {
-                let Some(fresh) = watch_own(client, &me).await else { return WorkerEnd::Reregister };
-                watch = fresh;
-                known_free = false;
+        let next = match inbox.announced.pop_front() {
+            Some(task) => Some((task, Guard::Inbox)),
+            None if check => {
+                check = false;
+                match read_assignment(client, ctx, inbox).await {
+                    Ok(Some(next)) => Some(next),
+                    Ok(None) => continue,
+                    Err(end) => return end,
+                }
             },
-            Change::Nothing => {},
+            None => None,
+        };
+        if let Some((task, guard)) = next {
+            match run_task(client, ctx, &task, guard, inbox, shutdown).await {
+                TaskEnd::Cleared => {},
+                TaskEnd::Unknown => check = true,
+                TaskEnd::Stop(end) => return end,
+            }
+            continue;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return WorkerEnd::Shutdown,
+            event = inbox.watch.changed() => match inbox.apply(client, event).await {
+                Ok(Change::Reconnected) => check = true,
+                Ok(_) => {},
+                Err(end) => return end,
+            },
+            _ = tokio::time::sleep(IDLE_RECHECK) => check = true,
         }
     }
 }
 
-/// The persistent watch on our znode, added at the start and again after every reconnection
-/// (zookeeper-client 0.11 does not restore it). None: register again.
-async fn watch_own(client: &Client, me: &str) -> Option<PersistentWatcher> {
-    match client.watch(me, AddWatchMode::Persistent).await {
+/// Reads our znode. Ok(None): nothing to run now (free, draining, or already announced).
+async fn read_assignment(
+    client: &Client,
+    ctx: &WorkerContext,
+    inbox: &mut Inbox,
+) -> Result<Option<(String, Guard)>, WorkerEnd> {
+    let me = paths::worker(&ctx.id);
+    let (data, stat) = match client.get_data(&me).await {
+        Ok(read) => read,
+        Err(ZkError::NoNode) => {
+            tracing::warn!("our registration vanished; registering again");
+            return Err(WorkerEnd::Reregister);
+        },
+        Err(error) if client.state().is_terminated() => {
+            tracing::warn!(%error, "session ended");
+            return Err(WorkerEnd::Reregister);
+        },
+        Err(error) => {
+            tracing::warn!(%error, "cannot read our assignment");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            return Ok(None);
+        },
+    };
+    // Events delivered before the read's reply are reflected in it: an entry announcing what
+    // the read shows is already queued.
+    inbox.catch_up(client).await?;
+    if data.is_empty() || data == paths::DRAINING {
+        return Ok(None);
+    }
+    match String::from_utf8(data) {
+        Ok(task) if paths::is_valid_name(&task) => {
+            if inbox.announced.contains(&task) {
+                return Ok(None);
+            }
+            let guard = match client.check_stat(&paths::inbox_entry(&inbox.dir, &task)).await {
+                Ok(Some(_)) => Guard::Inbox,
+                Ok(None) => Guard::Version(stat.version),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot look into our inbox");
+                    return Ok(None);
+                },
+            };
+            Ok(Some((task, guard)))
+        },
+        _ => {
+            tracing::warn!("ignoring an assignment that is not a task id; clearing it");
+            let _ = client.set_data(&me, b"", Some(stat.version)).await;
+            Ok(None)
+        },
+    }
+}
+
+/// The persistent recursive watch on our inbox, added before registering (so no entry is
+/// missed) and again after every reconnection (zookeeper-client 0.11 does not restore it).
+/// None: register again.
+async fn watch_inbox(client: &Client, inbox: &str) -> Option<PersistentWatcher> {
+    match client.watch(inbox, AddWatchMode::PersistentRecursive).await {
         Ok(watch) => Some(watch),
         Err(error) => {
-            tracing::warn!(%error, "cannot watch our znode");
+            tracing::warn!(%error, "cannot watch our inbox");
             None
         },
     }
 }
 
-/// How a task left our znode.
+/// How a task ended for us.
 enum TaskEnd {
-    /// We cleared it ourselves (result or failure written) and consumed that change's event.
+    /// We ended it ourselves (result or failure written, assignment cleared).
     Cleared,
-    /// Not known: read the znode again.
+    /// Not known: read our znode again.
     Unknown,
     Stop(WorkerEnd),
 }
@@ -240,14 +332,15 @@ async fn run_task(
     client: &Client,
     ctx: &WorkerContext,
     task: &str,
-    version: i32,
-    watch: &mut PersistentWatcher,
+    guard: Guard,
+    inbox: &mut Inbox,
     shutdown: &CancellationToken,
 ) -> TaskEnd {
     ctx.metrics.busy.set(1);
     let _idle = scopeguard(|| {
         ctx.metrics.busy.set(0);
     });
+    let held = Held { me: paths::worker(&ctx.id), entry: paths::inbox_entry(&inbox.dir, task), guard };
     let attempt = if ctx.handler.needs_attempt_number() { read_attempts(client, task).await.0.attempts + 1 } else { 1 };
     let outcome = match client.get_data(&paths::data(task)).await {
         Ok((payload, _)) => {
@@ -257,25 +350,21 @@ async fn run_task(
             loop {
                 tokio::select! {
                     outcome = &mut execution => break outcome,
-                    event = watch.changed() => match classify(&event) {
-                        // Nobody but the leader writes our znode while we run: a withdrawal.
-                        Change::Data | Change::Gone => {
+                    event = inbox.watch.changed() => match inbox.apply(client, event).await {
+                        Ok(Change::Withdrawn(gone)) if gone == task => {
                             ctx.metrics.count("abandoned");
-                            tracing::warn!(%task, ?event.event_type, "assignment withdrawn while running; abandoned");
-                            return if classify(&event) == Change::Gone { TaskEnd::Stop(WorkerEnd::Reregister) } else { TaskEnd::Unknown };
+                            tracing::warn!(%task, "assignment withdrawn while running; abandoned");
+                            return TaskEnd::Unknown;
                         },
-                        Change::Reconnected => match watch_own(client, &paths::worker(&ctx.id)).await {
-                            Some(fresh) => *watch = fresh,
-                            None => return TaskEnd::Stop(WorkerEnd::Reregister),
-                        },
-                        Change::Nothing => {},
+                        Ok(_) => {},
+                        Err(end) => return TaskEnd::Stop(end),
                     },
                     _ = shutdown.cancelled() => {
                         tracing::info!(%task, grace = ?ctx.grace_period, "shutting down: finishing the current task");
                         tokio::select! {
                             outcome = &mut execution => break outcome,
                             _ = tokio::time::sleep(ctx.grace_period) => {
-                                give_back(client, ctx, task, version).await;
+                                give_back(client, ctx, task, &held).await;
                                 return TaskEnd::Stop(WorkerEnd::Shutdown);
                             },
                         }
@@ -287,35 +376,53 @@ async fn run_task(
         Err(error) => Err(format!("cannot read the payload: {error}")),
     };
     let cleared = match outcome {
-        Ok(result) => complete(client, ctx, task, version, &result).await,
-        Err(error) => fail(client, ctx, task, version, &error).await,
+        Ok(result) => complete(client, ctx, task, &held, &result).await,
+        Err(error) => fail(client, ctx, task, &held, &error).await,
     };
-    if !cleared {
-        return TaskEnd::Unknown;
+    if cleared {
+        TaskEnd::Cleared
+    } else {
+        TaskEnd::Unknown
     }
-    // The change our own write made was delivered before its reply: consume it, so that the
-    // next event is news. Anything else, or nothing, means we read again.
-    match watch.changed().now_or_never() {
-        Some(event) if classify(&event) == Change::Data => TaskEnd::Cleared,
-        Some(event) if classify(&event) == Change::Gone => TaskEnd::Stop(WorkerEnd::Reregister),
-        other => {
-            tracing::debug!(?other, "echo of our own write not queued; reading again");
-            TaskEnd::Unknown
-        },
+}
+
+/// The assignment we hold: our znode, its inbox entry, and what guards ending it.
+struct Held {
+    me: String,
+    entry: String,
+    guard: Guard,
+}
+
+impl Held {
+    /// Adds the ops that end our hold: our znode set to `mark` and, for an announced
+    /// assignment, its entry deleted. The entry's existence guards the multi: it exists
+    /// exactly while the leader assigns us the task, so our znode needs no version check.
+    fn add_release(&self, writer: &mut MultiWriter<'_>, mark: &[u8]) -> Result<(), ZkError> {
+        match self.guard {
+            Guard::Inbox => {
+                writer.add_delete(&self.entry, None)?;
+                writer.add_set_data(&self.me, mark, None)
+            },
+            Guard::Version(version) => writer.add_set_data(&self.me, mark, Some(version)),
+        }
+    }
+
+    /// Frees us without a result (the task vanished). True when it went through.
+    async fn clear(&self, client: &Client) -> bool {
+        let mut writer = client.new_multi_writer();
+        self.add_release(&mut writer, b"").is_ok() && writer.commit().await.is_ok()
     }
 }
 
 /// The seed's multi: the result into `/tasks/<id>` and our znode cleared, guarded by the
-/// assignment's version so a revoked assignment cannot complete. True when our znode was
-/// cleared by a write whose reply came back on the first try (its change event is queued).
-async fn complete(client: &Client, ctx: &WorkerContext, task: &str, version: i32, result: &[u8]) -> bool {
-    let me = paths::worker(&ctx.id);
+/// assignment (see [`Held`]) so a withdrawn assignment cannot complete. True when it was
+/// cleared by a write whose reply came back on the first try.
+async fn complete(client: &Client, ctx: &WorkerContext, task: &str, held: &Held, result: &[u8]) -> bool {
     let mut retried = false;
     loop {
         let mut writer = client.new_multi_writer();
-        let added = writer
-            .add_set_data(&paths::task(task), result, None)
-            .and_then(|_| writer.add_set_data(&me, b"", Some(version)));
+        let added =
+            writer.add_set_data(&paths::task(task), result, None).and_then(|_| held.add_release(&mut writer, b""));
         if let Err(error) = added {
             tracing::error!(%error, %task, "cannot build the completion");
             return false;
@@ -335,7 +442,7 @@ async fn complete(client: &Client, ctx: &WorkerContext, task: &str, version: i32
                 // The client gave up on the task (or retention removed it): just free ourselves.
                 ctx.metrics.count("abandoned");
                 tracing::warn!(%task, "task vanished before its result was written");
-                client.set_data(&me, b"", Some(version)).await.is_ok() && !retried
+                held.clear(client).await && !retried
             },
             Err(error) if retried && result_present(client, task).await => {
                 // The attempt before the connection dropped went through.
@@ -367,14 +474,14 @@ async fn read_attempts(client: &Client, task: &str) -> (Attempts, Option<i32>) {
 
 /// Records a failed attempt and frees us in one multi; the leader, watching the attempts
 /// records, then retries or dead-letters the task. True as for [`complete`].
-async fn fail(client: &Client, ctx: &WorkerContext, task: &str, version: i32, error: &str) -> bool {
+async fn fail(client: &Client, ctx: &WorkerContext, task: &str, held: &Held, error: &str) -> bool {
     ctx.metrics.count("failed");
     tracing::warn!(%task, %error, "task failed");
     let note = |record: &mut Attempts| {
         record.attempts += 1;
         record.last_error = format!("worker {}: {error}", ctx.id);
     };
-    match release(client, ctx, task, version, b"", note).await {
+    match release(client, ctx, task, held, b"", note).await {
         Ok(retried) => !retried,
         Err(error) => {
             tracing::warn!(%error, %task, "cannot record the failure (assignment withdrawn or session lost)");
@@ -386,8 +493,8 @@ async fn fail(client: &Client, ctx: &WorkerContext, task: &str, version: i32, er
 /// Hands the task back without spending an attempt: our znode says "draining", which the
 /// leader reads as "this worker no longer holds the task and takes no new one"; the attempts
 /// record notes the give-back, which is how the leader hears of it.
-async fn give_back(client: &Client, ctx: &WorkerContext, task: &str, version: i32) {
-    match release(client, ctx, task, version, paths::DRAINING, |record| record.given_back += 1).await {
+async fn give_back(client: &Client, ctx: &WorkerContext, task: &str, held: &Held) {
+    match release(client, ctx, task, held, paths::DRAINING, |record| record.given_back += 1).await {
         Ok(_) => {
             ctx.metrics.count("given_back");
             tracing::info!(%task, "grace period over: task given back");
@@ -396,17 +503,16 @@ async fn give_back(client: &Client, ctx: &WorkerContext, task: &str, version: i3
     }
 }
 
-/// In one multi: updates the task's attempts record with `note` and sets our znode to
-/// `mark` at the assignment's version. Returns whether a connection loss made it retry.
+/// In one multi: updates the task's attempts record with `note` and ends our hold on the
+/// assignment with `mark`. Returns whether a connection loss made it retry.
 async fn release(
     client: &Client,
     ctx: &WorkerContext,
     task: &str,
-    version: i32,
+    held: &Held,
     mark: &[u8],
     note: impl Fn(&mut Attempts),
 ) -> Result<bool, String> {
-    let me = paths::worker(&ctx.id);
     let path = paths::attempts(task);
     let options = CreateMode::Persistent.with_acls(ctx.target.acls());
     let mut retried = false;
@@ -419,7 +525,7 @@ async fn release(
             Some(v) => writer.add_set_data(&path, &data, Some(v)),
             None => writer.add_create(&path, &data, &options),
         }
-        .and_then(|_| writer.add_set_data(&me, mark, Some(version)))
+        .and_then(|_| held.add_release(&mut writer, mark))
         .map_err(|error| error.to_string())?;
         match writer.commit().await {
             Ok(_) => return Ok(retried),
