@@ -44,7 +44,8 @@ async fn unreachable_zookeeper_is_a_clear_error_with_exit_3() {
 }
 
 /// A foreign client writes garbage where our processes read: non-UTF-8 worker assignments,
-/// records and counters, and a bogus contender. Nothing panics and work continues.
+/// records and counters, a bogus contender, foreign inboxes and entries. Nothing panics and
+/// work continues.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_in_our_znodes_does_not_stop_the_cluster() {
     let tc = TestCluster::new("garbage").await;
@@ -71,8 +72,15 @@ async fn garbage_in_our_znodes_does_not_stop_the_cluster() {
     let status = tc.status().await;
     assert_eq!(status["leader"]["id"], "m1", "a bogus /master child must not be taken for the leader: {status}");
 
+    // In the inboxes: a name that is no inbox, the inbox of a registration that never was
+    // (swept after the next registration), and an entry announcing a task that does not exist.
+    zk.put("/taskcluster/inbox/not-an-inbox", garbage, false).await;
+    zk.put("/taskcluster/inbox/ghost@0000000000000001", garbage, false).await;
+    zk.put("/taskcluster/inbox/ghost@0000000000000001/t1", garbage, false).await;
     let mut worker = tc.worker("w1", "fail");
     wait_ready(&mut worker).await;
+    let owner = zk.stat("/workers/w1").await.expect("w1 is registered").ephemeral_owner;
+    zk.put(&format!("/taskcluster/inbox/w1@{owner:016x}/no-such-task"), garbage, false).await;
     let results = eventually_async("the pending tasks to get results", LONG, || async {
         let mut out = Vec::new();
         for id in &ids {
@@ -101,6 +109,11 @@ async fn garbage_in_our_znodes_does_not_stop_the_cluster() {
     let status = tc.status().await;
     assert_eq!(status["leader"]["id"], "m1", "{status}");
     assert_eq!(is_leader(&master), Some(true), "the master should still lead");
+    eventually_async("the leader to remove the inbox of no registration", LONG, || async {
+        (!zk.exists("/taskcluster/inbox/ghost@0000000000000001").await).then_some(())
+    })
+    .await;
+    assert!(zk.exists("/taskcluster/inbox/not-an-inbox").await, "a foreign name is left alone");
     for p in [&master, &worker, &client] {
         p.assert_no_panic();
     }
