@@ -285,6 +285,11 @@ impl Board {
         }
     }
 
+    /// The known incarnation of `wid`: its creation zxid and inbox.
+    pub fn incarnation(&self, wid: &str) -> Option<(i64, Option<String>)> {
+        self.workers.get(wid).map(|w| (w.created, w.inbox.clone()))
+    }
+
     /// The inbox of the incarnation of `wid` created at `created` (learnt along with a read).
     pub fn set_inbox(&mut self, wid: &str, created: i64, inbox: Option<String>) {
         if let Some(worker) = self.workers.get_mut(wid).filter(|w| w.created == created) {

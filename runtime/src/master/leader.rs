@@ -96,7 +96,18 @@ struct WorkerState {
 /// Completes a read of a worker's znode with its inbox: ours is created with the registration,
 /// so it exists by the time the znode can be read; a worker without one (seed style) gets
 /// plain assignments. Failing to look counts as none: plain assignments work for every worker.
-async fn with_inbox(client: &Client, wid: &str, data: Vec<u8>, stat: Stat) -> WorkerState {
+/// `known`: the incarnation (creation zxid) and inbox the board knows, which need no second
+/// look; the read's completion then is not delayed behind events that came after it.
+async fn with_inbox(
+    client: &Client,
+    wid: &str,
+    data: Vec<u8>,
+    stat: Stat,
+    known: Option<(i64, Option<String>)>,
+) -> WorkerState {
+    if let Some((_, inbox)) = known.filter(|(created, _)| *created == stat.czxid) {
+        return WorkerState { data, stat, inbox };
+    }
     let dir = paths::inbox(wid, stat.ephemeral_owner);
     let inbox = matches!(client.check_stat(&dir).await, Ok(Some(_))).then_some(dir);
     WorkerState { data, stat, inbox }
@@ -371,7 +382,7 @@ impl<'a> Leader<'a> {
         let workers = client.list_children(paths::WORKERS).await.map_err(|e| end_for(&e))?;
         let reads = futures::future::join_all(workers.iter().map(|wid| async move {
             let (data, stat) = client.get_data(&paths::worker(wid)).await?;
-            Ok::<_, ZkError>(with_inbox(client, wid, data, stat).await)
+            Ok::<_, ZkError>(with_inbox(client, wid, data, stat, None).await)
         }))
         .await;
         for (wid, read) in workers.iter().zip(reads) {
@@ -537,10 +548,10 @@ impl<'a> Leader<'a> {
 
     /// Level-triggered: what the read returns is the worker's truth at that version.
     fn read_worker(&mut self, wid: String) {
-        let (client, generation) = (self.client(), self.generation);
+        let (client, generation, known) = (self.client(), self.generation, self.board.incarnation(&wid));
         self.pending.push(Box::pin(async move {
             let result = match client.get_data(&paths::worker(&wid)).await {
-                Ok((data, stat)) => Ok(with_inbox(client, &wid, data, stat).await),
+                Ok((data, stat)) => Ok(with_inbox(client, &wid, data, stat, known).await),
                 Err(error) => Err(error),
             };
             Completion::WorkerRead { generation, wid, result, watched: false, watcher: None }
@@ -553,10 +564,11 @@ impl<'a> Leader<'a> {
             return;
         }
         let (client, generation, wid) = (self.client(), self.generation, wid.to_string());
+        let known = self.board.incarnation(&wid);
         self.pending.push(Box::pin(async move {
             match client.get_and_watch_data(&paths::worker(&wid)).await {
                 Ok((data, stat, watcher)) => {
-                    let read = with_inbox(client, &wid, data, stat).await;
+                    let read = with_inbox(client, &wid, data, stat, known).await;
                     Completion::WorkerRead { generation, wid, result: Ok(read), watched: true, watcher: Some(watcher) }
                 },
                 Err(error) => {
