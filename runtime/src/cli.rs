@@ -182,6 +182,9 @@ pub struct BenchArgs {
     /// Creates for the raw pipelined-create measurement.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub raw_creates: u64,
+    /// Creates in flight during the raw measurement (one session).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub raw_window: u32,
     /// Instead of throughput: run two master processes under load, stop the leader with this
     /// signal, and measure until the standby's first assignment; also reports a worker
     /// process's resident memory under that load.
