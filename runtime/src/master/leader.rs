@@ -547,10 +547,13 @@ impl<'a> Leader<'a> {
     }
 
     /// Level-triggered: what the read returns is the worker's truth at that version.
+    /// Requests are sent here, not at the future's first poll: a read ordered after the events
+    /// that prompted it, and before later listings, sees what they saw.
     fn read_worker(&mut self, wid: String) {
         let (client, generation, known) = (self.client(), self.generation, self.board.incarnation(&wid));
+        let read = client.get_data(&paths::worker(&wid));
         self.pending.push(Box::pin(async move {
-            let result = match client.get_data(&paths::worker(&wid)).await {
+            let result = match read.await {
                 Ok((data, stat)) => Ok(with_inbox(client, &wid, data, stat, known).await),
                 Err(error) => Err(error),
             };
@@ -565,8 +568,9 @@ impl<'a> Leader<'a> {
         }
         let (client, generation, wid) = (self.client(), self.generation, wid.to_string());
         let known = self.board.incarnation(&wid);
+        let read = client.get_and_watch_data(&paths::worker(&wid));
         self.pending.push(Box::pin(async move {
-            match client.get_and_watch_data(&paths::worker(&wid)).await {
+            match read.await {
                 Ok((data, stat, watcher)) => {
                     let read = with_inbox(client, &wid, data, stat, known).await;
                     Completion::WorkerRead { generation, wid, result: Ok(read), watched: true, watcher: Some(watcher) }
