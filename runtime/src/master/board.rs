@@ -62,6 +62,8 @@ struct Worker {
     created: i64,
     /// This incarnation's inbox, where assignments are announced (None: a worker without one).
     inbox: Option<String>,
+    /// Whether `inbox` was learnt for this incarnation (a failed look is repeated).
+    inbox_known: bool,
 }
 
 /// One planned assignment: write `task` into the worker's znode at `version`, and announce it
@@ -265,8 +267,8 @@ impl Board {
             Some(w) => Some(w.holding.clone()),
             None => None,
         };
-        let inbox = self.workers.get(wid).and_then(|w| w.inbox.clone());
-        self.workers.insert(wid.to_string(), Worker { version, holding: holding.clone(), created, inbox });
+        let (inbox, inbox_known) = self.workers.get(wid).map(|w| (w.inbox.clone(), w.inbox_known)).unwrap_or_default();
+        self.workers.insert(wid.to_string(), Worker { version, holding: holding.clone(), created, inbox, inbox_known });
         if holding == Holding::Free {
             self.free.push_back(wid.to_string());
         }
@@ -285,15 +287,16 @@ impl Board {
         }
     }
 
-    /// The known incarnation of `wid`: its creation zxid and inbox.
+    /// The known incarnation of `wid`: its creation zxid and inbox, once learnt.
     pub fn incarnation(&self, wid: &str) -> Option<(i64, Option<String>)> {
-        self.workers.get(wid).map(|w| (w.created, w.inbox.clone()))
+        self.workers.get(wid).filter(|w| w.inbox_known).map(|w| (w.created, w.inbox.clone()))
     }
 
     /// The inbox of the incarnation of `wid` created at `created` (learnt along with a read).
     pub fn set_inbox(&mut self, wid: &str, created: i64, inbox: Option<String>) {
         if let Some(worker) = self.workers.get_mut(wid).filter(|w| w.created == created) {
             worker.inbox = inbox;
+            worker.inbox_known = true;
         }
     }
 
@@ -442,9 +445,10 @@ impl Board {
         out
     }
 
-    /// Workers whose state must be re-read after a rejected write.
+    /// Workers whose state must be re-read: after a rejected write, or to learn their inbox.
     pub fn workers_needing_read(&self) -> Vec<String> {
-        self.workers.iter().filter(|(_, w)| w.holding == Holding::Unknown).map(|(id, _)| id.clone()).collect()
+        let needed = |w: &Worker| w.holding == Holding::Unknown || !w.inbox_known;
+        self.workers.iter().filter(|(_, w)| needed(w)).map(|(id, _)| id.clone()).collect()
     }
 }
 
@@ -456,6 +460,7 @@ mod tests {
         let mut b = Board::new();
         for w in workers {
             b.worker_read(w, b"", 0, 1);
+            b.set_inbox(w, 1, None);
         }
         for t in tasks {
             b.task_created(t);
@@ -645,9 +650,14 @@ mod tests {
         let later = Instant::now() + Duration::from_secs(5);
         let Action::Resolve { reason, .. } = b.expired(Duration::from_secs(1), later).remove(0) else { panic!() };
         assert_eq!(reason, ReturnReason::TimedOut { worker: "w1".into(), version: 1, inbox: Some("/i/w1@1".into()) });
-        // Registered again: the new incarnation has no inbox until one is learnt.
+        // Registered again: the new incarnation has no inbox until one is learnt, and is read
+        // again until it is.
         b.worker_read("w1", b"", 0, 2);
+        assert_eq!(b.incarnation("w1"), None);
+        assert_eq!(b.workers_needing_read(), vec!["w1".to_string()]);
         assert_eq!(b.plan(10)[0].inbox, None);
+        b.set_inbox("w1", 2, Some("/i/w1@2".into()));
+        assert_eq!(b.incarnation("w1"), Some((2, Some("/i/w1@2".into()))));
     }
 
     #[test]

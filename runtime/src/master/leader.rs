@@ -86,18 +86,19 @@ enum Completion {
     },
 }
 
-/// A worker's znode as read, with its registration's inbox if it has one.
+/// A worker's znode as read, with its registration's inbox if it has one (None: could not
+/// look; the worker gets plain assignments, which work for every worker, until a later read).
 struct WorkerState {
     data: Vec<u8>,
     stat: Stat,
-    inbox: Option<String>,
+    inbox: Option<Option<String>>,
 }
 
 /// Completes a read of a worker's znode with its inbox: ours is created with the registration,
 /// so it exists by the time the znode can be read; a worker without one (seed style) gets
-/// plain assignments. Failing to look counts as none: plain assignments work for every worker.
-/// `known`: the incarnation (creation zxid) and inbox the board knows, which need no second
-/// look; the read's completion then is not delayed behind events that came after it.
+/// plain assignments. `known`: the incarnation (creation zxid) and inbox the board knows,
+/// which need no second look; the read's completion then is not delayed behind events that
+/// came after it.
 async fn with_inbox(
     client: &Client,
     wid: &str,
@@ -106,10 +107,16 @@ async fn with_inbox(
     known: Option<(i64, Option<String>)>,
 ) -> WorkerState {
     if let Some((_, inbox)) = known.filter(|(created, _)| *created == stat.czxid) {
-        return WorkerState { data, stat, inbox };
+        return WorkerState { data, stat, inbox: Some(inbox) };
     }
     let dir = paths::inbox(wid, stat.ephemeral_owner);
-    let inbox = matches!(client.check_stat(&dir).await, Ok(Some(_))).then_some(dir);
+    let inbox = match client.check_stat(&dir).await {
+        Ok(found) => Some(found.map(|_| dir)),
+        Err(error) => {
+            tracing::debug!(%error, %wid, "cannot look for the worker's inbox; looking again later");
+            None
+        },
+    };
     WorkerState { data, stat, inbox }
 }
 
@@ -389,7 +396,9 @@ impl<'a> Leader<'a> {
             match read {
                 Ok(read) => {
                     board.worker_read(wid, &read.data, read.stat.version, read.stat.czxid);
-                    board.set_inbox(wid, read.stat.czxid, read.inbox);
+                    if let Some(inbox) = read.inbox {
+                        board.set_inbox(wid, read.stat.czxid, inbox);
+                    }
                 },
                 Err(ZkError::NoNode) => {},
                 Err(error) => return Err(end_for(&error)),
@@ -546,9 +555,9 @@ impl<'a> Leader<'a> {
         }
     }
 
-    /// Level-triggered: what the read returns is the worker's truth at that version.
-    /// Requests are sent here, not at the future's first poll: a read ordered after the events
-    /// that prompted it, and before later listings, sees what they saw.
+    /// Level-triggered: what the read returns is the worker's truth at that version. The
+    /// request is sent here, not at the future's first poll, so it is ordered after the event
+    /// that prompted it and before any listing asked for later.
     fn read_worker(&mut self, wid: String) {
         let (client, generation, known) = (self.client(), self.generation, self.board.incarnation(&wid));
         let read = client.get_data(&paths::worker(&wid));
@@ -613,7 +622,9 @@ impl<'a> Leader<'a> {
                 match result {
                     Ok(read) => {
                         let action = self.board.worker_read(&wid, &read.data, read.stat.version, read.stat.czxid);
-                        self.board.set_inbox(&wid, read.stat.czxid, read.inbox);
+                        if let Some(inbox) = read.inbox {
+                            self.board.set_inbox(&wid, read.stat.czxid, inbox);
+                        }
                         if let Some(action) = action {
                             self.act(action);
                         }
