@@ -42,6 +42,11 @@ pub struct Attempts {
     /// Times a shutting-down worker handed the task back; these are not attempts.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub given_back: u32,
+    /// The registration that gave it back last, named as its inbox (`<wid>@<session>`): a
+    /// worker that gives a task back and leaves at once may be seen gone before its give-back
+    /// is read, and must not be taken for one that died.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub given_back_by: String,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -262,6 +262,8 @@ async fn sigterm_to_a_busy_worker_gives_its_task_back_after_the_grace_period() {
     let record = zk.data(&format!("/taskcluster/attempts/{}", run.task)).await.expect("the give-back is recorded");
     let record: serde_json::Value = serde_json::from_slice(&record).expect("the attempts record is JSON");
     assert_eq!((record["attempts"].as_u64(), record["given_back"].as_u64()), (Some(0), Some(1)), "{record}");
+    let by = record["given_back_by"].as_str().unwrap_or_default();
+    assert!(by.starts_with("slow@"), "the record names the registration that gave it back: {record}");
 
     let mut fast = tc.worker_with("fast", &WorkerOpts::exec(journal.exec_command(), "0"));
     wait_ready(&mut fast).await;

@@ -14,8 +14,9 @@ pub enum ReturnReason {
     Returned,
     /// A shutting-down worker handed the task back (its znode says draining): no attempt spent.
     GivenBack,
-    /// The worker's znode vanished: process or session died. Counts as a failed attempt.
-    WorkerDied { worker: String },
+    /// The worker's znode vanished: process or session died. Counts as a failed attempt,
+    /// unless the attempts record says this registration (`inbox`) gave the task back.
+    WorkerDied { worker: String, inbox: Option<String> },
     /// The task ran past the timeout; revoke it from `worker` at `version` (and remove its
     /// entry from the worker's inbox, if it has one).
     TimedOut { worker: String, version: i32, inbox: Option<String> },
@@ -305,7 +306,8 @@ impl Board {
         let worker = self.workers.remove(wid)?;
         match worker.holding {
             Holding::Task(task) | Holding::Assigning(task) => {
-                self.returned(&task, wid, ReturnReason::WorkerDied { worker: wid.to_string() })
+                let reason = ReturnReason::WorkerDied { worker: wid.to_string(), inbox: worker.inbox };
+                self.returned(&task, wid, reason)
             },
             Holding::Free | Holding::Revoking | Holding::Unknown => None,
         }
@@ -537,7 +539,10 @@ mod tests {
         let died = b.worker_read("w1", b"", 0, 2);
         assert_eq!(
             died,
-            Some(Action::Resolve { task: "t1".into(), reason: ReturnReason::WorkerDied { worker: "w1".into() } })
+            Some(Action::Resolve {
+                task: "t1".into(),
+                reason: ReturnReason::WorkerDied { worker: "w1".into(), inbox: None }
+            })
         );
         b.requeue("t1");
         assert_eq!(b.worker_read("w1", b"t1", 1, 1), None, "a late read of the old incarnation is ignored");
@@ -586,7 +591,10 @@ mod tests {
         b.assigned(&a, 1);
         assert_eq!(
             b.worker_deleted("w1"),
-            Some(Action::Resolve { task: "t1".into(), reason: ReturnReason::WorkerDied { worker: "w1".into() } })
+            Some(Action::Resolve {
+                task: "t1".into(),
+                reason: ReturnReason::WorkerDied { worker: "w1".into(), inbox: None }
+            })
         );
         assert_eq!(b.worker_deleted("w1"), None);
     }

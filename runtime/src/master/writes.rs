@@ -118,17 +118,7 @@ pub async fn resolve(
         Err(ZkError::NoNode) => (Attempts::default(), None),
         Err(err) => return Err(classify_zk(err)),
     };
-    let counts_failure = match reason {
-        ReturnReason::Returned | ReturnReason::GivenBack => false,
-        ReturnReason::WorkerDied { worker } => {
-            record.last_error = format!("worker {worker} died while running the task");
-            true
-        },
-        ReturnReason::TimedOut { worker, .. } => {
-            record.last_error = format!("timed out on worker {worker}");
-            true
-        },
-    };
+    let counts_failure = charge(reason, &mut record);
     if counts_failure {
         record.attempts += 1;
     }
@@ -173,6 +163,27 @@ pub async fn resolve(
         }
     }
     Ok(Resolution { attempts: record.attempts, counted_failure: counts_failure, dead_lettered: dead, revoked })
+}
+
+/// Whether `reason` costs the task an attempt; notes the error in the record when it does.
+fn charge(reason: &ReturnReason, record: &mut Attempts) -> bool {
+    match reason {
+        ReturnReason::Returned | ReturnReason::GivenBack => false,
+        ReturnReason::WorkerDied { inbox, .. }
+            if inbox.as_deref().and_then(|dir| dir.rsplit('/').next()) == Some(record.given_back_by.as_str()) =>
+        {
+            // It gave the task back and left before the leader read the give-back.
+            false
+        },
+        ReturnReason::WorkerDied { worker, .. } => {
+            record.last_error = format!("worker {worker} died while running the task");
+            true
+        },
+        ReturnReason::TimedOut { worker, .. } => {
+            record.last_error = format!("timed out on worker {worker}");
+            true
+        },
+    }
 }
 
 /// Deletes a task's znodes and records (retention, or records of a collected task). Missing
@@ -244,5 +255,25 @@ pub async fn put_record(
             }
         },
         Err(err) => Err(classify_zk(err)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_seen_gone_after_giving_its_task_back_costs_no_attempt() {
+        let died = |inbox: Option<&str>| ReturnReason::WorkerDied { worker: "w1".into(), inbox: inbox.map(Into::into) };
+        let mut record = Attempts { given_back: 1, given_back_by: "w1@00000000000000aa".into(), ..Attempts::default() };
+        assert!(!charge(&died(Some("/taskcluster/inbox/w1@00000000000000aa")), &mut record));
+        assert_eq!(record.last_error, "");
+        // Another registration of the same worker, or one without an inbox, died holding it.
+        assert!(charge(&died(Some("/taskcluster/inbox/w1@00000000000000bb")), &mut record));
+        assert!(record.last_error.contains("died"), "{record:?}");
+        assert!(charge(&died(None), &mut Attempts::default()));
+        assert!(!charge(&ReturnReason::GivenBack, &mut Attempts::default()));
+        let timed_out = ReturnReason::TimedOut { worker: "w1".into(), version: 3, inbox: None };
+        assert!(charge(&timed_out, &mut Attempts::default()));
     }
 }

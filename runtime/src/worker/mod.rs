@@ -494,7 +494,13 @@ async fn fail(client: &Client, ctx: &WorkerContext, task: &str, held: &Held, err
 /// leader reads as "this worker no longer holds the task and takes no new one"; the attempts
 /// record notes the give-back, which is how the leader hears of it.
 async fn give_back(client: &Client, ctx: &WorkerContext, task: &str, held: &Held) {
-    match release(client, ctx, task, held, paths::DRAINING, |record| record.given_back += 1).await {
+    // Our registration, named as our inbox (the entry's parent).
+    let by = held.entry.rsplit('/').nth(1).unwrap_or_default().to_string();
+    let note = |record: &mut Attempts| {
+        record.given_back += 1;
+        record.given_back_by = by.clone();
+    };
+    match release(client, ctx, task, held, paths::DRAINING, note).await {
         Ok(_) => {
             ctx.metrics.count("given_back");
             tracing::info!(%task, "grace period over: task given back");
