@@ -31,7 +31,7 @@ CFG
 mkdir -p "$dir/data"
 java -Xmx1g -cp /usr/share/java/zookeeper.jar org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg" >"$dir/zk.log" 2>&1 &
 zk=$!
-trap 'kill $zk 2>/dev/null; wait $zk 2>/dev/null; rm -rf "$dir"' EXIT
+trap 'kill $zk 2>/dev/null; wait $zk 2>/dev/null || true; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do
 	if (exec 3<>"/dev/tcp/127.0.0.1/$port" && echo ruok >&3 && grep -q imok <&3) 2>/dev/null; then break; fi
 	sleep 0.2
