@@ -239,10 +239,13 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     let target = scratch.target();
     // A fresh server's JIT is cold: both paths get a first pass of the same size that only
     // warms it, then both are measured back to back on the same warm server.
+    let measure_raw = || async {
+        raw_creates(&root_client, &raw_dir, args.raw_creates, args.raw_window as usize)
+            .await
+            .map_err(Failure::zookeeper)
+    };
     eprintln!("warming up: {} raw creates, {} tasks ...", args.raw_creates, args.tasks);
-    raw_creates(&root_client, &raw_dir, args.raw_creates, args.raw_window as usize)
-        .await
-        .map_err(Failure::zookeeper)?;
+    measure_raw().await?;
     let cluster = start_cluster(&target, args.masters, args.workers);
     // The first tasks also wait for the election and the registrations.
     drive(&target, 1, 1, 20).await?;
@@ -252,18 +255,14 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     // The raw rate drifts as the server warms: measured right before and right after the
     // tasks, its mean is the rate at the time of the tasks.
     eprintln!("raw pipelined creates ({}) ...", args.raw_creates);
-    let raw_before = raw_creates(&root_client, &raw_dir, args.raw_creates, args.raw_window as usize)
-        .await
-        .map_err(Failure::zookeeper)?;
+    let raw_before = measure_raw().await?;
     eprintln!(
         "throughput: {} tasks, {} masters, {} workers, {} clients x {} in flight ...",
         args.tasks, args.masters, args.workers, args.clients, args.inflight
     );
     let (histogram, failed, elapsed) = drive(&target, args.clients, args.inflight, args.tasks).await?;
     eprintln!("raw pipelined creates again ({}) ...", args.raw_creates);
-    let raw_after = raw_creates(&root_client, &raw_dir, args.raw_creates, args.raw_window as usize)
-        .await
-        .map_err(Failure::zookeeper)?;
+    let raw_after = measure_raw().await?;
     let raw = (raw_before + raw_after) / 2.0;
     cluster.stop().await;
     scratch.remove().await?;

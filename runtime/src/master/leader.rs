@@ -94,6 +94,17 @@ struct WorkerState {
     inbox: Option<Option<String>>,
 }
 
+impl WorkerState {
+    /// Feeds the read to the board: the znode's state, then the inbox when it was looked for.
+    fn apply(self, board: &mut Board, wid: &str) -> Option<Action> {
+        let action = board.worker_read(wid, &self.data, self.stat.version, self.stat.czxid);
+        if let Some(inbox) = self.inbox {
+            board.set_inbox(wid, self.stat.czxid, inbox);
+        }
+        action
+    }
+}
+
 /// Completes a read of a worker's znode with its inbox: ours is created with the registration,
 /// so it exists by the time the znode can be read; a worker without one (seed style) gets
 /// plain assignments. `known`: the incarnation (creation zxid) and inbox the board knows,
@@ -395,10 +406,7 @@ impl<'a> Leader<'a> {
         for (wid, read) in workers.iter().zip(reads) {
             match read {
                 Ok(read) => {
-                    board.worker_read(wid, &read.data, read.stat.version, read.stat.czxid);
-                    if let Some(inbox) = read.inbox {
-                        board.set_inbox(wid, read.stat.czxid, inbox);
-                    }
+                    read.apply(&mut board, wid);
                 },
                 Err(ZkError::NoNode) => {},
                 Err(error) => return Err(end_for(&error)),
@@ -621,11 +629,7 @@ impl<'a> Leader<'a> {
                 }
                 match result {
                     Ok(read) => {
-                        let action = self.board.worker_read(&wid, &read.data, read.stat.version, read.stat.czxid);
-                        if let Some(inbox) = read.inbox {
-                            self.board.set_inbox(&wid, read.stat.czxid, inbox);
-                        }
-                        if let Some(action) = action {
+                        if let Some(action) = read.apply(&mut self.board, &wid) {
                             self.act(action);
                         }
                     },

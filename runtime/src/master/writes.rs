@@ -170,7 +170,8 @@ fn charge(reason: &ReturnReason, record: &mut Attempts) -> bool {
     match reason {
         ReturnReason::Returned | ReturnReason::GivenBack => false,
         ReturnReason::WorkerDied { inbox, .. }
-            if inbox.as_deref().and_then(|dir| dir.rsplit('/').next()) == Some(record.given_back_by.as_str()) =>
+            if inbox.as_deref().and_then(|dir| paths::child_of(paths::INBOX, dir))
+                == Some(record.given_back_by.as_str()) =>
         {
             // It gave the task back and left before the leader read the give-back.
             false
@@ -197,12 +198,17 @@ pub async fn delete_task_nodes(lock: &OwnedLockClient, task: &str, with_task: bo
     paths_to_delete.push(paths::attempts(task));
     paths_to_delete.push(paths::deadletter(task));
     for path in paths_to_delete {
-        match lock.delete(&path, None).await {
-            Ok(()) | Err(ZkError::NoNode) => {},
-            Err(err) => return Err(classify_zk(err)),
-        }
+        delete_if_present(lock, &path).await?;
     }
     Ok(())
+}
+
+/// A fenced delete of `path`; a node already gone is fine.
+async fn delete_if_present(lock: &OwnedLockClient, path: &str) -> Result<(), WriteError> {
+    match lock.delete(path, None).await {
+        Ok(()) | Err(ZkError::NoNode) => Ok(()),
+        Err(err) => Err(classify_zk(err)),
+    }
 }
 
 /// Removes the inboxes of registrations that are gone (a worker's inbox is named after its
@@ -223,10 +229,7 @@ pub async fn sweep_inboxes(lock: &OwnedLockClient) -> Result<usize, WriteError> 
             Err(err) => return Err(classify_zk(err)),
         };
         for entry in entries {
-            match lock.delete(&paths::inbox_entry(&dir, &entry), None).await {
-                Ok(()) | Err(ZkError::NoNode) => {},
-                Err(err) => return Err(classify_zk(err)),
-            }
+            delete_if_present(lock, &paths::inbox_entry(&dir, &entry)).await?;
         }
         match lock.delete(&dir, None).await {
             Ok(()) => removed += 1,

@@ -364,7 +364,7 @@ async fn run_task(
                         tokio::select! {
                             outcome = &mut execution => break outcome,
                             _ = tokio::time::sleep(ctx.grace_period) => {
-                                give_back(client, ctx, task, &held).await;
+                                give_back(client, ctx, task, &held, &inbox.dir).await;
                                 return TaskEnd::Stop(WorkerEnd::Shutdown);
                             },
                         }
@@ -493,9 +493,9 @@ async fn fail(client: &Client, ctx: &WorkerContext, task: &str, held: &Held, err
 /// Hands the task back without spending an attempt: our znode says "draining", which the
 /// leader reads as "this worker no longer holds the task and takes no new one"; the attempts
 /// record notes the give-back, which is how the leader hears of it.
-async fn give_back(client: &Client, ctx: &WorkerContext, task: &str, held: &Held) {
-    // Our registration, named as our inbox (the entry's parent).
-    let by = held.entry.rsplit('/').nth(1).unwrap_or_default().to_string();
+async fn give_back(client: &Client, ctx: &WorkerContext, task: &str, held: &Held, inbox: &str) {
+    // Our registration, named as our inbox.
+    let by = paths::child_of(paths::INBOX, inbox).unwrap_or_default().to_string();
     let note = |record: &mut Attempts| {
         record.given_back += 1;
         record.given_back_by = by.clone();
