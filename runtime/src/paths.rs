@@ -1,5 +1,8 @@
 //! The znode layout of docs/protocol.md: seed roots plus the `/taskcluster` extensions.
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+
 pub const MASTER: &str = "/master";
 pub const TASKS: &str = "/tasks";
 pub const DATA: &str = "/data";
@@ -77,6 +80,33 @@ pub fn is_valid_name(name: &str) -> bool {
         && name.chars().all(|c| !c.is_control())
 }
 
+/// Payloads up to this size also travel in the name of the task, so that our workers need not
+/// read `/data/<id>` (docs/protocol.md, "Small payloads in the task's name").
+pub const INLINE_PAYLOAD_MAX: usize = 32;
+
+/// The id our client gives its `n`th task: `<prefix><n>`, where the prefix is `t<session hex>-`,
+/// followed by `~<payload in unpadded base64url>` when the payload is small enough.
+pub fn task_id(prefix: &str, n: u64, payload: &[u8]) -> String {
+    if payload.len() <= INLINE_PAYLOAD_MAX {
+        format!("{prefix}{n}~{}", URL_SAFE_NO_PAD.encode(payload))
+    } else {
+        format!("{prefix}{n}")
+    }
+}
+
+/// The payload a task id of the form `t<hex>-<digits>~<base64url>` carries; None for any other
+/// id (foreign clients', or ours with a large payload), whose payload is read from `/data`.
+pub fn inline_payload(task: &str) -> Option<Vec<u8>> {
+    let (unique, encoded) = task.split_once('~')?;
+    let (session, n) = unique.strip_prefix('t')?.split_once('-')?;
+    let hex = !session.is_empty() && session.bytes().all(|b| b.is_ascii_hexdigit());
+    let digits = !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit());
+    if !hex || !digits {
+        return None;
+    }
+    URL_SAFE_NO_PAD.decode(encoded).ok().filter(|payload| payload.len() <= INLINE_PAYLOAD_MAX)
+}
+
 /// The sequence number ZooKeeper appended to a sequential znode name (10 digits).
 pub fn sequence_of(name: &str) -> Option<u64> {
     let digits = name.get(name.len().checked_sub(10)?..)?;
@@ -150,5 +180,32 @@ mod tests {
         assert!(!is_valid_name("a/b"));
         assert!(!is_valid_name(".."));
         assert!(!is_valid_name("a\nb"));
+    }
+
+    #[test]
+    fn small_payloads_travel_in_the_task_id() {
+        let id = task_id("t1a2b-", 7, b"bench-0-7");
+        assert_eq!(id, "t1a2b-7~YmVuY2gtMC03");
+        assert_eq!(inline_payload(&id).as_deref(), Some(&b"bench-0-7"[..]));
+        assert!(is_valid_name(&id));
+        let binary = [0u8, 0xff, b'/', b'~', b'\n'];
+        assert_eq!(inline_payload(&task_id("t1-", 0, &binary)).as_deref(), Some(&binary[..]));
+        assert_eq!(inline_payload(&task_id("t1-", 0, b"")).as_deref(), Some(&b""[..]));
+        let largest = [b'x'; INLINE_PAYLOAD_MAX];
+        assert_eq!(inline_payload(&task_id("t1-", 0, &largest)).as_deref(), Some(&largest[..]));
+        assert!(is_valid_name(&task_id("tffffffffffffffff-", u64::MAX, &largest)));
+    }
+
+    #[test]
+    fn other_ids_carry_no_payload() {
+        let large = [b'x'; INLINE_PAYLOAD_MAX + 1];
+        assert_eq!(task_id("t1-", 3, &large), "t1-3");
+        assert_eq!(inline_payload("t1-3"), None);
+        // Foreign ids, even with a tilde, and malformed encodings are read from /data.
+        for id in ["task-5", "task-5~Zm9v", "t-1~Zm9v", "tzz-1~Zm9v", "t1-~Zm9v", "t1-x~Zm9v", "t1-1~Zm9v!", "t1-1~Z"] {
+            assert_eq!(inline_payload(id), None, "{id}");
+        }
+        let too_long = format!("t1-1~{}", URL_SAFE_NO_PAD.encode(large));
+        assert_eq!(inline_payload(&too_long), None);
     }
 }

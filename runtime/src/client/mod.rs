@@ -130,8 +130,8 @@ impl Submitter {
         Ok(())
     }
 
-    fn next_id(&self) -> String {
-        format!("{}{}", self.prefix, self.counter.fetch_add(1, Ordering::Relaxed))
+    fn next_id(&self, payload: &[u8]) -> String {
+        paths::task_id(&self.prefix, self.counter.fetch_add(1, Ordering::Relaxed), payload)
     }
 
     /// Hands a write to the group committer and waits for its outcome.
@@ -153,7 +153,7 @@ impl Submitter {
         }
         self.check_cap().await?;
         loop {
-            let id = self.next_id();
+            let id = self.next_id(payload);
             let created = self
                 .write("submission", |reply| Write::Submit { id: id.clone(), payload: payload.to_vec(), reply })
                 .await?;

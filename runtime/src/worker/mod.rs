@@ -342,8 +342,13 @@ async fn run_task(
     });
     let held = Held { me: paths::worker(&ctx.id), entry: paths::inbox_entry(&inbox.dir, task), guard };
     let attempt = if ctx.handler.needs_attempt_number() { read_attempts(client, task).await.0.attempts + 1 } else { 1 };
-    let outcome = match client.get_data(&paths::data(task)).await {
-        Ok((payload, _)) => {
+    // A small payload travels in the task's name: no read.
+    let payload = match paths::inline_payload(task) {
+        Some(payload) => Ok(payload),
+        None => client.get_data(&paths::data(task)).await.map(|(payload, _)| payload),
+    };
+    let outcome = match payload {
+        Ok(payload) => {
             let input = TaskInput { task, worker: &ctx.id, attempt, payload: &payload };
             let execution = ctx.handler.execute(&input);
             tokio::pin!(execution);
