@@ -3,10 +3,14 @@
 # ending with one JSON line: throughput and latency, SIGTERM failover, SIGKILL failover (with
 # the worker's resident memory under load). Results go to docs/benchmarks.md by hand.
 #
-#   bash scripts/bench.sh [TASKS]
+#   bash scripts/bench.sh [TASKS] [BACKLOG]
+#
+# With BACKLOG (e.g. 100000), a fourth part: BACKLOG tasks submitted with no master running,
+# then a master and 4 workers started: the leader's rebuild time and the drain rate.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 tasks="${1:-20000}"
+backlog="${2:-}"
 
 bash scripts/deps.sh
 cargo build --release --locked -p taskcluster
@@ -31,7 +35,9 @@ CFG
 mkdir -p "$dir/data"
 java -Xmx1g -cp /usr/share/java/zookeeper.jar org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg" >"$dir/zk.log" 2>&1 &
 zk=$!
-trap 'kill $zk 2>/dev/null; wait $zk 2>/dev/null || true; rm -rf "$dir"' EXIT
+pids=()
+# Masters and workers stop first, while the server can still see them leave.
+trap 'kill "${pids[@]}" 2>/dev/null; wait "${pids[@]}" 2>/dev/null; kill $zk 2>/dev/null; wait $zk 2>/dev/null || true; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do
 	if (exec 3<>"/dev/tcp/127.0.0.1/$port" && echo ruok >&3 && grep -q imok <&3) 2>/dev/null; then break; fi
 	sleep 0.2
@@ -43,3 +49,27 @@ echo "== failover on SIGTERM" >&2
 "$bin" bench --zk "127.0.0.1:$port" --workers 8 --inflight 16 --failover term --rounds 5
 echo "== failover on SIGKILL (session timeout 2 s)" >&2
 "$bin" bench --zk "127.0.0.1:$port" --workers 8 --inflight 16 --failover kill --rounds 3 --session-timeout 2s
+
+[ -n "$backlog" ] || exit 0
+echo "== backlog: $backlog tasks submitted with no master, then 1 master and 4 workers" >&2
+zkaddr="127.0.0.1:$port/backlog"
+started=$(date +%s%N)
+"$bin" submit --zk "$zkaddr" --count "$backlog" --inflight 512 >"$dir/ids"
+submitted=$(date +%s%N)
+"$bin" master --zk "$zkaddr" --id m1 --listen 127.0.0.1:0 --log-format json >"$dir/master.log" 2>&1 &
+pids+=($!)
+for i in 0 1 2 3; do
+	"$bin" worker --zk "$zkaddr" --id "w$i" --handler echo --listen 127.0.0.1:0 >/dev/null 2>&1 &
+	pids+=($!)
+done
+until "$bin" status --zk "$zkaddr" --json | grep -q "\"completed\":$backlog,"; do sleep 0.2; done
+drained=$(date +%s%N)
+rebuild_ms=$(grep -o '"elapsed_ms":[0-9]*' "$dir/master.log" | head -1 | cut -d: -f2)
+python3 - "$backlog" "$started" "$submitted" "$drained" "$rebuild_ms" "$(awk '{n += length($0) + 4} END {print n}' "$dir/ids")" <<'PY'
+import json, sys
+n, started, submitted, drained, rebuild_ms, listing = (int(a) for a in sys.argv[1:])
+submit_s, drain_s = (submitted - started) / 1e9, (drained - submitted) / 1e9
+print(json.dumps({"backlog": n, "submit_s": round(submit_s, 2), "submit_per_s": round(n / submit_s),
+                  "listing_bytes": listing, "rebuild_ms": rebuild_ms,
+                  "drain_s": round(drain_s, 2), "drain_per_s": round(n / drain_s)}))
+PY
