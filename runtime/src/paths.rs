@@ -84,13 +84,13 @@ pub fn is_valid_name(name: &str) -> bool {
 /// read `/data/<id>` (docs/protocol.md, "Small payloads in the task's name").
 pub const INLINE_PAYLOAD_MAX: usize = 32;
 
-/// The id our client gives its `n`th task: `<prefix><n>`, where the prefix is `t<session hex>-`,
-/// followed by `~<payload in unpadded base64url>` when the payload is small enough.
-pub fn task_id(prefix: &str, n: u64, payload: &[u8]) -> String {
+/// The id our client gives its `n`th task in session `session`: `t<session hex>-<n>`, followed
+/// by `~<payload in unpadded base64url>` when the payload is small enough.
+pub fn task_id(session: u64, n: u64, payload: &[u8]) -> String {
     if payload.len() <= INLINE_PAYLOAD_MAX {
-        format!("{prefix}{n}~{}", URL_SAFE_NO_PAD.encode(payload))
+        format!("t{session:x}-{n}~{}", URL_SAFE_NO_PAD.encode(payload))
     } else {
-        format!("{prefix}{n}")
+        format!("t{session:x}-{n}")
     }
 }
 
@@ -184,22 +184,22 @@ mod tests {
 
     #[test]
     fn small_payloads_travel_in_the_task_id() {
-        let id = task_id("t1a2b-", 7, b"bench-0-7");
+        let id = task_id(0x1a2b, 7, b"bench-0-7");
         assert_eq!(id, "t1a2b-7~YmVuY2gtMC03");
         assert_eq!(inline_payload(&id).as_deref(), Some(&b"bench-0-7"[..]));
         assert!(is_valid_name(&id));
         let binary = [0u8, 0xff, b'/', b'~', b'\n'];
-        assert_eq!(inline_payload(&task_id("t1-", 0, &binary)).as_deref(), Some(&binary[..]));
-        assert_eq!(inline_payload(&task_id("t1-", 0, b"")).as_deref(), Some(&b""[..]));
+        assert_eq!(inline_payload(&task_id(1, 0, &binary)).as_deref(), Some(&binary[..]));
+        assert_eq!(inline_payload(&task_id(1, 0, b"")).as_deref(), Some(&b""[..]));
         let largest = [b'x'; INLINE_PAYLOAD_MAX];
-        assert_eq!(inline_payload(&task_id("t1-", 0, &largest)).as_deref(), Some(&largest[..]));
-        assert!(is_valid_name(&task_id("tffffffffffffffff-", u64::MAX, &largest)));
+        assert_eq!(inline_payload(&task_id(1, 0, &largest)).as_deref(), Some(&largest[..]));
+        assert!(is_valid_name(&task_id(u64::MAX, u64::MAX, &largest)));
     }
 
     #[test]
     fn other_ids_carry_no_payload() {
         let large = [b'x'; INLINE_PAYLOAD_MAX + 1];
-        assert_eq!(task_id("t1-", 3, &large), "t1-3");
+        assert_eq!(task_id(1, 3, &large), "t1-3");
         assert_eq!(inline_payload("t1-3"), None);
         // Foreign ids, even with a tilde, and malformed encodings are read from /data.
         for id in ["task-5", "task-5~Zm9v", "t-1~Zm9v", "tzz-1~Zm9v", "t1-~Zm9v", "t1-x~Zm9v", "t1-1~Zm9v!", "t1-1~Z"] {

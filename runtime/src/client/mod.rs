@@ -76,7 +76,8 @@ pub struct Submitter {
     session: Arc<Session>,
     writes: mpsc::UnboundedSender<Write>,
     reads: mpsc::UnboundedSender<results::Read>,
-    prefix: String,
+    /// The session our ids are named after (see `paths::task_id`).
+    id_session: u64,
     counter: AtomicU64,
     gate: CapGate,
 }
@@ -94,7 +95,7 @@ impl Submitter {
             Err(source) => return Err(SubmitError::Zk { op: "read of the task settings", source }),
         };
         // Session ids are unique among live sessions: ids stay unique across clients.
-        let prefix = format!("t{:x}-", client.session_id().0 as u64);
+        let id_session = client.session_id().0 as u64;
         let session = Arc::new(Session::new(target.clone(), client));
         let writes = batch::start(session.clone(), target.acls());
         let reads = results::start(session.clone());
@@ -102,7 +103,7 @@ impl Submitter {
             session,
             writes,
             reads,
-            prefix,
+            id_session,
             counter: AtomicU64::new(0),
             gate: CapGate { cap: settings.backlog_cap, last: Mutex::new(None) },
         })
@@ -131,7 +132,7 @@ impl Submitter {
     }
 
     fn next_id(&self, payload: &[u8]) -> String {
-        paths::task_id(&self.prefix, self.counter.fetch_add(1, Ordering::Relaxed), payload)
+        paths::task_id(self.id_session, self.counter.fetch_add(1, Ordering::Relaxed), payload)
     }
 
     /// Hands a write to the group committer and waits for its outcome.
