@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks of the runtime against a local ZooKeeper (Debian's package, fsync on), each
+# Benchmarks of the runtime against a local ZooKeeper (the pinned release, fsync on), each
 # ending with one JSON line: throughput and latency, SIGTERM failover, SIGKILL failover (with
 # the worker's resident memory under load). Results go to docs/benchmarks.md by hand.
 #
@@ -33,7 +33,8 @@ admin.enableServer=false
 4lw.commands.whitelist=ruok
 CFG
 mkdir -p "$dir/data"
-java -Xmx1g -cp /usr/share/java/zookeeper.jar org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg" >"$dir/zk.log" 2>&1 &
+zk_home=$(bash zookeeper/install.sh)
+java -Xmx1g -cp "$zk_home/conf:$zk_home/lib/*" org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg" >"$dir/zk.log" 2>&1 &
 zk=$!
 pids=()
 # Masters and workers stop first, while the server can still see them leave.

@@ -1,18 +1,63 @@
-//! A standalone ZooKeeper for the demo and the benchmark: Debian's `zookeeper` package run
-//! directly (`QuorumPeerMain`) on a free loopback port, in a temporary directory.
+//! A standalone ZooKeeper for the demo and the operator's tests: the pinned release that
+//! `zookeeper/install.sh` installs (the version in `zookeeper/VERSION`), run directly
+//! (`QuorumPeerMain`) on a free loopback port, in a temporary directory.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
-const MAIN_CLASS: &str = "org.apache.zookeeper.server.quorum.QuorumPeerMain";
+pub const MAIN_CLASS: &str = "org.apache.zookeeper.server.quorum.QuorumPeerMain";
+const VERSION_FILE: &str = include_str!("../../zookeeper/VERSION");
+
+/// The ZooKeeper release every local server runs (tests, demo, benchmarks, image).
+pub fn zookeeper_version() -> &'static str {
+    VERSION_FILE.trim()
+}
+
+/// Where `zookeeper/install.sh` puts the server: `$TASKCLUSTER_ZOOKEEPER_HOME`, else
+/// `${XDG_CACHE_HOME:-~/.cache}/taskcluster/zookeeper-<version>`.
+pub fn zookeeper_home() -> PathBuf {
+    if let Some(home) = std::env::var_os("TASKCLUSTER_ZOOKEEPER_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(home);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|c| !c.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
+    cache.join("taskcluster").join(format!("zookeeper-{}", zookeeper_version()))
+}
+
+/// The server's classpath (its logging configuration first, then every jar), or why there
+/// is none.
+pub fn zookeeper_classpath() -> Result<String, LocalZkError> {
+    let home = zookeeper_home();
+    let jar = home.join("lib").join(format!("zookeeper-{}.jar", zookeeper_version()));
+    if !jar.exists() {
+        return Err(LocalZkError::NotInstalled { jar });
+    }
+    Ok(format!("{}:{}", home.join("conf").display(), home.join("lib").join("*").display()))
+}
+
+/// The JVM to run the server with: `$JAVA_HOME/bin/java` when set, else `java` from PATH.
+pub fn java() -> PathBuf {
+    if let Some(home) = std::env::var_os("JAVA_HOME") {
+        let candidate = PathBuf::from(home).join("bin/java");
+        if candidate.exists() {
+            return candidate;
+        }
+    }
+    PathBuf::from("java")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalZkError {
-    #[error("ZooKeeper is not installed ({ZOOKEEPER_JAR} is missing): run `apt-get install zookeeper`, or pass --zk HOST:PORT")]
-    NotInstalled,
+    #[error(
+        "ZooKeeper {} is not installed ({} is missing): run `bash zookeeper/install.sh` \
+         (or `bash scripts/deps.sh`), or pass --zk HOST:PORT",
+        zookeeper_version(), jar.display()
+    )]
+    NotInstalled { jar: PathBuf },
     #[error("cannot prepare a ZooKeeper directory: {0}")]
     Io(#[from] std::io::Error),
     #[error("ZooKeeper did not start serving on port {port} within {timeout:?}; its log: {log}")]
@@ -28,9 +73,7 @@ pub struct LocalZk {
 
 impl LocalZk {
     pub fn start() -> Result<Self, LocalZkError> {
-        if !std::path::Path::new(ZOOKEEPER_JAR).exists() {
-            return Err(LocalZkError::NotInstalled);
-        }
+        let classpath = zookeeper_classpath()?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let dir = std::env::temp_dir().join(format!("taskcluster-zk-{}-{port}", std::process::id()));
         std::fs::create_dir_all(dir.join("data"))?;
@@ -41,12 +84,10 @@ impl LocalZk {
         );
         std::fs::write(dir.join("zoo.cfg"), config)?;
         let log = std::fs::File::create(dir.join("zookeeper.log"))?;
-        let java =
-            std::env::var_os("JAVA_HOME").map_or(PathBuf::from("java"), |home| PathBuf::from(home).join("bin/java"));
-        let child = Command::new(java)
+        let child = Command::new(java())
             .arg("-Xmx512m")
             .arg("-cp")
-            .arg(ZOOKEEPER_JAR)
+            .arg(classpath)
             .arg(MAIN_CLASS)
             .arg(dir.join("zoo.cfg"))
             .stdin(Stdio::null())

@@ -1,8 +1,8 @@
-//! Real ZooKeeper servers from Debian's `zookeeper` package, on free loopback ports.
+//! Real ZooKeeper servers of the pinned release (`zookeeper/VERSION`, installed by
+//! `zookeeper/install.sh`), on free loopback ports.
 //!
-//! The servers run `QuorumPeerMain` directly with the classpath Debian's `zkEnv.sh` uses
-//! (`/usr/share/java/zookeeper.jar`, whose manifest names its dependencies), plus
-//! `slf4j-simple` when present so the server log lands in `zk-<id>.log`.
+//! The servers run `QuorumPeerMain` directly; their log (logback, to stdout) lands in
+//! `zk-<id>.log`.
 
 use std::collections::HashSet;
 use std::fs;
@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 
 use super::process::{die_with_parent, signal_pid, spawn_from_keeper};
 
-const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
-const SLF4J_BINDING: &str = "/usr/share/java/slf4j-simple.jar";
-const MAIN_CLASS: &str = "org.apache.zookeeper.server.quorum.QuorumPeerMain";
+use taskcluster::localzk::{java, zookeeper_classpath, MAIN_CLASS};
+
 const TICK_MS: u64 = 500;
 
 /// A loopback port nobody in this process was handed before and nobody listens on now.
@@ -33,28 +32,8 @@ pub fn free_port() -> u16 {
     }
 }
 
-fn java() -> PathBuf {
-    if let Ok(home) = std::env::var("JAVA_HOME") {
-        let candidate = Path::new(&home).join("bin/java");
-        if candidate.exists() {
-            return candidate;
-        }
-    }
-    PathBuf::from("java")
-}
-
 fn classpath() -> String {
-    assert!(
-        Path::new(ZOOKEEPER_JAR).exists(),
-        "{ZOOKEEPER_JAR} is missing: install Debian's ZooKeeper server with \
-         `apt-get install -y zookeeper` (and a JRE: `apt-get install -y default-jre-headless`)"
-    );
-    let mut cp = ZOOKEEPER_JAR.to_string();
-    if Path::new(SLF4J_BINDING).exists() {
-        cp.push(':');
-        cp.push_str(SLF4J_BINDING);
-    }
-    cp
+    zookeeper_classpath().unwrap_or_else(|e| panic!("{e} (and a JRE: `apt-get install -y default-jre-headless`)"))
 }
 
 /// One server of a standalone setup or an ensemble.
@@ -79,8 +58,6 @@ impl ZkNode {
         let mut command = Command::new(java());
         command
             .args(["-Xms32m", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xshare:auto"])
-            .arg("-Dorg.slf4j.simpleLogger.showDateTime=true")
-            .arg("-Dorg.slf4j.simpleLogger.dateTimeFormat=HH:mm:ss.SSS")
             .arg("-cp")
             .arg(classpath())
             .arg(MAIN_CLASS)
