@@ -4,7 +4,9 @@
 #
 #   docker.io/taskcluster/node:VERSION       taskcluster (master and worker), uid 65532
 #   docker.io/taskcluster/operator:VERSION   taskcluster-operator, uid 65532
-#   docker.io/taskcluster/zookeeper:3.8.0    ZooKeeper from Debian bookworm, uid 1000
+#   docker.io/taskcluster/zookeeper:<zookeeper/VERSION>
+#                                            ZooKeeper from Maven Central on Debian bookworm's
+#                                            JRE, uid 1000
 #
 # Usage: images/build.sh [--cargo] [all|node|operator|zookeeper]...
 #   --cargo   build the release binaries first (cargo build --release -p ...)
@@ -24,12 +26,12 @@ CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 IMAGES_OUT="${IMAGES_OUT:-$REPO_ROOT/target/images}"
 CACHE_DIR="${TASKCLUSTER_E2E_CACHE:-/var/cache/taskcluster-e2e}"
 VERSION="$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' "$REPO_ROOT/Cargo.toml")"
-ZOOKEEPER_VERSION=3.8.0
+ZOOKEEPER_VERSION="$(tr -d '[:space:]' <"$REPO_ROOT/zookeeper/VERSION")"
 DEBIAN_SUITE=bookworm
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-# libzookeeper-java is the ZooKeeper server of Debian's zookeeper package without the
-# package's init scripts and its dependency on the full (GUI) JRE.
-ZOOKEEPER_PACKAGES=libzookeeper-java,openjdk-17-jre-headless,netbase
+# The JRE alone: the server's jars come from Maven Central (zookeeper/install.sh), not from
+# Debian, whose libzookeeper-java is an older release.
+ZOOKEEPER_PACKAGES=openjdk-17-jre-headless,netbase
 NONROOT_UID=65532
 BUSYBOX=/bin/busybox
 
@@ -101,22 +103,34 @@ build_binary_image() {
 	log "wrote $IMAGES_OUT/$name.tar ($(du -h "$IMAGES_OUT/$name.tar" | cut -f1))"
 }
 
-# The ZooKeeper root filesystem takes a minute to make and is cached outside the clone,
-# keyed by the suite, the packages and the files copied into it.
+# The ZooKeeper image: a Debian root filesystem with the JRE (mmdebstrap, a minute), the
+# server's jars from zookeeper/install.sh and the Prometheus exporter's from
+# images/zookeeper/metrics-jars.sh in /opt/zookeeper/lib, logback's configuration in
+# /opt/zookeeper/conf. Cached outside the clone, keyed by the suite, the packages, every
+# input file and the checksum of every jar.
 build_zookeeper() {
 	command -v mmdebstrap >/dev/null || die "mmdebstrap is missing: apt-get install mmdebstrap"
 	local ref="docker.io/taskcluster/zookeeper:$ZOOKEEPER_VERSION"
+	local work home
+	work=$(mktemp -d)
+	# shellcheck disable=SC2064 # the directory is known now
+	trap "rm -rf '$work'" EXIT
+	home=$(bash "$REPO_ROOT/zookeeper/install.sh") || die "installing ZooKeeper $ZOOKEEPER_VERSION failed (above)"
+	bash "$IMAGES_DIR/zookeeper/metrics-jars.sh" "$work/metrics-lib" "$home/lib" ||
+		die "resolving the ZooKeeper image's Prometheus exporter failed (above)"
 	local key
 	key=$( (
 		echo "$DEBIAN_SUITE $ZOOKEEPER_PACKAGES"
-		cat "$IMAGES_DIR"/zookeeper/{zookeeper-server,zookeeper-ready,log4j.properties} "$IMAGES_DIR/lib/oci.sh"
+		cat "$REPO_ROOT"/zookeeper/{VERSION,pom.xml,logback.xml,install.sh} "$home/conf/logback.xml"
+		cat "$IMAGES_DIR"/zookeeper/{zookeeper-server,zookeeper-ready,metrics-pom.xml,metrics-jars.sh} "$IMAGES_DIR/lib/oci.sh"
+		(cd "$home/lib" && sha256sum -- *.jar)
+		(cd "$work/metrics-lib" && sha256sum -- *.jar)
 		declare -f build_zookeeper
 	) | sha256sum | cut -c1-16)
 	local cached="$CACHE_DIR/images/zookeeper-$ZOOKEEPER_VERSION-$key.tar"
 	if [[ ! -s $cached ]]; then
 		log "building $ref with mmdebstrap ($DEBIAN_SUITE: $ZOOKEEPER_PACKAGES)"
-		local work start=$SECONDS
-		work=$(mktemp -d)
+		local start=$SECONDS
 		mmdebstrap --quiet --variant=essential --include="$ZOOKEEPER_PACKAGES" \
 			--aptopt='APT::Install-Recommends "false"' \
 			--dpkgopt='path-exclude=/usr/share/doc/*' \
@@ -125,28 +139,32 @@ build_zookeeper() {
 			--dpkgopt='path-exclude=/usr/share/locale/*' \
 			--dpkgopt='path-exclude=/usr/share/info/*' \
 			--setup-hook='mkdir -p "$1/usr/share/man/man1"' \
-			--customize-hook='mkdir -p "$1/data" "$1/conf" "$1/etc/zookeeper/taskcluster"' \
+			--customize-hook='mkdir -p "$1/data" "$1/conf"' \
 			--customize-hook='echo "zookeeper:x:1000:1000:ZooKeeper:/data:/usr/sbin/nologin" >>"$1/etc/passwd"' \
 			--customize-hook='echo "zookeeper:x:1000:" >>"$1/etc/group"' \
 			--customize-hook='chown 1000:1000 "$1/data" "$1/conf"' \
 			--customize-hook="copy-in $IMAGES_DIR/zookeeper/zookeeper-server $IMAGES_DIR/zookeeper/zookeeper-ready /usr/local/bin" \
-			--customize-hook="copy-in $IMAGES_DIR/zookeeper/log4j.properties /etc/zookeeper/taskcluster" \
 			--customize-hook='rm -rf "$1/var/cache/apt" "$1/var/lib/apt/lists" "$1/var/log"/*' \
 			"$DEBIAN_SUITE" "$work/root" "$DEBIAN_MIRROR"
 		chmod 0755 "$work/root/usr/local/bin/zookeeper-server" "$work/root/usr/local/bin/zookeeper-ready"
+		# Owned by root and read-only to the server's uid.
+		install -d -m 0755 "$work/root/opt/zookeeper/lib" "$work/root/opt/zookeeper/conf"
+		install -m 0644 "$home"/lib/*.jar "$work"/metrics-lib/*.jar "$work/root/opt/zookeeper/lib/"
+		install -m 0644 "$home/conf/logback.xml" "$work/root/opt/zookeeper/conf/"
 		oci_layer_from_dir "$work/root" "$work/layer.tar"
 		local config
 		config=$(jq -cn '{
 			User: "1000:1000", Entrypoint: ["/usr/local/bin/zookeeper-server"], WorkingDir: "/data",
 			Env: ["PATH=/usr/local/bin:/usr/bin:/bin", "ZK_HEAP=256m"],
-			ExposedPorts: {"2181/tcp": {}, "2888/tcp": {}, "3888/tcp": {}},
+			ExposedPorts: {"2181/tcp": {}, "2888/tcp": {}, "3888/tcp": {}, "7000/tcp": {}},
 			Volumes: {"/data": {}}
 		}')
 		mkdir -p "$CACHE_DIR/images"
 		oci_archive "$cached" "$ref" "$config" "$work/layer.tar"
-		rm -rf "$work"
 		log "built the ZooKeeper image in $((SECONDS - start)) s"
 	fi
+	rm -rf "$work"
+	trap - EXIT
 	mkdir -p "$IMAGES_OUT"
 	ln -f "$cached" "$IMAGES_OUT/zookeeper.tar" 2>/dev/null || cp "$cached" "$IMAGES_OUT/zookeeper.tar"
 	log "wrote $IMAGES_OUT/zookeeper.tar ($(du -h "$cached" | cut -f1))"
