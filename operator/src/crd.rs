@@ -12,8 +12,24 @@ use serde::{Deserialize, Serialize};
 pub const OPERATOR_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Image repository of the master/worker binary.
 pub const NODE_IMAGE_REPOSITORY: &str = "taskcluster/node";
+/// Image repository of the ZooKeeper servers.
+pub const ZOOKEEPER_IMAGE_REPOSITORY: &str = "taskcluster/zookeeper";
+/// The ZooKeeper release the project pins in `zookeeper/VERSION`: the default ZooKeeper
+/// image's tag.
+pub const ZOOKEEPER_VERSION: &str = include_str!("../../zookeeper/VERSION").trim_ascii();
+
 /// The ZooKeeper image used when the spec names none.
-pub const DEFAULT_ZOOKEEPER_IMAGE: &str = "taskcluster/zookeeper:3.8.0";
+pub fn default_zookeeper_image() -> String {
+    format!("{ZOOKEEPER_IMAGE_REPOSITORY}:{ZOOKEEPER_VERSION}")
+}
+
+fn zookeeper_image_description() -> String {
+    format!(
+        "ZooKeeper image. Defaults to `{}`. Another image must start the server the same way \
+         and carry ZooKeeper's Prometheus metrics provider, which the configuration enables.",
+        default_zookeeper_image()
+    )
+}
 
 /// A master/worker task-processing cluster coordinated by its own ZooKeeper ensemble.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -167,9 +183,9 @@ pub struct ZooKeeperSpec {
     )]
     pub replicas: i32,
 
-    /// ZooKeeper image. Defaults to `taskcluster/zookeeper:3.8.0`.
+    /// ZooKeeper image; [`default_zookeeper_image`] when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 512))]
+    #[schemars(length(min = 1, max = 512), description = zookeeper_image_description())]
     pub image: Option<String>,
 
     /// Java heap of each server, e.g. `256m` or `1g`. Keep it below the memory limit.
@@ -367,6 +383,6 @@ impl TaskClusterSpec {
     }
 
     pub fn zookeeper_image(&self) -> String {
-        self.zookeeper.image.clone().unwrap_or_else(|| DEFAULT_ZOOKEEPER_IMAGE.to_string())
+        self.zookeeper.image.clone().unwrap_or_else(default_zookeeper_image)
     }
 }

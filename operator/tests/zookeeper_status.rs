@@ -2,7 +2,8 @@
 //! leader through failover, reads the credential-protected tree without credentials, and
 //! fails fast, dropping its session, when the ensemble goes away.
 //!
-//! Needs Debian's `zookeeper` package and a JRE (as the runtime's tests do).
+//! Needs a JRE and the pinned ZooKeeper that `zookeeper/install.sh` installs (as the runtime's
+//! tests do).
 
 use std::time::{Duration, Instant};
 

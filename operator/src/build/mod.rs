@@ -288,6 +288,63 @@ mod tests {
     }
 
     #[test]
+    fn zookeeper_serves_prometheus_metrics_that_scrapers_may_reach() {
+        let c = children(&fixtures::example());
+        let cfg = &c.config_map.data.as_ref().unwrap()["zoo.cfg"];
+        for line in [
+            "metricsProvider.className=org.apache.zookeeper.metrics.prometheus.PrometheusMetricsProvider\n",
+            "metricsProvider.httpHost=0.0.0.0\n",
+            "metricsProvider.httpPort=7000\n",
+            // The provider brings Jetty onto the classpath, which would start the admin server.
+            "admin.enableServer=false\n",
+        ] {
+            assert!(cfg.contains(line), "{line} missing from\n{cfg}");
+        }
+
+        let template = &c.stateful_set.spec.as_ref().unwrap().template;
+        let annotations = template.metadata.as_ref().unwrap().annotations.clone().unwrap();
+        assert_eq!(annotations["prometheus.io/scrape"], "true");
+        assert_eq!(annotations["prometheus.io/port"], "7000");
+        let ports = template.spec.as_ref().unwrap().containers[0].ports.clone().unwrap();
+        let metrics = ports.iter().find(|p| p.name.as_deref() == Some("metrics")).unwrap();
+        assert_eq!(metrics.container_port, 7000);
+
+        let service_port = |s: &Service, name: &str| {
+            s.spec.as_ref().unwrap().ports.as_ref().unwrap().iter().find(|p| p.name.as_deref() == Some(name)).cloned()
+        };
+        assert_eq!(service_port(&c.headless_service, "metrics").map(|p| p.port), Some(7000));
+        assert!(service_port(&c.client_service, "metrics").is_none(), "clients are not sent to the metrics port");
+
+        let rules = c.network_policy.spec.unwrap().ingress.unwrap();
+        let admits = |port: i32| {
+            rules
+                .iter()
+                .filter(move |r| r.ports.as_ref().unwrap().iter().any(|p| p.port == Some(IntOrString::Int(port))))
+        };
+        let metrics_rules: Vec<_> = admits(7000).collect();
+        assert_eq!(metrics_rules.len(), 1);
+        assert!(metrics_rules[0].from.is_none(), "any scraper reaches the metrics port");
+        assert_eq!(metrics_rules[0].ports.as_ref().unwrap().len(), 1, "and nothing else through that rule");
+        for port in [2181, 2888, 3888] {
+            assert!(admits(port).all(|r| r.from.is_some()), "port {port} admits only named peers");
+        }
+    }
+
+    #[test]
+    fn the_default_zookeeper_image_is_the_pinned_release() {
+        let pinned = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../zookeeper/VERSION")).unwrap();
+        let c = children(&fixtures::example());
+        let container = &c.stateful_set.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+        assert_eq!(container.image, Some(format!("taskcluster/zookeeper:{}", pinned.trim())));
+
+        let mut tc = fixtures::example();
+        tc.spec.zookeeper.image = Some("registry.example/zookeeper:custom".into());
+        let c = children(&tc);
+        let container = &c.stateful_set.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+        assert_eq!(container.image.as_deref(), Some("registry.example/zookeeper:custom"));
+    }
+
+    #[test]
     fn storage_follows_the_spec() {
         let c = children(&fixtures::example());
         let claims = c.stateful_set.spec.as_ref().unwrap().volume_claim_templates.clone().unwrap();

@@ -13,7 +13,7 @@ use rand::distr::{Alphanumeric, SampleString};
 
 use super::labels::{self, Component, Names, CLIENT_LABEL};
 use super::nodes::DIGEST_KEY;
-use super::zookeeper::{CLIENT_PORT, ELECTION_PORT, PEER_PORT};
+use super::zookeeper::{CLIENT_PORT, ELECTION_PORT, METRICS_PORT, PEER_PORT};
 use super::{Owner, Settings};
 
 /// ZooKeeper digest user of every TaskCluster; the password is what differs.
@@ -51,7 +51,9 @@ fn pods(labels: BTreeMap<String, String>) -> NetworkPolicyPeer {
 }
 
 /// ZooKeeper accepts clients only from this cluster's pods, pods labelled as its clients,
-/// and the operator; peers only from its own servers.
+/// and the operator; peers only from its own servers. Its metrics port is open to any
+/// scraper, like the masters' and workers' `/metrics`: read-only counters, wherever
+/// Prometheus runs.
 pub fn network_policy(owner: &Owner, names: &Names, settings: &Settings) -> NetworkPolicy {
     let mut clients = vec![
         pods(labels::instance_selector(&names.instance)),
@@ -87,6 +89,7 @@ pub fn network_policy(owner: &Owner, names: &Names, settings: &Settings) -> Netw
                     from: Some(vec![pods(labels::selector(&names.instance, Component::ZooKeeper))]),
                     ports: Some(vec![tcp(PEER_PORT), tcp(ELECTION_PORT)]),
                 },
+                NetworkPolicyIngressRule { from: None, ports: Some(vec![tcp(METRICS_PORT)]) },
             ]),
             ..Default::default()
         }),

@@ -20,6 +20,10 @@ use crate::validate::ValidSpec;
 pub const CLIENT_PORT: i32 = 2181;
 pub const PEER_PORT: i32 = 2888;
 pub const ELECTION_PORT: i32 = 3888;
+/// ZooKeeper's own Prometheus endpoint (`/metrics`), served by its metrics provider.
+pub const METRICS_PORT: i32 = 7000;
+/// The metrics provider the image carries (ZooKeeper's `zookeeper-prometheus-metrics`).
+const METRICS_PROVIDER: &str = "org.apache.zookeeper.metrics.prometheus.PrometheusMetricsProvider";
 /// Bounds the servers grant to sessions; the CRD's sessionTimeout range matches them.
 const TICK_MS: u32 = 2000;
 const ZOOKEEPER_UID: i64 = 1000;
@@ -34,7 +38,8 @@ fn port(name: &str, number: i32) -> ServicePort {
 }
 
 /// Stable network identities for the peers; published before readiness so an ensemble
-/// that has no quorum yet can still find itself.
+/// that has no quorum yet can still find itself, and a server without a quorum is still
+/// scraped (its `metrics` port, for a ServiceMonitor).
 pub fn headless_service(owner: &Owner, names: &Names) -> Service {
     Service {
         metadata: owner.meta(&names.zookeeper_headless, Component::ZooKeeper),
@@ -42,7 +47,12 @@ pub fn headless_service(owner: &Owner, names: &Names) -> Service {
             cluster_ip: Some("None".into()),
             publish_not_ready_addresses: Some(true),
             selector: Some(labels::selector(&names.instance, Component::ZooKeeper)),
-            ports: Some(vec![port("client", CLIENT_PORT), port("peer", PEER_PORT), port("election", ELECTION_PORT)]),
+            ports: Some(vec![
+                port("client", CLIENT_PORT),
+                port("peer", PEER_PORT),
+                port("election", ELECTION_PORT),
+                port("metrics", METRICS_PORT),
+            ]),
             ..Default::default()
         }),
         ..Default::default()
@@ -63,7 +73,9 @@ pub fn client_service(owner: &Owner, names: &Names) -> Service {
 }
 
 /// `zoo.cfg` listing every server by its stable DNS name; server ids are ordinal + 1, which
-/// the image writes to /data/myid from the pod's host name.
+/// the image writes to /data/myid from the pod's host name. Four-letter words: `ruok` for the
+/// probes, `srvr` and `mntr` for people. The admin server stays off (the metrics provider's
+/// Jetty would otherwise start it on 8080); reconfiguration is off, the server list is fixed.
 pub fn zoo_cfg(names: &Names, namespace: &str, replicas: i32, cluster_domain: &str) -> String {
     let mut cfg = format!(
         "tickTime={TICK_MS}\n\
@@ -79,7 +91,11 @@ pub fn zoo_cfg(names: &Names, namespace: &str, replicas: i32, cluster_domain: &s
          4lw.commands.whitelist=ruok,srvr,mntr\n\
          admin.enableServer=false\n\
          reconfigEnabled=false\n\
-         quorumListenOnAllIPs=true\n",
+         quorumListenOnAllIPs=true\n\
+         metricsProvider.className={METRICS_PROVIDER}\n\
+         metricsProvider.httpHost=0.0.0.0\n\
+         metricsProvider.httpPort={METRICS_PORT}\n\
+         metricsProvider.exportJvmInfo=true\n",
         TICK_MS * 2,
         TICK_MS * 20,
     );
@@ -159,6 +175,7 @@ pub fn stateful_set(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &
             ContainerPort { name: Some("client".into()), container_port: CLIENT_PORT, ..Default::default() },
             ContainerPort { name: Some("peer".into()), container_port: PEER_PORT, ..Default::default() },
             ContainerPort { name: Some("election".into()), container_port: ELECTION_PORT, ..Default::default() },
+            ContainerPort { name: Some("metrics".into()), container_port: METRICS_PORT, ..Default::default() },
         ]),
         readiness_probe: Some(ready_probe(5, 5, 3)),
         // `ruok` answers while the server runs, quorum or not: restarts only a hung JVM.
@@ -200,7 +217,12 @@ pub fn stateful_set(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels::labels(&names.instance, Component::ZooKeeper)),
-                    annotations: Some(BTreeMap::from([(CONFIG_HASH.to_string(), labels::stable_hash(cfg.as_bytes()))])),
+                    // Scraped like the masters and workers (nodes.rs).
+                    annotations: Some(BTreeMap::from([
+                        (CONFIG_HASH.to_string(), labels::stable_hash(cfg.as_bytes())),
+                        ("prometheus.io/scrape".to_string(), "true".to_string()),
+                        ("prometheus.io/port".to_string(), METRICS_PORT.to_string()),
+                    ])),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
