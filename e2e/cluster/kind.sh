@@ -15,8 +15,9 @@ REPO_ROOT="$(cd "$CLUSTER_DIR/../.." && pwd)"
 NAME=taskcluster-e2e
 KUBECONFIG_OUT="${TASKCLUSTER_E2E_KUBECONFIG:-$HOME/.kube/taskcluster-e2e.kubeconfig}"
 VERSION="$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' "$REPO_ROOT/Cargo.toml")"
+ZOOKEEPER_VERSION="$(tr -d '[:space:]' <"$REPO_ROOT/zookeeper/VERSION")"
 # The same names the local provider imports with `ctr images import`.
-IMAGES=("taskcluster/node:$VERSION" "taskcluster/operator:$VERSION" "taskcluster/zookeeper:3.8.0")
+IMAGES=("taskcluster/node:$VERSION" "taskcluster/operator:$VERSION" "taskcluster/zookeeper:$ZOOKEEPER_VERSION")
 
 log() { printf '%s [kind-cluster] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -27,7 +28,7 @@ need() { command -v "$1" >/dev/null || die "$1 is not installed: $2"; }
 cmd_load_images() {
 	docker build -f "$REPO_ROOT/images/node/Dockerfile" -t "${IMAGES[0]}" "$REPO_ROOT"
 	docker build -f "$REPO_ROOT/images/operator/Dockerfile" -t "${IMAGES[1]}" "$REPO_ROOT"
-	docker build -t "${IMAGES[2]}" "$REPO_ROOT/images/zookeeper"
+	docker build -f "$REPO_ROOT/images/zookeeper/Dockerfile" -t "${IMAGES[2]}" "$REPO_ROOT"
 	# local.sh: ctr -n k8s.io images import
 	kind load docker-image --name "$NAME" "${IMAGES[@]}"
 }

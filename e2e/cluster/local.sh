@@ -329,11 +329,13 @@ cmd_status() {
 }
 
 # Proves the cluster end to end: a ZooKeeper StatefulSet from the imported image, found
-# by its stable DNS name and through a ClusterIP Service from another pod.
+# by its stable DNS name and through a ClusterIP Service from another pod, and its metrics.
+# The manifest names the image's tag @ZOOKEEPER_VERSION@ (zookeeper/VERSION).
 cmd_smoke() {
 	load_bin_paths
 	local start=$SECONDS
-	kubectl_admin apply -f "$CLUSTER_DIR/manifests/smoke.yaml" >/dev/null
+	sed "s/@ZOOKEEPER_VERSION@/$ZOOKEEPER_VERSION/g" "$CLUSTER_DIR/manifests/smoke.yaml" |
+		kubectl_admin apply -f - >/dev/null
 	if ! kubectl_admin -n taskcluster-smoke wait --for=condition=complete job/resolve-and-ask --timeout=180s; then
 		kubectl_admin -n taskcluster-smoke get pods -o wide || true
 		kubectl_admin -n taskcluster-smoke get events --sort-by=.lastTimestamp || true

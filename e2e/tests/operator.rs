@@ -232,6 +232,18 @@ async fn example_becomes_ready_and_its_leader_is_a_running_master() {
         ensure(label(&pod, "app.kubernetes.io/instance") == Some(name.as_str()), || {
             format!("leader {leader_name} belongs to another TaskCluster: labels {:?}", pod.metadata.labels)
         })?;
+
+        // Each ZooKeeper server's own Prometheus metrics, read from another pod through the
+        // headless Service's stable name.
+        let servers = object.data["spec"]["zookeeper"]["replicas"].as_i64().unwrap_or(3);
+        for ordinal in 0..servers {
+            let url = format!("http://{name}-zookeeper-{ordinal}.{name}-zookeeper-headless.{ns}.svc:7000/metrics");
+            let metrics =
+                e2e.tools.kubectl(&["exec", "-n", &ns, &leader_name, "--", "wget", "-q", "-O", "-", &url]).await?;
+            ensure(metrics.lines().any(|l| l.starts_with("znode_count ")), || {
+                format!("{url} serves no znode_count:\n{}", metrics.lines().take(20).collect::<Vec<_>>().join("\n"))
+            })?;
+        }
         Ok(())
     })
     .await;
