@@ -65,6 +65,9 @@ struct Worker {
     inbox: Option<String>,
     /// Whether `inbox` was learnt for this incarnation (a failed look is repeated).
     inbox_known: bool,
+    /// A write to it failed or its outcome is unknown: `holding` is the last thing known, and
+    /// a read must confirm it before anything else is planned for this worker.
+    stale: bool,
 }
 
 /// One planned assignment: write `task` into the worker's znode at `version`, and announce it
@@ -264,12 +267,15 @@ impl Board {
             if data.is_empty() { Holding::Free } else { Holding::Task(String::from_utf8_lossy(data).into_owned()) };
         let previous = match self.workers.get(wid) {
             Some(w) if version < w.version => return None,
-            Some(w) if version == w.version && w.holding != Holding::Unknown => return None,
+            Some(w) if version == w.version && w.holding != Holding::Unknown && !w.stale => return None,
             Some(w) => Some(w.holding.clone()),
             None => None,
         };
         let (inbox, inbox_known) = self.workers.get(wid).map(|w| (w.inbox.clone(), w.inbox_known)).unwrap_or_default();
-        self.workers.insert(wid.to_string(), Worker { version, holding: holding.clone(), created, inbox, inbox_known });
+        self.workers.insert(
+            wid.to_string(),
+            Worker { version, holding: holding.clone(), created, inbox, inbox_known, stale: false },
+        );
         if holding == Holding::Free {
             self.free.push_back(wid.to_string());
         }
@@ -424,11 +430,21 @@ impl Board {
     }
 
     /// A revocation was rejected: the worker changed meanwhile; re-read it.
-    pub fn revocation_failed(&mut self, wid: &str) {
-        if let Some(worker) = self.workers.get_mut(wid) {
-            if worker.holding == Holding::Revoking {
-                worker.holding = Holding::Unknown;
-            }
+    /// A revocation of `task` from `wid` was rejected or its outcome is unknown. The worker may
+    /// still run the task, so it stays assigned there (its timeout starts again) until a read
+    /// of the worker shows what became of it; it is never handed to another worker before.
+    pub fn revocation_failed(&mut self, wid: &str, task: &str) {
+        let Some(worker) = self.workers.get_mut(wid) else {
+            // The worker is gone: its death was seen meanwhile and resolves the task.
+            self.requeue(task);
+            return;
+        };
+        if worker.holding == Holding::Revoking {
+            worker.holding = Holding::Task(task.to_string());
+            worker.stale = true;
+        }
+        if self.tasks.get(task).is_some_and(|t| t.state == TaskState::Resolving) {
+            self.set_state(task, TaskState::Assigned { worker: wid.to_string(), since: Instant::now() });
         }
     }
 
@@ -449,7 +465,7 @@ impl Board {
 
     /// Workers whose state must be re-read: after a rejected write, or to learn their inbox.
     pub fn workers_needing_read(&self) -> Vec<String> {
-        let needed = |w: &Worker| w.holding == Holding::Unknown || !w.inbox_known;
+        let needed = |w: &Worker| w.holding == Holding::Unknown || w.stale || !w.inbox_known;
         self.workers.iter().filter(|(_, w)| needed(w)).map(|(id, _)| id.clone()).collect()
     }
 }
@@ -645,6 +661,26 @@ mod tests {
         b.revoked("w1", 2);
         b.requeue("t1");
         assert_eq!(b.plan(10)[0].task, "t1");
+    }
+
+    #[test]
+    fn a_failed_revocation_leaves_the_task_with_its_worker_until_a_read_tells() {
+        let mut b = board_with(&["t1"], &["w1", "w2"]);
+        // Adopted at a rebuild: w1 holds t1 (no assignment of ours).
+        b.worker_read("w1", b"t1", 3, 1);
+        let later = Instant::now() + Duration::from_secs(5);
+        assert_eq!(b.expired(Duration::from_secs(1), later).len(), 1);
+        b.revocation_failed("w1", "t1");
+        assert!(b.plan(10).is_empty(), "t1 must not go to w2 while w1 may still run it");
+        assert_eq!(b.holder_of("t1"), Some("w1"));
+        assert_eq!(b.workers_needing_read(), vec!["w1".to_string()]);
+        // The read shows w1 still holding it: nothing changes, the timeout applies again.
+        assert_eq!(b.worker_read("w1", b"t1", 3, 1), None);
+        assert!(b.workers_needing_read().is_empty());
+        assert!(b.plan(10).is_empty());
+        // Or it shows w1 free again without a result: the task came back.
+        let action = b.worker_read("w1", b"", 4, 1);
+        assert_eq!(action, Some(Action::Resolve { task: "t1".into(), reason: ReturnReason::Returned }));
     }
 
     #[test]

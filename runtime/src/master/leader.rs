@@ -713,13 +713,17 @@ impl<'a> Leader<'a> {
                 match result {
                     Ok(resolution) => self.resolved(&task, &reason, resolution),
                     Err(error) if error.is_fenced() => self.fenced(&error),
-                    Err(error) => {
-                        tracing::warn!(%error, %task, "cannot record the attempt; retrying the task");
-                        if let ReturnReason::TimedOut { worker, .. } = &reason {
-                            self.board.revocation_failed(worker);
+                    Err(error) => match &reason {
+                        // The worker may still hold the task: it stays there until a read tells.
+                        ReturnReason::TimedOut { worker, .. } => {
+                            tracing::warn!(%error, %task, %worker, "revocation not applied; reading the worker again");
+                            self.board.revocation_failed(worker, &task);
                             self.read_worker(worker.clone());
-                        }
-                        self.board.requeue(&task);
+                        },
+                        _ => {
+                            tracing::warn!(%error, %task, "cannot record the attempt; retrying the task");
+                            self.board.requeue(&task);
+                        },
                     },
                 }
             },
@@ -759,6 +763,10 @@ impl<'a> Leader<'a> {
     fn resolved(&mut self, task: &str, reason: &ReturnReason, resolution: Resolution) {
         if let Some((worker, version)) = &resolution.revoked {
             self.board.revoked(worker, *version);
+        }
+        if resolution.finished {
+            // A result landed meanwhile; its event marks the task done.
+            return;
         }
         if resolution.counted_failure || matches!(reason, ReturnReason::Returned) && resolution.attempts > 0 {
             self.board.mark_records(task);

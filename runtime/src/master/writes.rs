@@ -94,6 +94,8 @@ pub struct Resolution {
     pub dead_lettered: bool,
     /// For a timeout: the revoked worker's new znode version.
     pub revoked: Option<(String, i32)>,
+    /// The task already has a result (or is gone): nothing to retry, its event follows.
+    pub finished: bool,
 }
 
 /// Reads the attempts record, counts a failed attempt when the worker could not, revokes a
@@ -122,7 +124,19 @@ pub async fn resolve(
     if counts_failure {
         record.attempts += 1;
     }
-    let dead = record.attempts >= max_attempts;
+    let mut dead = record.attempts >= max_attempts;
+    // The dead letter is written only into a task without a result, at the version read here,
+    // so a result that landed meanwhile (a late worker's) is never overwritten.
+    let (mut unfinished_at, mut finished, mut letter_at) = (None, false, None);
+    if dead {
+        match client.get_data(&paths::task(task)).await {
+            Ok((data, stat)) if data.is_empty() => unfinished_at = Some(stat.version),
+            Ok(_) | Err(ZkError::NoNode) => (dead, finished) = (false, true),
+            Err(err) => return Err(classify_zk(err)),
+        }
+        // A dead letter left by an earlier task of the same id is replaced, not a conflict.
+        letter_at = client.check_stat(&paths::deadletter(task)).await.map_err(classify_zk)?.map(|stat| stat.version);
+    }
     let options = CreateMode::Persistent.with_acls(acls);
     let mut writer = lock.new_check_writer();
     let mut ops = 0;
@@ -140,17 +154,29 @@ pub async fn resolve(
         writer.add_set_data(&paths::worker(worker), b"", Some(*version)).map_err(WriteError::Other)?;
         revoked_at = Some((ops, worker.clone()));
         ops += 1;
-        if let Some(inbox) = inbox {
-            writer.add_delete(&paths::inbox_entry(inbox, task), None).map_err(WriteError::Other)?;
-            ops += 1;
+        // An assignment that came without an entry (a seed-style master's, or one adopted at
+        // a rebuild) has none to delete. The entry cannot go between this look and the multi
+        // without the worker's znode changing too, which the version check above catches.
+        if let Some(entry) = inbox.as_deref().map(|inbox| paths::inbox_entry(inbox, task)) {
+            if client.check_stat(&entry).await.map_err(classify_zk)?.is_some() {
+                writer.add_delete(&entry, None).map_err(WriteError::Other)?;
+                ops += 1;
+            }
         }
     }
-    if dead {
+    if let Some(task_version) = unfinished_at {
         let message = format!("dead-lettered after {} attempts: {}", record.attempts, record.last_error);
-        writer.add_set_data(&paths::task(task), &records::failure_result(&message), None).map_err(WriteError::Other)?;
+        writer
+            .add_set_data(&paths::task(task), &records::failure_result(&message), Some(task_version))
+            .map_err(WriteError::Other)?;
         let letter =
             DeadLetter { attempts: record.attempts, error: record.last_error.clone(), at_ms: records::now_ms() };
-        writer.add_create(&paths::deadletter(task), &records::encode(&letter), &options).map_err(WriteError::Other)?;
+        let letter = records::encode(&letter);
+        match letter_at {
+            Some(version) => writer.add_set_data(&paths::deadletter(task), &letter, Some(version)),
+            None => writer.add_create(&paths::deadletter(task), &letter, &options).map(drop),
+        }
+        .map_err(WriteError::Other)?;
         ops += 2;
     }
     let mut revoked = None;
@@ -162,7 +188,13 @@ pub async fn resolve(
             }
         }
     }
-    Ok(Resolution { attempts: record.attempts, counted_failure: counts_failure, dead_lettered: dead, revoked })
+    Ok(Resolution {
+        attempts: record.attempts,
+        counted_failure: counts_failure,
+        dead_lettered: dead,
+        revoked,
+        finished,
+    })
 }
 
 /// Whether `reason` costs the task an attempt; notes the error in the record when it does.
