@@ -14,6 +14,19 @@ pub fn failure_result(message: &str) -> Vec<u8> {
     out
 }
 
+/// What an empty result is stored as: empty data in `/tasks/<id>` means "no result yet", so an
+/// empty result is the single byte NUL, which no other result is (docs/protocol.md).
+pub const EMPTY_RESULT: &[u8] = b"\0";
+
+/// The bytes that `/tasks/<id>` holds for a successful `result`.
+pub fn stored_result(result: &[u8]) -> &[u8] {
+    if result.is_empty() {
+        EMPTY_RESULT
+    } else {
+        result
+    }
+}
+
 /// The outcome a client reads from `/tasks/<id>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TaskOutcome {
@@ -25,6 +38,7 @@ impl TaskOutcome {
     pub fn from_result(data: Vec<u8>) -> Self {
         match data.strip_prefix(FAILURE_PREFIX) {
             Some(message) => TaskOutcome::Failed(String::from_utf8_lossy(message).into_owned()),
+            None if data == EMPTY_RESULT => TaskOutcome::Succeeded(Vec::new()),
             None => TaskOutcome::Succeeded(data),
         }
     }
@@ -137,6 +151,15 @@ mod tests {
         assert!(failed.is_failure());
         assert_eq!(TaskOutcome::from_result(b"42".to_vec()), TaskOutcome::Succeeded(b"42".to_vec()));
         assert_eq!(TaskOutcome::from_result(b"\0FAILED".to_vec()), TaskOutcome::Succeeded(b"\0FAILED".to_vec()));
+    }
+
+    #[test]
+    fn an_empty_result_is_stored_as_data_and_read_back_empty() {
+        let stored = stored_result(b"");
+        assert!(!stored.is_empty(), "an empty result must not look pending");
+        assert_eq!(TaskOutcome::from_result(stored.to_vec()), TaskOutcome::Succeeded(Vec::new()));
+        assert_eq!(stored_result(b"x"), b"x");
+        assert_eq!(TaskOutcome::from_result(b"\0\0".to_vec()), TaskOutcome::Succeeded(b"\0\0".to_vec()));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::cli::HandlerKind;
 use crate::paths::MAX_PAYLOAD_BYTES;
-use crate::records::FAILURE_PREFIX;
+use crate::records::{EMPTY_RESULT, FAILURE_PREFIX};
 
 #[derive(Clone, Debug)]
 pub enum Handler {
@@ -44,6 +44,9 @@ impl Handler {
         }
         if result.starts_with(FAILURE_PREFIX) {
             return Err("result starts with the failure marker and cannot be stored as a success".into());
+        }
+        if result == EMPTY_RESULT {
+            return Err("result is the single byte NUL, which stands for the empty result".into());
         }
         Ok(result)
     }

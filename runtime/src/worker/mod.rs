@@ -63,10 +63,7 @@ pub async fn run(ctx: &WorkerContext, shutdown: &CancellationToken) -> Result<()
         if end == WorkerEnd::Shutdown {
             // Deregister explicitly, then close: the leader sees us leave at once. An inbox
             // still holding an entry is left to the leader, which removes departed workers'.
-            match client.delete(&paths::worker(&ctx.id), None).await {
-                Ok(()) | Err(ZkError::NoNode) => tracing::info!("deregistered"),
-                Err(error) => tracing::warn!(%error, "cannot deregister; the session close removes us"),
-            }
+            deregister(&client, &ctx.id).await;
             let _ = client.delete(&dir, None).await;
             connect::close(client).await;
             break;
@@ -74,6 +71,23 @@ pub async fn run(ctx: &WorkerContext, shutdown: &CancellationToken) -> Result<()
         connect::close(client).await;
     }
     Ok(())
+}
+
+/// Deletes our registration, and only ours: a worker stopped while waiting for its id to be
+/// free must not delete the registration of the session that holds it.
+async fn deregister(client: &Client, id: &str) {
+    let path = paths::worker(id);
+    // An ephemeral znode of our live session stays ours until it is deleted, so the look
+    // cannot be overtaken by another registration.
+    let deleted = match client.check_stat(&path).await {
+        Ok(Some(stat)) if stat.ephemeral_owner == client.session_id().0 => client.delete(&path, None).await,
+        Ok(_) => return,
+        Err(error) => Err(error),
+    };
+    match deleted {
+        Ok(()) | Err(ZkError::NoNode) => tracing::info!("deregistered"),
+        Err(error) => tracing::warn!(%error, "cannot deregister; the session close removes us"),
+    }
 }
 
 /// One registration with the session of `client`, served until it ends.
@@ -97,6 +111,9 @@ async fn session(
     Ok(end)
 }
 
+/// How often a worker whose id is held by a live session tries to register again.
+const REGISTER_RETRY: Duration = Duration::from_secs(1);
+
 /// Creates our ephemeral znode and, in the same multi, our inbox (see [`serve`]). A znode left
 /// by our previous session (a restart within the session timeout) is waited out. Returns false
 /// on shutdown.
@@ -109,6 +126,7 @@ async fn register(
     let path = paths::worker(&ctx.id);
     let ephemeral = CreateMode::Ephemeral.with_acls(ctx.target.acls());
     let persistent = CreateMode::Persistent.with_acls(ctx.target.acls());
+    let mut warned = false;
     loop {
         let mut writer = client.new_multi_writer();
         writer.add_create(&path, b"", &ephemeral)?;
@@ -123,11 +141,27 @@ async fn register(
             // Our own multi went through before a connection loss hid its reply.
             Some(stat) if stat.ephemeral_owner == client.session_id().0 => return Ok(true),
             Some(stat) => {
-                tracing::warn!(owner = stat.ephemeral_owner, "{path} is held by another session; waiting for it to go");
-                tokio::select! {
+                if !warned {
+                    warned = true;
+                    tracing::warn!(
+                        owner = format!("{:016x}", stat.ephemeral_owner),
+                        "{path} is held by another live session: another worker runs with id {:?} (or our previous \
+                         process, until its session expires); give each worker a unique --id. Waiting for it to go",
+                        ctx.id
+                    );
+                }
+                let deleted = tokio::select! {
                     _ = shutdown.cancelled() => return Ok(false),
-                    _ = watcher.changed() => {},
-                    _ = tokio::time::sleep(ctx.target.session_timeout * 2) => {},
+                    event = watcher.changed() => event.event_type == EventType::NodeDeleted,
+                    _ = tokio::time::sleep(ctx.target.session_timeout * 2) => false,
+                };
+                // The holder's assignments change its data and fire the watch too: retry at a
+                // bounded rate unless it is gone.
+                if !deleted {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(false),
+                        _ = tokio::time::sleep(REGISTER_RETRY) => {},
+                    }
                 }
             },
             None => {},
@@ -423,11 +457,16 @@ impl Held {
 /// assignment (see [`Held`]) so a withdrawn assignment cannot complete. True when it was
 /// cleared by a write whose reply came back on the first try.
 async fn complete(client: &Client, ctx: &WorkerContext, task: &str, held: &Held, result: &[u8]) -> bool {
+    let result = records::stored_result(result);
     let mut retried = false;
+    // A task is created empty, at version 0; the result goes only into a task that has none,
+    // so a revoked run finishing late never overwrites the result of another (or the dead letter).
+    let mut unfinished_at = 0;
     loop {
         let mut writer = client.new_multi_writer();
-        let added =
-            writer.add_set_data(&paths::task(task), result, None).and_then(|_| held.add_release(&mut writer, b""));
+        let added = writer
+            .add_set_data(&paths::task(task), result, Some(unfinished_at))
+            .and_then(|_| held.add_release(&mut writer, b""));
         if let Err(error) = added {
             tracing::error!(%error, %task, "cannot build the completion");
             return false;
@@ -442,6 +481,25 @@ async fn complete(client: &Client, ctx: &WorkerContext, task: &str, held: &Held,
                 retried = true;
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
+            },
+            Err(MultiWriteError::OperationFailed { index: 0, source: ZkError::BadVersion }) => {
+                match retrying(client, is_transient, || client.get_data(&paths::task(task))).await {
+                    // Written once by a foreign client and emptied again: still unfinished.
+                    Ok((data, stat)) if data.is_empty() && stat.version != unfinished_at => {
+                        unfinished_at = stat.version;
+                        continue;
+                    },
+                    // Confirming our own write that a connection loss hid.
+                    Ok((data, _)) if retried && data == result => {
+                        ctx.metrics.count("succeeded");
+                        false
+                    },
+                    _ => {
+                        ctx.metrics.count("abandoned");
+                        tracing::warn!(%task, "the task already has a result; ours is dropped");
+                        held.clear(client).await && !retried
+                    },
+                }
             },
             Err(MultiWriteError::OperationFailed { index: 0, source: ZkError::NoNode }) => {
                 // The client gave up on the task (or retention removed it): just free ourselves.
