@@ -61,11 +61,14 @@ impl ZkArgs {
 
 #[derive(Clone, Debug, Args)]
 pub struct ServeArgs {
-    /// Identity in ZooKeeper and in status (defaults to the host name, i.e. the pod name).
+    /// Identity in ZooKeeper and in status; unique among the cluster's masters, and among its
+    /// workers. Defaults to the pod name in Kubernetes, else to `<host name>-<process id>`.
     #[arg(long, env = "TASKCLUSTER_ID")]
     pub id: Option<String>,
-    /// Address of the HTTP endpoints /metrics, /healthz and /readyz; "off" disables them.
-    #[arg(long, env = "TASKCLUSTER_LISTEN", default_value = "0.0.0.0:9090")]
+    /// Address of the HTTP endpoints /metrics, /healthz and /readyz; "off" disables them. The
+    /// default, a free loopback port, lets several processes share a machine; the address
+    /// taken is logged.
+    #[arg(long, env = "TASKCLUSTER_LISTEN", default_value = "127.0.0.1:0")]
     pub listen: String,
 }
 

@@ -68,22 +68,29 @@ pub fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
-/// The identity of this process: `--id`, else the host name (the pod name in Kubernetes).
+/// The identity of this process: `--id`, else the host name in Kubernetes (the pod name, unique
+/// there), else the host name and the process id, so that several masters and workers started
+/// on one machine without `--id` never share a name.
 pub fn default_id(explicit: Option<String>) -> String {
     explicit.unwrap_or_else(|| {
-        let mut buf = [0u8; 256];
-        // SAFETY: gethostname writes at most buf.len() bytes into buf.
-        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-        let name = if rc == 0 {
-            let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-            String::from_utf8_lossy(&buf[..end]).into_owned()
-        } else {
-            String::new()
-        };
-        if name.is_empty() {
+        let host = host_name();
+        if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() && !host.is_empty() {
+            host
+        } else if host.is_empty() {
             format!("node-{}", std::process::id())
         } else {
-            name
+            format!("{host}-{}", std::process::id())
         }
     })
+}
+
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return String::new();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
