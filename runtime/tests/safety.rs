@@ -90,6 +90,39 @@ async fn a_result_is_never_overwritten_by_a_late_worker() {
     worker.assert_no_panic();
 }
 
+/// A task that vanishes while its client waits (another client or a tool deleted it) is
+/// reported as failed; the client goes on waiting for the others and exits non-zero at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_task_fails_alone_and_the_client_waits_for_the_rest() {
+    let tc = TestCluster::new("vanished").await;
+    let zk = tc.inspector().await;
+    let _master = tc.master("m1");
+    let payloads: Vec<String> = (0..5).map(|i| format!("waits for a worker {i}")).collect();
+    let mut client = tc.submit_wait("client", &payloads);
+    // No worker yet: every task stays pending until one of them is deleted.
+    let victim = eventually_async("the client's tasks to be submitted", LONG, || async {
+        let tasks = zk.children("/tasks").await;
+        (tasks.len() == payloads.len()).then(|| tasks[0].clone())
+    })
+    .await;
+    zk.client.delete(&format!("/tasks/{victim}"), None).await.expect("delete one task");
+    let mut worker = tc.worker("w1", "seed");
+    wait_ready(&mut worker).await;
+
+    let code = client.exit_code(LONG).await;
+    assert_eq!(code, 1, "one task failed\n{}", client.describe());
+    let lines = ResultLine::parse_all(&client.stdout());
+    assert_eq!(lines.len(), payloads.len(), "one line per task\n{}", client.describe());
+    for line in &lines {
+        if line.id == victim {
+            assert!(!line.ok && line.text.contains("vanished"), "the deleted task: {line:?}");
+        } else {
+            assert!(line.ok, "the other tasks succeed: {line:?}");
+        }
+    }
+    client.assert_no_panic();
+}
+
 /// An empty payload echoed back, a blank line in a file, a command that prints nothing: each is
 /// a result, and the client reports it as one instead of waiting for its timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

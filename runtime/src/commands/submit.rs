@@ -199,6 +199,10 @@ async fn one(submitter: &Submitter, payload: &[u8], wait: bool, timeout: Duratio
         return Ok(Line::Submitted(id));
     }
     let outcome = match tokio::time::timeout(timeout, submitter.wait(&id)).await {
+        // This task is lost to us, not the run: report it and go on with the others.
+        Ok(Err(error @ SubmitError::Vanished { .. })) => {
+            return Ok(Line::Finished(id, TaskOutcome::Failed(error.to_string())))
+        },
         Ok(outcome) => outcome?,
         // Leave the task in place: a worker may still finish it, retention cleans it.
         Err(_) => return Ok(Line::Finished(id, TaskOutcome::Failed(format!("no result within {timeout:?}")))),
