@@ -8,6 +8,16 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::connect::ZkTarget;
 
+/// A duration flag: humantime syntax (`500ms`, `10s`, `2m`), and more than zero, since every
+/// duration here is a timeout, period or deadline that zero would make meaningless.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if duration.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(duration)
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "taskcluster", version, about = "Master/worker task processing coordinated by ZooKeeper")]
 pub struct Cli {
@@ -49,7 +59,7 @@ pub struct ZkArgs {
     #[arg(long, env = "TASKCLUSTER_ZK_DIGEST", hide_env_values = true)]
     pub zk_digest: Option<String>,
     /// ZooKeeper session timeout: how long a silent process keeps its leadership or registration.
-    #[arg(long, env = "TASKCLUSTER_SESSION_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TASKCLUSTER_SESSION_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub session_timeout: Duration,
 }
 
@@ -94,13 +104,13 @@ pub struct MasterArgs {
     #[arg(long, env = "TASKCLUSTER_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
     /// A running task that takes longer counts as a failed attempt.
-    #[arg(long, env = "TASKCLUSTER_TASK_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TASKCLUSTER_TASK_TIMEOUT", default_value = "60s", value_parser = positive_duration)]
     pub task_timeout: Duration,
     /// Submissions are refused once this many tasks are in /tasks.
     #[arg(long, env = "TASKCLUSTER_BACKLOG_CAP", default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub backlog_cap: u64,
     /// Results no client collected are deleted this long after completion.
-    #[arg(long, env = "TASKCLUSTER_RETENTION", default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TASKCLUSTER_RETENTION", default_value = "10m", value_parser = positive_duration)]
     pub retention: Duration,
 }
 
@@ -153,7 +163,7 @@ pub struct SubmitArgs {
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub inflight: u32,
     /// Give up waiting for a result after this long.
-    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = positive_duration)]
     pub timeout: Duration,
 }
 
