@@ -7,6 +7,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::connect::ZkTarget;
+use crate::telemetry::logging::LogFormat;
+use crate::worker::handler::HandlerKind;
 
 /// A duration flag: humantime syntax (`500ms`, `10s`, `2m`), and more than zero, since every
 /// duration here is a timeout, period or deadline that zero would make meaningless.
@@ -26,12 +28,6 @@ pub struct Cli {
     /// Log format: text for people, json for log collectors.
     #[arg(long, global = true, env = "TASKCLUSTER_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,18 +108,6 @@ pub struct MasterArgs {
     /// Results no client collected are deleted this long after completion.
     #[arg(long, env = "TASKCLUSTER_RETENTION", default_value = "10m", value_parser = positive_duration)]
     pub retention: Duration,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum HandlerKind {
-    /// The seed practical's computation: the payload's words reversed, upper-cased.
-    Seed,
-    /// Echo the payload back.
-    Echo,
-    /// Sleep for the number of milliseconds the payload names, then echo it.
-    Sleep,
-    /// Fail every task whose payload starts with "fail" (for tests of retries).
-    Fail,
 }
 
 #[derive(Clone, Debug, Args)]

@@ -11,14 +11,15 @@ use tokio_util::sync::CancellationToken;
 use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError};
 
 use super::Failure;
-use crate::cli::{BenchArgs, HandlerKind};
+use crate::cli::BenchArgs;
 use crate::client::Submitter;
 use crate::connect::ZkTarget;
 use crate::master::{self, MasterContext};
 use crate::records::{TaskOutcome, TaskSettings};
 use crate::telemetry::http::Probes;
 use crate::telemetry::metrics::{MasterMetrics, WorkerMetrics};
-use crate::worker::{self, handler::Handler, WorkerContext};
+use crate::worker::handler::{Handler, HandlerKind};
+use crate::worker::{self, WorkerContext};
 
 #[derive(Debug, Serialize)]
 pub struct BenchReport {

@@ -1,6 +1,13 @@
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::LogFormat;
+/// How log lines look (`--log-format`).
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
 
 /// Logs to stderr; `RUST_LOG` filters (default: our info, the ZooKeeper client's warnings).
 pub fn init(format: LogFormat, default_filter: &str) {
