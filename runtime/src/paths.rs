@@ -117,15 +117,23 @@ pub fn sequence_of(name: &str) -> Option<u64> {
     }
 }
 
-/// Name part of our election znodes: `_c_<uuid>-latch-<sequence>` (Curator's LeaderLatch shape).
+/// Name part of our election znodes: `_c_<session hex>-latch-<sequence>` (Curator's
+/// LeaderLatch shape).
 pub const CONTENDER_NAME: &str = "latch-";
 
-/// Whether `name` is one of our election znodes (anything else under `/master` is ignored).
-pub fn is_contender(name: &str) -> bool {
-    name.starts_with("_c_") && name.contains("-latch-") && sequence_of(name).is_some()
+/// The name our election znode gets before ZooKeeper appends the sequence number.
+pub fn contender_prefix(session: i64) -> String {
+    format!("{MASTER}/_c_{session:016x}-{CONTENDER_NAME}")
 }
 
-/// The contender that leads: the lowest sequence number among our election znodes.
+/// Whether `name` under `/master` is a proposal in the election: any sequential name (the
+/// seed's `n_…`, Curator's, ours), since they all take part in one recipe: the lowest
+/// sequence number leads. Anything else there is ignored.
+pub fn is_contender(name: &str) -> bool {
+    sequence_of(name).is_some_and(|s| s <= i32::MAX as u64)
+}
+
+/// The contender that leads: the lowest sequence number among the proposals.
 pub fn lowest_contender<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     names.into_iter().filter(|n| is_contender(n)).filter_map(|n| sequence_of(n).map(|s| (s, n))).min().map(|(_, n)| n)
 }
@@ -156,7 +164,8 @@ mod tests {
     #[test]
     fn lowest_sequence_leads_regardless_of_prefix() {
         let names = ["_c_b-latch-0000000007", "_c_a-latch-0000000009", "garbage", "n_0000000003"];
-        assert_eq!(lowest_contender(names), Some("_c_b-latch-0000000007"));
+        assert_eq!(lowest_contender(names), Some("n_0000000003"), "a seed master's proposal counts");
+        assert_eq!(lowest_contender(["_c_b-latch-0000000007", "_c_a-latch-0000000009"]), Some("_c_b-latch-0000000007"));
         assert_eq!(lowest_contender(["garbage"]), None);
     }
 

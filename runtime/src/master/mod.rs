@@ -47,9 +47,41 @@ pub async fn run(ctx: &MasterContext, shutdown: &CancellationToken) -> Result<()
     Ok(())
 }
 
+/// How often a contender that waits looks for persistent leftovers ahead of it.
+const LEFTOVER_SWEEP: Duration = Duration::from_secs(5);
+
+/// `/master` holds ephemeral proposals only (the recipe's rule). A persistent znode with a
+/// sequence number there (a tool's leftover) has no session that could ever end, so it would
+/// block every election for good: it is removed, and the log says which.
+async fn remove_persistent_proposals(client: &Client) {
+    let Ok(names) = client.list_children(paths::MASTER).await else { return };
+    for name in names.into_iter().filter(|n| paths::is_contender(n)) {
+        let path = format!("{}/{name}", paths::MASTER);
+        if let Ok(Some(stat)) = client.check_stat(&path).await {
+            if stat.ephemeral_owner == 0 {
+                match client.delete(&path, Some(stat.version)).await {
+                    Ok(()) => tracing::warn!(%path, "removed a persistent znode that blocked the election"),
+                    Err(error) => {
+                        tracing::warn!(%path, %error, "cannot remove a persistent znode that blocks the election")
+                    },
+                }
+            }
+        }
+    }
+}
+
+async fn sweep_while_contending(client: &Client) {
+    loop {
+        remove_persistent_proposals(client).await;
+        tokio::time::sleep(LEFTOVER_SWEEP).await;
+    }
+}
+
 async fn contend_and_lead(client: &Client, ctx: &MasterContext, shutdown: &CancellationToken) -> LeadEnd {
     let record = records::encode(&ContenderRecord { id: ctx.id.clone() });
-    let prefix = match LockPrefix::new_curator(paths::MASTER, paths::CONTENDER_NAME) {
+    // Our names keep Curator's shape; the empty lock name makes every sequential proposal
+    // under /master count (the seed's `n_…` too), ordered by sequence number alone.
+    let prefix = match LockPrefix::new_custom(paths::contender_prefix(client.session_id().0), "") {
         Ok(prefix) => prefix,
         Err(error) => {
             tracing::error!(%error, "invalid election path");
@@ -60,6 +92,8 @@ async fn contend_and_lead(client: &Client, ctx: &MasterContext, shutdown: &Cance
     let lock = tokio::select! {
         _ = shutdown.cancelled() => return LeadEnd::Shutdown,
         lock = client.lock(prefix, &record, LockOptions::new(ctx.target.acls())) => lock,
+        // The sweep never ends; were it to, contending again is the safe way on.
+        () = sweep_while_contending(client) => return LeadEnd::LeadershipLost,
     };
     match lock {
         Ok(lock) => {
