@@ -39,6 +39,9 @@ struct Task {
     state: TaskState,
     /// An attempts or dead-letter record may exist and must be removed with the task.
     has_records: bool,
+    /// Which task of this id it is: an id can be used again once collected, and the
+    /// retention entry of an earlier one must not touch a later one.
+    incarnation: u64,
 }
 
 /// What a worker's znode said at its last known version.
@@ -105,10 +108,15 @@ pub struct Board {
     workers: HashMap<String, Worker>,
     /// Free worker ids; entries are checked against `workers` when popped.
     free: VecDeque<String>,
-    /// Completion order for retention: (completed at, task).
-    done: VecDeque<(Instant, String)>,
+    /// Completion order for retention: (completed at, task, its incarnation). Entries of
+    /// collected tasks are dropped in bulk once they outnumber the tasks known.
+    done: VecDeque<(Instant, String, u64)>,
+    incarnations: u64,
     pub completed: u64,
 }
+
+/// Retention entries of collected tasks tolerated beyond twice the tasks known.
+const RETENTION_SLACK: usize = 1024;
 
 impl Board {
     pub fn new() -> Self {
@@ -150,7 +158,7 @@ impl Board {
         if self.tasks.contains_key(task) {
             return;
         }
-        self.tasks.insert(task.to_string(), Task { state: TaskState::Done, has_records: false });
+        self.insert_task(task);
         self.set_state(task, TaskState::Pending);
     }
 
@@ -163,12 +171,29 @@ impl Board {
                 self.free_after_completion(&worker, task);
             },
             Some(_) => self.set_state(task, TaskState::Done),
-            None => {
-                self.tasks.insert(task.to_string(), Task { state: TaskState::Done, has_records: false });
-            },
+            None => self.insert_task(task),
         }
         self.completed += 1;
-        self.done.push_back((at, task.to_string()));
+        self.retain_until(task, at);
+    }
+
+    fn insert_task(&mut self, task: &str) {
+        self.incarnations += 1;
+        let entry = Task { state: TaskState::Done, has_records: false, incarnation: self.incarnations };
+        self.tasks.insert(task.to_string(), entry);
+    }
+
+    /// Queues `task` for deletion after the retention period, counted from `at`. The queue
+    /// holds an entry per completion, including those the clients collected since: when such
+    /// entries make up most of it, they are dropped in one pass (amortised O(1) per task), so
+    /// it stays within twice the tasks known.
+    fn retain_until(&mut self, task: &str, at: Instant) {
+        let Some(incarnation) = self.tasks.get(task).map(|t| t.incarnation) else { return };
+        self.done.push_back((at, task.to_string(), incarnation));
+        if self.done.len() > 2 * self.tasks.len() + RETENTION_SLACK {
+            let tasks = &self.tasks;
+            self.done.retain(|(_, id, inc)| tasks.get(id).is_some_and(|t| t.incarnation == *inc));
+        }
     }
 
     /// Our workers write the result and clear their znode in one multi, so a result means the
@@ -223,7 +248,7 @@ impl Board {
         }
         if self.tasks.get(task).is_some_and(|t| t.state != TaskState::Done) {
             self.set_state(task, TaskState::Done);
-            self.done.push_back((at, task.to_string()));
+            self.retain_until(task, at);
         }
     }
 
@@ -323,6 +348,9 @@ impl Board {
     fn returned(&mut self, task: &str, wid: &str, reason: ReturnReason) -> Option<Action> {
         match self.tasks.get(task).map(|t| &t.state) {
             Some(TaskState::Assigned { worker, .. }) if worker == wid => {
+                // A worker's failure or give-back leaves an attempts record, and so may a
+                // death after a give-back: it goes with the task.
+                self.mark_records(task);
                 self.set_state(task, TaskState::Resolving);
                 Some(Action::Resolve { task: task.to_string(), reason })
             },
@@ -451,12 +479,12 @@ impl Board {
     /// Completed tasks older than `retention`, removed from the retention queue.
     pub fn past_retention(&mut self, retention: Duration, now: Instant) -> Vec<String> {
         let mut out = Vec::new();
-        while let Some((at, _)) = self.done.front() {
+        while let Some((at, _, _)) = self.done.front() {
             if now.duration_since(*at) < retention {
                 break;
             }
-            let Some((_, task)) = self.done.pop_front() else { break };
-            if self.tasks.get(&task).is_some_and(|t| t.state == TaskState::Done) {
+            let Some((_, task, incarnation)) = self.done.pop_front() else { break };
+            if self.tasks.get(&task).is_some_and(|t| t.state == TaskState::Done && t.incarnation == incarnation) {
                 out.push(task);
             }
         }
@@ -661,6 +689,47 @@ mod tests {
         b.revoked("w1", 2);
         b.requeue("t1");
         assert_eq!(b.plan(10)[0].task, "t1");
+    }
+
+    #[test]
+    fn retention_of_a_collected_task_spares_a_later_task_of_the_same_id() {
+        let mut b = board_with(&["t"], &[]);
+        let start = Instant::now();
+        b.task_completed("t", start);
+        b.task_deleted("t");
+        b.task_created("t");
+        b.task_completed("t", start + Duration::from_secs(60));
+        let retention = Duration::from_secs(100);
+        assert!(b.past_retention(retention, start + retention).is_empty(), "the later task is not due yet");
+        assert_eq!(b.past_retention(retention, start + Duration::from_secs(160)), vec!["t".to_string()]);
+    }
+
+    #[test]
+    fn the_retention_queue_stays_within_the_tasks_known() {
+        let mut b = Board::new();
+        let now = Instant::now();
+        for i in 0..100_000 {
+            let id = format!("t{i}");
+            b.task_created(&id);
+            b.task_completed(&id, now);
+            b.task_deleted(&id);
+        }
+        assert!(b.done.len() <= 2 * b.tasks.len() + RETENTION_SLACK, "{} entries for no task", b.done.len());
+        b.task_created("kept");
+        b.task_completed("kept", now);
+        assert_eq!(b.past_retention(Duration::ZERO, now), vec!["kept".to_string()]);
+    }
+
+    #[test]
+    fn a_given_back_task_takes_its_attempts_record_along_when_collected() {
+        let mut b = board_with(&["t1"], &["w1"]);
+        let a = b.plan(10).remove(0);
+        b.assigned(&a, 1);
+        let back = b.worker_read("w1", paths::DRAINING, 2, 1);
+        assert_eq!(back, Some(Action::Resolve { task: "t1".into(), reason: ReturnReason::GivenBack }));
+        b.requeue("t1");
+        b.task_completed("t1", Instant::now());
+        assert_eq!(b.task_deleted("t1"), Some(Action::DeleteRecords { task: "t1".into() }));
     }
 
     #[test]
