@@ -276,6 +276,25 @@ pub async fn assert_tree_drained(tc: &TestCluster) {
     let tasks = zk.children("/tasks").await;
     let data = zk.children("/data").await;
     assert!(tasks.is_empty() && data.is_empty(), "clients left tasks {tasks:?} and payloads {data:?} behind");
+    // What belongs to collected tasks under /taskcluster is the leader's to delete, shortly
+    // after the collection: attempts records, dead letters, inbox entries.
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let attempts = zk.children("/taskcluster/attempts").await;
+        let letters = zk.children("/taskcluster/deadletter").await;
+        let mut entries = Vec::new();
+        for inbox in zk.children("/taskcluster/inbox").await {
+            entries.extend(zk.children(&format!("/taskcluster/inbox/{inbox}")).await);
+        }
+        if attempts.is_empty() && letters.is_empty() && entries.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "collected tasks left attempts records {attempts:?}, dead letters {letters:?}, inbox entries {entries:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// Every task in the tree has a result (nothing pending forever), as seen by ZooKeeper.
