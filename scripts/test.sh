@@ -8,13 +8,26 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-bash scripts/deps.sh
+# Every phase is bounded, so a hang fails the run with time left for the e2e teardown and
+# diagnostics (CI stops everything at 90 minutes). A phase's SIGTERM lets it clean up; the
+# SIGKILL after it is the last resort.
+bounded() {
+	local limit=$1
+	shift
+	timeout --kill-after=120 "$limit" "$@" || {
+		local rc=$?
+		[ $rc -eq 124 ] && echo "test.sh: '$*' did not finish within ${limit}s" >&2
+		return $rc
+	}
+}
+
+bounded 900 bash scripts/deps.sh
 
 # ZooKeeper JVMs are heavy on a small machine: a few test threads at a time. The e2e crate
 # runs below, against a cluster.
 threads="${TEST_THREADS:-2}"
-cargo test --workspace --locked --exclude taskcluster-e2e -- --test-threads="$threads"
+bounded 2100 cargo test --workspace --locked --exclude taskcluster-e2e -- --test-threads="$threads"
 
 if [ "${TASKCLUSTER_E2E:-1}" != "0" ]; then
-	bash e2e/cluster/ci.sh
+	bounded 2400 bash e2e/cluster/ci.sh
 fi
