@@ -284,6 +284,16 @@ impl Board {
             Some(known) if created > known => {
                 let died = self.worker_deleted(wid);
                 self.worker_read(wid, data, version, created);
+                // The new registration holds what the old one was assigned: the assignment,
+                // planned for the old one at version 0, landed on the new one (same name,
+                // version 0 again). The task runs there, so it stays there.
+                if let Some(Action::Resolve { task, .. }) = &died {
+                    if data == task.as_bytes() {
+                        let since = Instant::now();
+                        self.set_state(task, TaskState::Assigned { worker: wid.to_string(), since });
+                        return None;
+                    }
+                }
                 return died;
             },
             _ => {},
@@ -591,6 +601,21 @@ mod tests {
         b.requeue("t1");
         assert_eq!(b.worker_read("w1", b"t1", 1, 1), None, "a late read of the old incarnation is ignored");
         assert_eq!(b.plan(10), vec![Assignment { task: "t1".into(), worker: "w1".into(), version: 0, inbox: None }]);
+    }
+
+    /// ABA across incarnations: an assignment planned for a registration at version 0 lands on
+    /// a new registration of the same name (version 0 again). The task runs there, so it stays
+    /// there: it is neither resolved as lost nor given to another worker.
+    #[test]
+    fn an_assignment_that_landed_on_a_new_incarnation_stays_there() {
+        let mut b = board_with(&["t1"], &["w1", "w2"]);
+        let a = b.plan(1).remove(0);
+        assert_eq!(a.worker, "w1");
+        // w1 registered again (creation zxid 2) before the write, which then applied to it.
+        b.assigned(&a, 1);
+        assert_eq!(b.worker_read("w1", b"t1", 1, 2), None, "the task is not lost: the new incarnation runs it");
+        assert_eq!(b.holder_of("t1"), Some("w1"));
+        assert!(b.plan(10).is_empty(), "t1 must not go to w2 as well");
     }
 
     #[test]
