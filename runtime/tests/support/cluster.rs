@@ -8,6 +8,7 @@ use super::inspect::Inspector;
 use super::metrics::{http_get, Metrics};
 use super::poll::eventually;
 use super::process::Proc;
+use super::proxy::Proxy;
 use super::zk_server::{free_port, shared_standalone, ZkCluster};
 use super::{LONG, SESSION_TIMEOUT, SHORT};
 
@@ -146,6 +147,11 @@ impl TestCluster {
     }
 
     pub fn master_with(&self, id: &str, opts: &MasterOpts) -> Proc {
+        self.master_at(&self.zk(), id, opts)
+    }
+
+    /// A master given `zk` as its `--zk` (e.g. [`TestCluster::zk_via`] a proxy).
+    pub fn master_at(&self, zk: &str, id: &str, opts: &MasterOpts) -> Proc {
         let mut flags = vec![
             "--max-attempts".to_string(),
             opts.max_attempts.to_string(),
@@ -157,7 +163,7 @@ impl TestCluster {
         if let Some(cap) = opts.backlog_cap {
             flags.extend(["--backlog-cap".into(), cap.to_string()]);
         }
-        self.serve("master", id, &opts.session_timeout, flags, &[])
+        self.serve_at(zk, "master", id, &opts.session_timeout, flags, &[])
     }
 
     pub fn worker(&self, id: &str, handler: &str) -> Proc {
@@ -165,21 +171,40 @@ impl TestCluster {
     }
 
     pub fn worker_with(&self, id: &str, opts: &WorkerOpts) -> Proc {
+        self.worker_at(&self.zk(), id, opts)
+    }
+
+    /// A worker given `zk` as its `--zk` (e.g. [`TestCluster::zk_via`] a proxy).
+    pub fn worker_at(&self, zk: &str, id: &str, opts: &WorkerOpts) -> Proc {
         let mut flags =
             vec!["--handler".to_string(), opts.handler.clone(), "--grace-period".into(), opts.grace_period.clone()];
         if let Some(exec) = &opts.exec {
             flags.extend(["--exec".into(), exec.clone()]);
         }
-        self.serve("worker", id, &opts.session_timeout, flags, &opts.env)
+        self.serve_at(zk, "worker", id, &opts.session_timeout, flags, &opts.env)
     }
 
-    /// `taskcluster <role>` on this chroot with a metrics port of its own, then `flags`.
-    fn serve(&self, role: &str, id: &str, session_timeout: &str, flags: Vec<String>, env: &[(String, String)]) -> Proc {
+    /// The `--zk` argument for a process that reaches the server through `proxy`: the proxy's
+    /// address plus this test's chroot.
+    pub fn zk_via(&self, proxy: &Proxy) -> String {
+        format!("{}{}", proxy.addr(), self.chroot)
+    }
+
+    /// `taskcluster <role> --zk <zk>` with a metrics port of its own, then `flags`.
+    fn serve_at(
+        &self,
+        zk: &str,
+        role: &str,
+        id: &str,
+        session_timeout: &str,
+        flags: Vec<String>,
+        env: &[(String, String)],
+    ) -> Proc {
         let listen = format!("127.0.0.1:{}", free_port());
         let mut args = vec![
             role.to_string(),
             "--zk".into(),
-            self.zk(),
+            zk.to_string(),
             "--id".into(),
             id.into(),
             "--listen".into(),

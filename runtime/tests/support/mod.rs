@@ -11,6 +11,7 @@ pub mod journal;
 pub mod metrics;
 pub mod poll;
 pub mod process;
+pub mod proxy;
 pub mod results;
 pub mod zk_server;
 
@@ -23,6 +24,7 @@ pub use journal::Journal;
 pub use metrics::Metrics;
 pub use poll::{eventually, eventually_async, settle};
 pub use process::{now_ns, Proc};
+pub use proxy::Proxy;
 pub use results::{
     assert_client_succeeded, assert_exactly_one_ok_result_each, payloads, seed_result, seed_results, ResultLine,
 };
