@@ -7,10 +7,18 @@
 //! a failure or a give-back from the attempts record the worker writes with its clear. Only
 //! a worker holding something else (a collected or foreign task, the draining mark) gets a
 //! one-shot watch. Per task the leader is notified three times: created, completed, collected.
+//!
+//! zookeeper-client 0.11 restores no persistent watch when it reconnects, and its state watcher
+//! keeps only the latest state (a disconnection and the reconnection after it can read as one
+//! `SyncConnected`). The leader therefore follows the session through the ordered session events
+//! of its persistent watches: each disconnection pauses it, and the first connected state after
+//! one adds the watches again and rebuilds the view. A periodic check of the child versions of
+//! `/tasks` and `/workers` against the changes it heard of catches anything missed.
 
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -44,6 +52,8 @@ const TICK: Duration = Duration::from_millis(250);
 const STATUS_PERIOD: Duration = Duration::from_millis(500);
 /// Reads in flight while rebuilding.
 const REBUILD_WINDOW: usize = 2_000;
+/// How often the leader checks that it still hears of every change (see [`Heard`]).
+const VIEW_CHECK_PERIOD: Duration = Duration::from_secs(2);
 
 enum Completion {
     /// `watched`: a read that was to leave a watch (`watcher`, when it succeeded).
@@ -84,6 +94,49 @@ enum Completion {
     InboxesSwept {
         result: Result<usize, WriteError>,
     },
+    /// The stats of `/tasks` and `/workers`, read to check that no change went unheard.
+    ViewChecked {
+        generation: u64,
+        result: Result<(Option<Stat>, Option<Stat>), ZkError>,
+    },
+}
+
+/// The child changes of `/tasks` and `/workers` the leader heard of, as the child version
+/// (`cversion`) each brings its parent to: the rebuild's listing sets the version, and each
+/// creation or deletion heard afterwards adds one. ZooKeeper delivers a notification before
+/// the reply of any later read, and the loop applies notifications before replies, so a read
+/// showing a higher child version than heard means notifications were missed: the watches are
+/// gone. A change heard that the listing already held (its zxid says so, where the server
+/// reports it) is not counted twice.
+#[derive(Clone, Copy, Debug, Default)]
+struct Heard {
+    tasks: Children,
+    workers: Children,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Children {
+    version: i32,
+    /// The last child change the listing held (its parent's pzxid).
+    listed: i64,
+}
+
+impl Children {
+    fn listed(stat: &Stat) -> Self {
+        Children { version: stat.cversion, listed: stat.pzxid }
+    }
+
+    /// A child change heard of; `zxid` is the change's (not positive: not reported).
+    fn heard(&mut self, zxid: i64) {
+        if zxid <= 0 || zxid > self.listed {
+            self.version = self.version.wrapping_add(1);
+        }
+    }
+
+    /// Whether `stat`, read after everything heard so far, shows changes never heard of.
+    fn missed(&self, stat: Option<&Stat>) -> bool {
+        stat.is_some_and(|stat| stat.cversion.wrapping_sub(self.version) > 0)
+    }
 }
 
 /// A worker's znode as read, with its registration's inbox if it has one (None: could not
@@ -141,7 +194,16 @@ struct Leader<'a> {
     generation: u64,
     epoch: u64,
     since_ms: u64,
+    /// No assignment while disconnected or until the view is rebuilt after it.
     paused: bool,
+    /// The session state last heard of: from the ordered session events of our persistent
+    /// watches, and from the state watcher as a backstop.
+    connected: bool,
+    /// The watches must be added again and the view rebuilt, once connected.
+    resync_due: bool,
+    heard: Heard,
+    checking: bool,
+    last_check: Instant,
     counters: StatusRecord,
     last_published: Option<StatusRecord>,
     last_status_at: Instant,
@@ -191,6 +253,11 @@ pub async fn lead(lock: &OwnedLockClient, ctx: &MasterContext, shutdown: &Cancel
         epoch: 0,
         since_ms: records::now_ms(),
         paused: false,
+        connected: true,
+        resync_due: false,
+        heard: Heard::default(),
+        checking: false,
+        last_check: Instant::now(),
         counters: StatusRecord::default(),
         last_published: None,
         last_status_at: Instant::now(),
@@ -206,8 +273,8 @@ pub async fn lead(lock: &OwnedLockClient, ctx: &MasterContext, shutdown: &Cancel
     if let Err(end) = leader.take_over().await {
         return end;
     }
-    if let Err(end) = leader.rebuild().await {
-        return end;
+    if let Err(error) = leader.rebuild().await {
+        return end_for(&error);
     }
     ctx.metrics.is_leader.set(1);
     ctx.metrics.takeovers.inc();
@@ -232,20 +299,9 @@ pub async fn lead(lock: &OwnedLockClient, ctx: &MasterContext, shutdown: &Cancel
             event = watches.workers.changed() => leader.on_membership_event(event),
             event = watches.attempts.changed() => leader.on_attempts_event(event),
             Some(done) = leader.pending.next() => leader.on_completion(done),
-            // After the events: those already delivered happened before the state change.
-            session = state.changed() => {
-                if leader.on_session(session) {
-                    // zookeeper-client 0.11 does not restore persistent watches when it
-                    // reconnects (its SetWatches omits them): add them again, then rebuild.
-                    match watch_tree(client).await {
-                        Ok(fresh) => {
-                            watches = fresh;
-                            leader.resync().await;
-                        },
-                        Err(error) => leader.end = Some(end_for(&error)),
-                    }
-                }
-            },
+            // A backstop: the watches' own session events come first, in order, and this
+            // watcher may have folded a disconnection and the reconnection into one state.
+            session = state.changed() => leader.on_session(session),
             _ = tick.tick() => leader.on_tick(),
         }
         // Probe even when the wake-up already told us the session or the znode is gone: a
@@ -281,11 +337,15 @@ pub async fn lead(lock: &OwnedLockClient, ctx: &MasterContext, shutdown: &Cancel
                 }
             }
         }
+        if leader.end.is_none() && leader.resync_due && leader.connected {
+            leader.resync(&mut watches).await;
+        }
         if let Some(end) = leader.end.take() {
             if end == LeadEnd::Shutdown {
                 leader.flush_status().await;
             }
             ctx.metrics.is_leader.set(0);
+            ctx.probes.healthy.store(true, Ordering::Relaxed);
             tracing::info!(?end, epoch = leader.epoch, "no longer leading");
             return end;
         }
@@ -371,19 +431,19 @@ impl<'a> Leader<'a> {
 
     /// Builds the board from ZooKeeper: tasks first (so a worker's task is known), then workers,
     /// then the extension records.
-    async fn rebuild(&mut self) -> Result<(), LeadEnd> {
+    async fn rebuild(&mut self) -> Result<(), ZkError> {
         let started = Instant::now();
         let client = self.client();
         let mut board = Board::new();
         board.completed = self.board.completed;
-        let ids = client.list_children(paths::TASKS).await.map_err(|e| end_for(&e))?;
+        let (ids, tasks_stat) = client.get_children(paths::TASKS).await?;
         let now_ms = records::now_ms() as i64;
         let now = Instant::now();
         let mut finished = Vec::new();
         for chunk in ids.chunks(REBUILD_WINDOW) {
             let stats = futures::future::join_all(chunk.iter().map(|id| client.check_stat(&paths::task(id)))).await;
             for (id, stat) in chunk.iter().zip(stats) {
-                match stat.map_err(|e| end_for(&e))? {
+                match stat? {
                     Some(stat) if stat.data_length > 0 => finished.push((stat.mtime, id.clone())),
                     Some(_) => board.task_created(id),
                     None => {},
@@ -397,7 +457,7 @@ impl<'a> Leader<'a> {
         }
         board.completed = self.board.completed;
 
-        let workers = client.list_children(paths::WORKERS).await.map_err(|e| end_for(&e))?;
+        let (workers, workers_stat) = client.get_children(paths::WORKERS).await?;
         let reads = futures::future::join_all(workers.iter().map(|wid| async move {
             let (data, stat) = client.get_data(&paths::worker(wid)).await?;
             Ok::<_, ZkError>(with_inbox(client, wid, data, stat, None).await)
@@ -409,7 +469,7 @@ impl<'a> Leader<'a> {
                     read.apply(&mut board, wid);
                 },
                 Err(ZkError::NoNode) => {},
-                Err(error) => return Err(end_for(&error)),
+                Err(error) => return Err(error),
             }
         }
 
@@ -425,6 +485,7 @@ impl<'a> Leader<'a> {
             }
         }
         self.board = board;
+        self.heard = Heard { tasks: Children::listed(&tasks_stat), workers: Children::listed(&workers_stat) };
         self.generation += 1;
         self.sweep_due = true;
         self.watched.clear();
@@ -443,42 +504,64 @@ impl<'a> Leader<'a> {
         Ok(())
     }
 
-    /// Returns true when the session is back after a disconnection and the view must be
-    /// rebuilt.
-    fn on_session(&mut self, state: SessionState) -> bool {
+    /// A session state heard of, from a watch's session event or the state watcher. Each
+    /// disconnection pauses assignments and makes a resync due, which the loop runs as soon as
+    /// a connected state is heard (they come in order from the watches).
+    fn on_session(&mut self, state: SessionState) {
         match state {
             SessionState::Disconnected => {
-                tracing::warn!("disconnected from ZooKeeper: assignments paused");
+                // Each watch reports the disconnection: say it once.
+                if !self.paused {
+                    tracing::warn!("disconnected from ZooKeeper: assignments paused");
+                }
+                self.connected = false;
                 self.paused = true;
-                false
+                self.resync_due = true;
             },
-            SessionState::SyncConnected | SessionState::ConnectedReadOnly => self.paused,
-            state if state.is_terminated() => {
-                self.end = Some(LeadEnd::SessionLost);
-                false
-            },
-            _ => false,
+            SessionState::SyncConnected | SessionState::ConnectedReadOnly => self.connected = true,
+            state if state.is_terminated() => self.end = Some(LeadEnd::SessionLost),
+            _ => {},
         }
     }
 
-    /// Events during the disconnection may be lost: rebuild before assigning again.
-    async fn resync(&mut self) {
-        match self.rebuild().await {
+    /// After a disconnection (or notifications found missing): zookeeper-client 0.11 does not
+    /// restore persistent watches when it reconnects (its SetWatches omits them), and events
+    /// while disconnected may be lost, so add the watches again, then rebuild before assigning.
+    async fn resync(&mut self, watches: &mut Watches) {
+        self.resync_due = false;
+        let rebuilt = match watch_tree(self.client()).await {
+            Ok(fresh) => {
+                *watches = fresh;
+                self.rebuild().await
+            },
+            Err(error) => Err(error),
+        };
+        match rebuilt {
             Ok(()) => {
                 self.paused = false;
-                tracing::info!("reconnected: assignments resumed");
+                self.ctx.probes.healthy.store(true, Ordering::Relaxed);
+                tracing::info!("view rebuilt: assignments resumed");
             },
-            Err(end) => self.end = Some(end),
+            // Lost again on the way: the session events of the new disconnection tell when to
+            // try again.
+            Err(ZkError::ConnectionLoss) => {
+                tracing::warn!("connection lost while rebuilding the view; trying again once reconnected");
+                self.connected = false;
+                self.resync_due = true;
+            },
+            Err(error) => {
+                tracing::warn!(%error, "cannot rebuild the view; stepping down");
+                self.end = Some(end_for(&error));
+            },
         }
     }
 
+    /// The session events of our persistent watches, delivered in order with the others.
     fn on_session_event(&mut self, event: &WatchedEvent) -> bool {
         if event.event_type != EventType::Session {
             return false;
         }
-        if event.session_state.is_terminated() {
-            self.end = Some(LeadEnd::SessionLost);
-        }
+        self.on_session(event.session_state);
         true
     }
 
@@ -487,6 +570,9 @@ impl<'a> Leader<'a> {
             return;
         }
         let Some(id) = paths::child_of(paths::TASKS, &event.path) else { return };
+        if matches!(event.event_type, EventType::NodeCreated | EventType::NodeDeleted) {
+            self.heard.tasks.heard(event.zxid);
+        }
         match event.event_type {
             EventType::NodeCreated => self.board.task_created(id),
             EventType::NodeDataChanged if self.board.task_state(id).is_some() => {
@@ -517,6 +603,7 @@ impl<'a> Leader<'a> {
             return;
         }
         if event.event_type == EventType::NodeChildrenChanged {
+            self.heard.workers.heard(event.zxid);
             self.list_workers();
             self.sweep_due = true;
         }
@@ -692,7 +779,12 @@ impl<'a> Leader<'a> {
                 Err(error) if error.is_fenced() => self.fenced(&error),
                 Err(WriteError::Unknown) => {
                     tracing::warn!(size = batch.len(), "connection lost during an assignment write; pausing");
-                    self.paused = true;
+                    // The view after a connection loss is rebuilt anyway (the disconnection
+                    // makes it due); one of an older generation was rebuilt already.
+                    if generation == self.generation {
+                        self.paused = true;
+                        self.resync_due = true;
+                    }
                 },
                 Err(error) => {
                     tracing::debug!(%error, size = batch.len(), "assignment batch rejected; re-planning");
@@ -747,6 +839,26 @@ impl<'a> Leader<'a> {
                     },
                 }
             },
+            Completion::ViewChecked { generation, result } => {
+                self.checking = false;
+                match result {
+                    Ok((tasks, workers)) if generation == self.generation => {
+                        let (tasks_missed, workers_missed) =
+                            (self.heard.tasks.missed(tasks.as_ref()), self.heard.workers.missed(workers.as_ref()));
+                        if (tasks_missed || workers_missed) && !self.resync_due {
+                            tracing::warn!(
+                                tasks_missed,
+                                workers_missed,
+                                "changes went unheard (our watches are gone): rebuilding the view"
+                            );
+                            self.ctx.probes.healthy.store(false, Ordering::Relaxed);
+                            self.resync_due = true;
+                        }
+                    },
+                    Ok(_) => {},
+                    Err(error) => tracing::debug!(%error, "cannot check the view; checking again later"),
+                }
+            },
             Completion::StatusWritten { result } => {
                 self.status_in_flight = false;
                 if let Err(error) = result {
@@ -791,10 +903,19 @@ impl<'a> Leader<'a> {
     }
 
     fn on_tick(&mut self) {
+        // A backstop for a connected state never heard of (the watches hear of every one).
+        if !self.connected
+            && matches!(self.client().state(), SessionState::SyncConnected | SessionState::ConnectedReadOnly)
+        {
+            self.connected = true;
+        }
         if self.paused {
             return;
         }
         let now = Instant::now();
+        if !self.checking && now.duration_since(self.last_check) >= VIEW_CHECK_PERIOD {
+            self.check_view(now);
+        }
         let timeout = Duration::from_millis(self.ctx.settings.task_timeout_ms);
         for action in self.board.expired(timeout, now) {
             self.act(action);
@@ -817,6 +938,16 @@ impl<'a> Leader<'a> {
                 .push(Box::pin(async move { Completion::InboxesSwept { result: writes::sweep_inboxes(lock).await } }));
         }
         self.publish_status(now);
+    }
+
+    /// Reads the stats of `/tasks` and `/workers` (O(1) each) to compare their child versions
+    /// with the changes heard of.
+    fn check_view(&mut self, now: Instant) {
+        self.checking = true;
+        self.last_check = now;
+        let (client, generation) = (self.client(), self.generation);
+        let reads = futures::future::try_join(client.check_stat(paths::TASKS), client.check_stat(paths::WORKERS));
+        self.pending.push(Box::pin(async move { Completion::ViewChecked { generation, result: reads.await } }));
     }
 
     /// The record to publish now, or None when nothing changed since the last one.
@@ -876,5 +1007,63 @@ impl<'a> Leader<'a> {
                 Completion::Assigned { generation, batch, result }
             }));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat(cversion: i32, pzxid: i64) -> Stat {
+        Stat {
+            czxid: 1,
+            mzxid: 1,
+            pzxid,
+            ctime: 0,
+            mtime: 0,
+            version: 0,
+            cversion,
+            aversion: 0,
+            ephemeral_owner: 0,
+            data_length: 0,
+            num_children: 0,
+        }
+    }
+
+    #[test]
+    fn a_child_change_is_missed_only_when_never_heard_of() {
+        let mut children = Children::listed(&stat(4, 100));
+        assert!(!children.missed(Some(&stat(4, 100))), "nothing changed since the listing");
+        // Heard before the listing's reply was applied: already in it, not counted twice.
+        children.heard(90);
+        assert!(!children.missed(Some(&stat(4, 100))));
+        children.heard(101);
+        assert!(!children.missed(Some(&stat(5, 101))), "one change, heard");
+        assert!(children.missed(Some(&stat(6, 102))), "a second change, never heard of");
+        // Heard after the read that showed it: the next read agrees again.
+        children.heard(102);
+        assert!(!children.missed(Some(&stat(6, 102))));
+        // Changes heard beyond the read (applied before its reply) are no miss either.
+        children.heard(103);
+        assert!(!children.missed(Some(&stat(6, 102))));
+        assert!(!children.missed(None), "a parent that is gone says nothing");
+    }
+
+    #[test]
+    fn changes_without_a_reported_zxid_are_all_counted() {
+        let mut children = Children::listed(&stat(0, 100));
+        children.heard(-1);
+        children.heard(0);
+        assert!(!children.missed(Some(&stat(2, 120))));
+        assert!(children.missed(Some(&stat(3, 130))));
+    }
+
+    #[test]
+    fn child_versions_compare_across_the_wrap() {
+        let mut children = Children::listed(&stat(i32::MAX, 100));
+        children.heard(101);
+        assert_eq!(children.version, i32::MIN);
+        assert!(!children.missed(Some(&stat(i32::MIN, 101))));
+        assert!(children.missed(Some(&stat(i32::MIN.wrapping_add(1), 102))));
     }
 }
