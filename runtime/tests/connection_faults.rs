@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::{
-    eventually_async, seed_result, settle, wait_ready, wait_single_leader, MasterOpts, Proxy, TestCluster, LONG,
+    eventually_async, scrape, seed_result, settle, wait_ready, wait_single_leader, MasterOpts, Proxy, TestCluster, LONG,
 };
 
 /// Creates task `id` as a foreign client would: the payload first, then the task.
@@ -110,6 +110,93 @@ async fn a_leader_whose_connection_comes_back_while_it_is_busy_still_hears_of_ne
         assert_eq!(String::from_utf8_lossy(&result), seed_result(&payload), "result of task {id}");
     }
     assert_heard_every_reconnection(&master);
+    master.assert_no_panic();
+    worker.assert_no_panic();
+}
+
+const ABANDONED: &str = "taskcluster_worker_tasks_total{outcome=\"abandoned\"}";
+
+/// Waits until the task has its result and returns it, without collecting it.
+async fn result_of(zk: &support::Inspector, id: &str, what: &str) -> Vec<u8> {
+    let path = format!("/tasks/{id}");
+    eventually_async(what, LONG, || async { zk.data(&path).await.filter(|r| !r.is_empty()) }).await
+}
+
+/// A busy worker's connection goes silent (frozen, shorter than its session timeout) while the
+/// leader revokes its task for running too long. The revocation's notification is lost with
+/// the connection, so after reconnecting the worker must look again: it abandons the revoked
+/// task instead of running it to its end, and the next task assigned to it runs at once
+/// rather than timing out behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_revoked_while_disconnected_abandons_the_task_and_takes_the_next() {
+    let tc = TestCluster::new("zombie-worker").await;
+    let zk = tc.inspector().await;
+    let proxy = Proxy::start(&tc.hosts).await;
+    let opts = MasterOpts { task_timeout: "2s".into(), max_attempts: 1, ..MasterOpts::default() };
+    let master = tc.master_with("m1", &opts);
+    // A long session: the freeze outlasts the client's patience with a silent connection
+    // (it tries a new one), never the session.
+    let opts = support::WorkerOpts { session_timeout: "8s".into(), ..support::WorkerOpts::handler("sleep") };
+    let mut worker = tc.worker_at(&tc.zk_via(&proxy), "w1", &opts);
+    wait_ready(&mut worker).await;
+    wait_single_leader(&[&master], LONG).await;
+    let session = zk.stat("/workers/w1").await.expect("w1 registered").ephemeral_owner;
+
+    // A task that would run for a minute.
+    create_task(&zk, "long", "60000").await;
+    eventually_async("w1 to run the long task", LONG, || async {
+        (scrape(&worker).get("taskcluster_worker_busy") == Some(1.0)).then_some(())
+    })
+    .await;
+    let accepted = proxy.accepted();
+    proxy.freeze();
+    // The leader revokes it (dead letter: one attempt only) while w1 hears nothing, and w1's
+    // client gives up on the silent connection and tries a new one (held too).
+    let letter = result_of(&zk, "long", "the leader to revoke the long task").await;
+    assert!(letter.starts_with(b"\0FAILED\0 "), "expected the dead letter, got {:?}", String::from_utf8_lossy(&letter));
+    eventually_async("w1 to try a new connection", LONG, || async { (proxy.accepted() > accepted).then_some(()) })
+        .await;
+    proxy.thaw();
+
+    create_task(&zk, "next", "100").await;
+    let result = result_of(&zk, "next", "the next task to get its result").await;
+    assert_eq!(String::from_utf8_lossy(&result), "100", "the next task must run, not time out behind the revoked one");
+    let w = scrape(&worker);
+    assert!(w.counter(ABANDONED) >= 1.0, "w1 should have abandoned the revoked task: {:?}", w.keys());
+    assert_eq!(
+        zk.stat("/workers/w1").await.map(|s| s.ephemeral_owner),
+        Some(session),
+        "w1 must have kept its session (a reconnection, not an expiry)"
+    );
+    master.assert_no_panic();
+    worker.assert_no_panic();
+}
+
+/// A worker runs a task that a seed-style master assigned (task id in its znode, no inbox
+/// entry); our leader then revokes it for running too long. No entry's deletion tells the
+/// worker, so it must notice from its own znode: it abandons the task and is free for the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_notices_the_revocation_of_a_task_that_came_without_an_entry() {
+    let tc = TestCluster::new("revoke-version-guard").await;
+    let zk = tc.inspector().await;
+    let mut worker = tc.worker("w1", "sleep");
+    wait_ready(&mut worker).await;
+    create_task(&zk, "long", "60000").await;
+    zk.set("/workers/w1", b"long").await;
+    eventually_async("w1 to run the seed-style assignment", LONG, || async {
+        (scrape(&worker).get("taskcluster_worker_busy") == Some(1.0)).then_some(())
+    })
+    .await;
+
+    let opts = MasterOpts { task_timeout: "2s".into(), max_attempts: 1, ..MasterOpts::default() };
+    let master = tc.master_with("m1", &opts);
+    let letter = result_of(&zk, "long", "the leader to revoke the long task").await;
+    assert!(letter.starts_with(b"\0FAILED\0 "), "expected the dead letter, got {:?}", String::from_utf8_lossy(&letter));
+    create_task(&zk, "next", "100").await;
+    let result = result_of(&zk, "next", "the next task to get its result").await;
+    assert_eq!(String::from_utf8_lossy(&result), "100", "the next task must run, not time out behind the revoked one");
+    let w = scrape(&worker);
+    assert!(w.counter(ABANDONED) >= 1.0, "w1 should have abandoned the revoked task: {:?}", w.keys());
     master.assert_no_panic();
     worker.assert_no_panic();
 }

@@ -3,14 +3,16 @@
 pub mod handler;
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 use zookeeper_client::{
-    AddWatchMode, Client, CreateMode, Error as ZkError, EventType, MultiWriteError, MultiWriter, PersistentWatcher,
-    SessionState, WatchedEvent,
+    AddWatchMode, Client, CreateMode, Error as ZkError, EventType, MultiWriteError, MultiWriter, OneshotWatcher,
+    PersistentWatcher, SessionState, WatchedEvent,
 };
 
 use crate::connect::{self, ConnectError, ZkTarget};
@@ -383,6 +385,11 @@ async fn run_task(
     };
     let outcome = match payload {
         Ok(payload) => {
+            // Without an inbox entry, no entry's deletion tells of a revocation: our znode does.
+            let mut own = OwnWatch::default();
+            if !own.arm(client, &held, task).await {
+                return abandoned(ctx, task, "our znode no longer holds it");
+            }
             let input = TaskInput { task, worker: &ctx.id, attempt, payload: &payload };
             let execution = ctx.handler.execute(&input);
             tokio::pin!(execution);
@@ -391,12 +398,21 @@ async fn run_task(
                     outcome = &mut execution => break outcome,
                     event = inbox.watch.changed() => match inbox.apply(client, event).await {
                         Ok(Change::Withdrawn(gone)) if gone == task => {
-                            ctx.metrics.count("abandoned");
-                            tracing::warn!(%task, "assignment withdrawn while running; abandoned");
-                            return TaskEnd::Unknown;
+                            return abandoned(ctx, task, "its inbox entry was deleted");
+                        },
+                        // Events while disconnected are lost (a revocation among them): look.
+                        Ok(Change::Reconnected) => {
+                            if !own.arm(client, &held, task).await || entry_gone(client, &held).await {
+                                return abandoned(ctx, task, "found withdrawn after reconnecting");
+                            }
                         },
                         Ok(_) => {},
                         Err(end) => return TaskEnd::Stop(end),
+                    },
+                    _ = own.changed() => {
+                        if !own.arm(client, &held, task).await {
+                            return abandoned(ctx, task, "our znode no longer holds it");
+                        }
                     },
                     _ = shutdown.cancelled() => {
                         tracing::info!(%task, grace = ?ctx.grace_period, "shutting down: finishing the current task");
@@ -422,6 +438,60 @@ async fn run_task(
         TaskEnd::Cleared
     } else {
         TaskEnd::Unknown
+    }
+}
+
+/// Our run of a task whose assignment was withdrawn: stop it (dropping the execution kills an
+/// external command) and read our znode again.
+fn abandoned(ctx: &WorkerContext, task: &str, why: &str) -> TaskEnd {
+    ctx.metrics.count("abandoned");
+    tracing::warn!(%task, why, "assignment withdrawn while running; abandoned");
+    TaskEnd::Unknown
+}
+
+/// Whether an announced assignment was withdrawn, looked up after a reconnection: it stands
+/// while its inbox entry exists (the leader deletes it with a revocation). A failed look says
+/// no; the next reconnection looks again. One that came without an entry is [`OwnWatch`]'s.
+async fn entry_gone(client: &Client, held: &Held) -> bool {
+    held.guard == Guard::Inbox && matches!(client.check_stat(&held.entry).await, Ok(None))
+}
+
+/// For an assignment that came without an inbox entry: a data watch on our znode while the task
+/// runs. Nothing but a revocation changes it before we end the assignment ourselves.
+#[derive(Default)]
+struct OwnWatch {
+    changed: Option<Pin<Box<dyn Future<Output = WatchedEvent> + Send>>>,
+}
+
+impl OwnWatch {
+    /// Reads our znode and watches it again. False when the assignment no longer stands (our
+    /// znode moved on from the version we read, or is gone). A read that fails leaves no watch;
+    /// the reconnection that follows arms it again.
+    async fn arm(&mut self, client: &Client, held: &Held, task: &str) -> bool {
+        let Guard::Version(version) = held.guard else { return true };
+        self.changed = None;
+        match client.get_and_watch_data(&held.me).await {
+            Ok((data, stat, watcher)) => {
+                self.changed = Some(Box::pin(OneshotWatcher::changed(watcher)));
+                data == task.as_bytes() && stat.version == version
+            },
+            Err(ZkError::NoNode) => false,
+            Err(error) => {
+                tracing::debug!(%error, %task, "cannot watch our assignment; looking again after reconnecting");
+                true
+            },
+        }
+    }
+
+    /// Fires once when our znode changed; never without a watch.
+    async fn changed(&mut self) {
+        match self.changed.as_mut() {
+            Some(changed) => {
+                changed.await;
+                self.changed = None;
+            },
+            None => std::future::pending().await,
+        }
     }
 }
 
