@@ -61,6 +61,9 @@ pub struct Attempts {
     /// is read, and must not be taken for one that died.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub given_back_by: String,
+    /// The last failure is one no retry can cure (the payload is missing): dead-letter now.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub permanent: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -168,5 +171,10 @@ mod tests {
         assert!(err.to_string().contains("/taskcluster/attempts/x"));
         let ok: Attempts = decode("/a", br#"{"attempts":2}"#).unwrap();
         assert_eq!(ok, Attempts { attempts: 2, ..Attempts::default() });
+        // Records written before `permanent` existed read as retryable; it is written only when set.
+        assert!(!ok.permanent);
+        assert!(!String::from_utf8_lossy(&encode(&ok)).contains("permanent"));
+        let permanent = Attempts { attempts: 1, permanent: true, ..Attempts::default() };
+        assert_eq!(decode::<Attempts>("/a", &encode(&permanent)).unwrap(), permanent);
     }
 }

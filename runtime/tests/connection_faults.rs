@@ -1,6 +1,7 @@
-//! Connection faults injected through a loopback proxy in front of ZooKeeper (support/proxy.rs):
-//! connections reset, frozen (a silent network) or refused on command, at the moment the test
-//! chooses, so each test reaches its interleaving by construction rather than by luck.
+//! Faults a task meets on its way, each reached by construction rather than by luck: connection
+//! faults injected through a loopback proxy in front of ZooKeeper (support/proxy.rs; connections
+//! reset, frozen or refused at the moment the test chooses), revocations a busy worker must
+//! notice, and a payload that is missing.
 
 mod support;
 
@@ -197,6 +198,34 @@ async fn a_worker_notices_the_revocation_of_a_task_that_came_without_an_entry() 
     assert_eq!(String::from_utf8_lossy(&result), "100", "the next task must run, not time out behind the revoked one");
     let w = scrape(&worker);
     assert!(w.counter(ABANDONED) >= 1.0, "w1 should have abandoned the revoked task: {:?}", w.keys());
+    master.assert_no_panic();
+    worker.assert_no_panic();
+}
+
+/// A task whose payload is missing (a foreign client created `/tasks/<id>` without
+/// `/data/<id>`, or deleted the payload) fails once, with a message that says so: the payload
+/// is written before its task and will not appear, so retries cannot help, however many
+/// attempts the master allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_payload_is_missing_fails_once_and_says_why() {
+    let tc = TestCluster::new("missing-payload").await;
+    let zk = tc.inspector().await;
+    let master = tc.master_with("m1", &MasterOpts { max_attempts: 20, ..MasterOpts::default() });
+    let mut worker = tc.worker("w1", "seed");
+    wait_ready(&mut worker).await;
+
+    // Not of the form that carries its payload in the name: the worker must read /data.
+    zk.put("/tasks/no-payload", b"", false).await;
+    let result = result_of(&zk, "no-payload", "the task without a payload to get a result").await;
+    let text = String::from_utf8_lossy(&result);
+    assert!(text.starts_with("\0FAILED\0 "), "expected a failure, got {text:?}");
+    assert!(text.contains("/data/no-payload is missing"), "the failure should name the missing payload: {text:?}");
+    assert!(text.contains("not retried"), "the failure should say it was not retried: {text:?}");
+    let letter = zk.data("/taskcluster/deadletter/no-payload").await.expect("the dead letter is recorded");
+    let letter: serde_json::Value = serde_json::from_slice(&letter).expect("the dead letter is JSON");
+    assert_eq!(letter["attempts"], 1, "a missing payload is not retried: {letter}");
+    let w = scrape(&worker);
+    assert_eq!(w.counter("taskcluster_worker_tasks_total{outcome=\"failed\"}"), 1.0, "runs of the task");
     master.assert_no_panic();
     worker.assert_no_panic();
 }

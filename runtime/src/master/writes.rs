@@ -124,7 +124,8 @@ pub async fn resolve(
     if counts_failure {
         record.attempts += 1;
     }
-    let mut dead = record.attempts >= max_attempts;
+    // A failure the worker recorded as permanent is not retried, whatever attempts are left.
+    let mut dead = record.attempts >= max_attempts || record.permanent && record.attempts > 0;
     // The dead letter is written only into a task without a result, at the version read here,
     // so a result that landed meanwhile (a late worker's) is never overwritten.
     let (mut unfinished_at, mut finished, mut letter_at) = (None, false, None);
@@ -165,7 +166,8 @@ pub async fn resolve(
         }
     }
     if let Some(task_version) = unfinished_at {
-        let message = format!("dead-lettered after {} attempts: {}", record.attempts, record.last_error);
+        let not_retried = if record.permanent { " (not retried: no retry can succeed)" } else { "" };
+        let message = format!("dead-lettered after {} attempts{not_retried}: {}", record.attempts, record.last_error);
         writer
             .add_set_data(&paths::task(task), &records::failure_result(&message), Some(task_version))
             .map_err(WriteError::Other)?;
@@ -199,6 +201,15 @@ pub async fn resolve(
 
 /// Whether `reason` costs the task an attempt; notes the error in the record when it does.
 fn charge(reason: &ReturnReason, record: &mut Attempts) -> bool {
+    let counted = charged(reason, record);
+    if counted {
+        // This failure, not an earlier one, decides whether a retry can help.
+        record.permanent = false;
+    }
+    counted
+}
+
+fn charged(reason: &ReturnReason, record: &mut Attempts) -> bool {
     match reason {
         ReturnReason::Returned | ReturnReason::GivenBack => false,
         ReturnReason::WorkerDied { inbox, .. }

@@ -379,6 +379,7 @@ async fn run_task(
     let held = Held { me: paths::worker(&ctx.id), entry: paths::inbox_entry(&inbox.dir, task), guard };
     let attempt = if ctx.handler.needs_attempt_number() { read_attempts(client, task).await.0.attempts + 1 } else { 1 };
     // A small payload travels in the task's name: no read.
+    let mut permanent = false;
     let payload = match paths::inline_payload(task) {
         Some(payload) => Ok(payload),
         None => client.get_data(&paths::data(task)).await.map(|(payload, _)| payload),
@@ -427,12 +428,16 @@ async fn run_task(
                 }
             }
         },
-        Err(ZkError::NoNode) => Err(format!("payload {} is missing", paths::data(task))),
+        Err(ZkError::NoNode) => {
+            // A payload is written before its task: one that is missing will not appear.
+            permanent = true;
+            Err(format!("payload {} is missing", paths::data(task)))
+        },
         Err(error) => Err(format!("cannot read the payload: {error}")),
     };
     let cleared = match outcome {
         Ok(result) => complete(client, ctx, task, &held, &result).await,
-        Err(error) => fail(client, ctx, task, &held, &error).await,
+        Err(error) => fail(client, ctx, task, &held, &error, permanent).await,
     };
     if cleared {
         TaskEnd::Cleared
@@ -606,13 +611,15 @@ async fn read_attempts(client: &Client, task: &str) -> (Attempts, Option<i32>) {
 }
 
 /// Records a failed attempt and frees us in one multi; the leader, watching the attempts
-/// records, then retries or dead-letters the task. True as for [`complete`].
-async fn fail(client: &Client, ctx: &WorkerContext, task: &str, held: &Held, error: &str) -> bool {
+/// records, then retries or dead-letters the task (at once when `permanent`: no retry can
+/// succeed). True as for [`complete`].
+async fn fail(client: &Client, ctx: &WorkerContext, task: &str, held: &Held, error: &str, permanent: bool) -> bool {
     ctx.metrics.count("failed");
     tracing::warn!(%task, %error, "task failed");
     let note = |record: &mut Attempts| {
         record.attempts += 1;
         record.last_error = format!("worker {}: {error}", ctx.id);
+        record.permanent = permanent;
     };
     match release(client, ctx, task, held, b"", note).await {
         Ok(retried) => !retried,
