@@ -26,6 +26,56 @@ async fn collect(zk: &support::Inspector, id: &str, what: &str) -> Vec<u8> {
     result
 }
 
+/// The proxy itself: it relays, holds replies (the request is applied, its reply waits), freezes
+/// both directions, resets (the client reconnects through it) and refuses on command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_relays_holds_freezes_resets_and_refuses_on_command() {
+    let tc = TestCluster::new("proxy").await;
+    let direct = tc.inspector().await;
+    let proxy = Proxy::start(&tc.hosts).await;
+    let via = support::Inspector::connect(&tc.zk_via(&proxy), LONG).await;
+    assert_eq!((proxy.accepted(), proxy.connections()), (1, 1), "one session, one relayed connection");
+    let quiet = Duration::from_millis(500);
+
+    proxy.hold_replies();
+    let create = via.client.create(
+        "/held",
+        b"",
+        &zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all()),
+    );
+    let held = tokio::time::timeout(quiet, create).await;
+    assert!(held.is_err(), "the reply should be held: {held:?}");
+    eventually_async("the held create to be applied anyway", LONG, || async {
+        direct.exists("/held").await.then_some(())
+    })
+    .await;
+    assert_eq!(proxy.reset().await, 1, "the held connection is reset");
+    proxy.thaw();
+    eventually_async("the client to reconnect through the proxy", LONG, || async {
+        (proxy.accepted() == 2 && via.client.check_stat("/held").await.is_ok_and(|s| s.is_some())).then_some(())
+    })
+    .await;
+
+    proxy.freeze();
+    let frozen = tokio::time::timeout(quiet, via.client.check_stat("/held")).await;
+    assert!(frozen.is_err(), "nothing moves while frozen: {frozen:?}");
+    proxy.thaw();
+    assert!(via.client.check_stat("/held").await.is_ok_and(|s| s.is_some()), "reads go through after the thaw");
+
+    proxy.refuse(true);
+    proxy.reset().await;
+    eventually_async("the client's new connections to be refused", LONG, || async {
+        (proxy.accepted() >= 4 && proxy.connections() == 0).then_some(())
+    })
+    .await;
+    proxy.refuse(false);
+    eventually_async("the client to reconnect once accepted again", LONG, || async {
+        via.client.check_stat("/held").await.is_ok_and(|s| s.is_some()).then_some(())
+    })
+    .await;
+    assert_eq!(proxy.connections(), 1);
+}
+
 /// Every reconnection was followed by the watches' own session events, never only found out
 /// by the leader's periodic check for unheard changes (the backstop).
 fn assert_heard_every_reconnection(master: &support::Proc) {

@@ -53,7 +53,6 @@ struct Shared {
     flow: watch::Sender<Flow>,
     refusing: AtomicBool,
     accepted: AtomicU64,
-    bytes_up: AtomicU64,
     next_id: AtomicU64,
     live: Mutex<HashMap<u64, Live>>,
 }
@@ -89,7 +88,6 @@ impl Proxy {
             flow: watch::Sender::new(Flow::default()),
             refusing: AtomicBool::new(false),
             accepted: AtomicU64::new(0),
-            bytes_up: AtomicU64::new(0),
             next_id: AtomicU64::new(0),
             live: Mutex::new(HashMap::new()),
         });
@@ -110,11 +108,6 @@ impl Proxy {
     /// Connections being relayed now.
     pub fn connections(&self) -> usize {
         self.shared.live().len()
-    }
-
-    /// Bytes relayed from clients to the server so far.
-    pub fn bytes_up(&self) -> u64 {
-        self.shared.bytes_up.load(Ordering::SeqCst)
     }
 
     /// Aborts every current connection with an RST to both its client and the server (SO_LINGER
@@ -227,9 +220,6 @@ async fn pump(mut from: ReadHalf<'_>, mut to: WriteHalf<'_>, direction: Directio
         // Bytes read just before a freeze wait for the thaw too.
         flow.wait_for(|f| !f.holds(direction)).await.map_err(drop)?;
         to.write_all(&buf[..n]).await.map_err(drop)?;
-        if direction == Direction::Up {
-            shared.bytes_up.fetch_add(n as u64, Ordering::SeqCst);
-        }
     }
 }
 
