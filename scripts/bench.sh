@@ -38,7 +38,8 @@ java -Xmx1g -cp "$zk_home/conf:$zk_home/lib/*" org.apache.zookeeper.server.quoru
 zk=$!
 pids=()
 # Masters and workers stop first, while the server can still see them leave.
-trap 'kill "${pids[@]}" 2>/dev/null; wait "${pids[@]}" 2>/dev/null; kill $zk 2>/dev/null; wait $zk 2>/dev/null || true; rm -rf "$dir"' EXIT
+# (Each step may fail, e.g. with no masters started: the trap runs under errexit.)
+trap 'kill "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; kill $zk 2>/dev/null || true; wait $zk 2>/dev/null || true; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do
 	if (exec 3<>"/dev/tcp/127.0.0.1/$port" && echo ruok >&3 && grep -q imok <&3) 2>/dev/null; then break; fi
 	sleep 0.2
