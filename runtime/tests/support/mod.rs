@@ -5,6 +5,7 @@
 //! no stray `java` or `taskcluster` behind.
 #![allow(dead_code, unused_imports)]
 
+pub mod chaos;
 pub mod cluster;
 pub mod inspect;
 pub mod journal;
