@@ -42,6 +42,8 @@ KCFG_DIR="$STATE_DIR/kubeconfig"
 LOG_DIR="$STATE_DIR/logs"
 PID_DIR="$STATE_DIR/pids"
 CONF_DIR="$STATE_DIR/config"
+# containerd's registry hosts directory (the certs.d layout): one hosts.toml per registry.
+REGISTRY_HOSTS_DIR="$CONF_DIR/certs.d"
 
 # The Debian packages the provider runs; installed on first use.
 HOST_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack mmdebstrap jq curl bind9-dnsutils busybox-static)

@@ -3,6 +3,27 @@
 # Sourced by local.sh after lib/common.sh. Everything is generated offline, once per
 # cluster; `down` deletes it with the state directory.
 
+# One hosts.toml for each registry name in use and one for `_default` (any other name),
+# each naming REGISTRY_DEAD_END as the registry's server and its only host. The `server`
+# replaces the registry's real address, so containerd neither resolves nor contacts it;
+# containerd 1.6 honours it only beside a [host] entry (a file with a server alone falls
+# back to the real registry). `ctr images pull` reads these only when given
+# `--hosts-dir "$REGISTRY_HOSTS_DIR"`: it resolves in the client, not through containerd.
+write_registry_hosts() {
+	rm -rf "$REGISTRY_HOSTS_DIR"
+	local name
+	for name in _default $REGISTRY_NAMES; do
+		mkdir -p "$REGISTRY_HOSTS_DIR/$name"
+		cat >"$REGISTRY_HOSTS_DIR/$name/hosts.toml" <<TOML
+# Written by the local cluster provider: images come from archives, never from a registry.
+server = "$REGISTRY_DEAD_END"
+
+[host."$REGISTRY_DEAD_END"]
+  capabilities = ["pull", "resolve"]
+TOML
+	done
+}
+
 write_configs() {
 	mkdir -p "$CONF_DIR" "$PKI_DIR" "$KCFG_DIR" "$STATE_DIR/cni/net.d" "$STATE_DIR/cni/ipam"
 	local kubeadm="$KUBERNETES_BIN/kubeadm"
@@ -85,7 +106,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "$CNI_BIN_DIR"
     conf_dir = "$STATE_DIR/cni/net.d"
+  # Every registry is a dead loopback port (write_registry_hosts): images come from
+  # archives only, and a pull the kubelet asks for fails at once, on the machine.
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "$REGISTRY_HOSTS_DIR"
 TOML
+	write_registry_hosts
 
 	cat >"$STATE_DIR/cni/net.d/10-taskcluster-e2e.conflist" <<JSON
 {
