@@ -68,6 +68,13 @@ ensure_host_packages() {
 	return 0
 }
 
+# The cgroup (v2) every component runs in, so the fence can match their sockets: under
+# the cgroup v2 hierarchy (the hybrid layout's /sys/fs/cgroup/unified, or a unified
+# /sys/fs/cgroup); empty where there is none.
+COMPONENT_CGROUP_NAME=taskcluster-e2e
+CGROUP2_MOUNT=$(awk '$3 == "cgroup2" {print $2; exit}' /proc/self/mounts 2>/dev/null)
+COMPONENT_CGROUP=${CGROUP2_MOUNT:+$CGROUP2_MOUNT/$COMPONENT_CGROUP_NAME}
+
 ctr_k8s() { ctr --address "$CONTAINERD_SOCK" --namespace k8s.io "$@"; }
 
 # Is the process of a pidfile alive, and is it still the binary we started?
@@ -79,8 +86,9 @@ proc_alive() {
 	[[ $(cat "$PID_DIR/$name.cmd" 2>/dev/null) == "$(readlink "/proc/$pid/exe" 2>/dev/null)" ]]
 }
 
-# start_proc NAME BINARY ARGS...: runs a component in its own session, its output in
-# LOG_DIR/NAME.log; a component already running is left alone.
+# start_proc NAME BINARY ARGS...: runs a component in its own session and in the
+# component cgroup (before it runs, so every socket it opens is the fence's), its output
+# in LOG_DIR/NAME.log; a component already running is left alone.
 start_proc() {
 	local name=$1
 	shift
@@ -90,7 +98,12 @@ start_proc() {
 	fi
 	mkdir -p "$LOG_DIR" "$PID_DIR"
 	printf '\n==== %s start: %s\n' "$(date -u +%FT%TZ)" "$*" >>"$LOG_DIR/$name.log"
-	setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
+	(
+		if [[ -n $COMPONENT_CGROUP && -d $COMPONENT_CGROUP ]]; then
+			echo "$BASHPID" >"$COMPONENT_CGROUP/cgroup.procs"
+		fi
+		exec setsid "$@"
+	) >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
 	echo $! >"$PID_DIR/$name.pid"
 	readlink -f "$1" >"$PID_DIR/$name.cmd"
 	log "started $name (pid $!, log $LOG_DIR/$name.log)"
