@@ -96,8 +96,9 @@ impl E2e {
                 "--namespace",
                 OPERATOR_NAMESPACE,
                 "--create-namespace",
+                // Both providers put the images on the node; nothing is ever pulled.
                 "--set",
-                "image.pullPolicy=IfNotPresent",
+                "image.pullPolicy=Never",
                 "--wait",
                 "--timeout",
                 "5m",
