@@ -7,8 +7,11 @@
 #                                     a Ready node with working DNS (idempotent)
 #   e2e/cluster/local.sh load-images  import target/images/*.tar into the node
 #   e2e/cluster/local.sh status       components, node, memory
-#   e2e/cluster/local.sh smoke        ZooKeeper StatefulSet + DNS + Service check
-#   e2e/cluster/local.sh down         stop everything and remove all it made
+#   e2e/cluster/local.sh smoke        ZooKeeper StatefulSet + DNS + Service check, then
+#                                     the fence test (nothing leaves the machine)
+#   e2e/cluster/local.sh fence        the fence's counters and log; fails on a leak
+#   e2e/cluster/local.sh down         stop everything and remove all it made; fails if
+#                                     the fence stopped a packet leaving the machine
 #
 # After `up`: export KUBECONFIG=/var/lib/taskcluster-e2e/admin.kubeconfig
 # Runs as root. See docs/e2e.md.
@@ -16,6 +19,7 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 . "$CLUSTER_DIR/lib/network.sh"
 . "$CLUSTER_DIR/lib/config.sh"
+. "$CLUSTER_DIR/lib/fence_test.sh"
 . "$REPO_ROOT/images/lib/oci.sh"
 
 # Control-plane components in start order; `down` stops them in reverse.
@@ -120,6 +124,8 @@ start_apiserver() {
 		--service-account-key-file "$PKI_DIR/sa.pub" \
 		--service-account-signing-key-file "$PKI_DIR/sa.key" \
 		--service-cluster-ip-range "$SERVICE_CIDR" \
+		--feature-gates MutatingAdmissionPolicy=true \
+		--runtime-config admissionregistration.k8s.io/v1beta1=true \
 		--profiling=false
 	wait_until 120 "kube-apiserver /readyz" kubectl_admin get --raw /readyz ||
 		die "kube-apiserver is not ready: see $LOG_DIR/kube-apiserver.log"
@@ -177,6 +183,19 @@ dns_works() {
 	[[ $(dig +short +time=1 +tries=1 "@$NODE_IP" "kubernetes.default.svc.$CLUSTER_DOMAIN" A) == "$KUBERNETES_SERVICE_IP" ]]
 }
 
+# Is the never-pull policy in force? A pod asking Always, created as a server-side dry
+# run, must come back with Never.
+never_pull_in_force() {
+	[[ $(kubectl_admin -n default create --dry-run=server -o 'jsonpath={.spec.containers[0].imagePullPolicy}' -f - <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: never-pull-check}
+spec:
+  containers: [{name: check, image: $NODE_IMAGE, imagePullPolicy: Always}]
+YAML
+	) == Never ]]
+}
+
 cmd_up() {
 	local start=$SECONDS
 	ensure_host_packages
@@ -191,7 +210,8 @@ cmd_up() {
 	start_etcd
 	start_apiserver
 	kubectl_admin --kubeconfig "$KCFG_DIR/super-admin.conf" apply \
-		-f "$CLUSTER_DIR/manifests/bootstrap.yaml" -f "$CLUSTER_DIR/manifests/storage.yaml" >/dev/null
+		-f "$CLUSTER_DIR/manifests/bootstrap.yaml" -f "$CLUSTER_DIR/manifests/storage.yaml" \
+		-f "$CLUSTER_DIR/manifests/never-pull.yaml" >/dev/null
 	start_controllers
 	start_node
 	wait_until 180 "node $NODE_NAME to be Ready" node_ready ||
@@ -200,6 +220,8 @@ cmd_up() {
 		die "CoreDNS does not resolve kubernetes.default: see $LOG_DIR/coredns.log"
 	wait_until 60 "the default service account" kubectl_admin -n default get serviceaccount default ||
 		die "no default service account: see $LOG_DIR/kube-controller-manager.log"
+	wait_until 30 "the never-pull policy" never_pull_in_force ||
+		die "pods are not admitted with imagePullPolicy Never: see $LOG_DIR/kube-apiserver.log"
 	install -m 0600 "$KCFG_DIR/admin.conf" "$KUBECONFIG_OUT"
 	log "cluster is up in $((SECONDS - start)) s: node $NODE_NAME Ready, DNS answers"
 	log "export KUBECONFIG=$KUBECONFIG_OUT"
@@ -247,6 +269,11 @@ cmd_down() {
 		umount -l "$mnt" 2>/dev/null || true
 	done
 	[[ -x $KUBERNETES_BIN/kube-proxy ]] && "$KUBERNETES_BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
+	local leaks=0
+	if fence_present; then
+		fence_report --log >&2
+		leaks=$(fence_leaks)
+	fi
 	network_down
 	local ctl
 	for ctl in /sys/fs/cgroup/*/kubepods; do
@@ -256,11 +283,19 @@ cmd_down() {
 	# containerd 1.6 keeps shim sockets in /run/containerd/s whatever its state dir;
 	# remove the directories if our shims left them empty.
 	rmdir /run/containerd/s /run/containerd 2>/dev/null || true
+	local rc=0
 	if leftovers; then
 		log "cluster is down; nothing of it is left"
 	else
-		die "cluster is down, but the things listed above are left"
+		log "error: cluster is down, but the things listed above are left"
+		rc=1
 	fi
+	if ((leaks > 0)); then
+		log "error: the fence stopped $leaks packets of the cluster on their way off the machine;" \
+			"its log above names their source, destination and interface"
+		rc=1
+	fi
+	return $rc
 }
 
 # Lists whatever of the cluster survived `down`; succeeds only if nothing did.
@@ -287,10 +322,14 @@ leftovers() {
 	for link in "$NODE_IF" "$POD_BRIDGE"; do
 		ip link show "$link" >/dev/null 2>&1 && { log "left: interface $link"; found=1; }
 	done
-	if iptables-save 2>/dev/null | grep -qE "^(:|-A .*-j )(KUBE-|CNI-|$FENCE_CHAIN)"; then
-		log "left: iptables chains (KUBE-*, CNI-* or $FENCE_CHAIN)"
-		found=1
-	fi
+	local cmd
+	for cmd in iptables-save ip6tables-save; do
+		if $cmd 2>/dev/null | grep -qE "^(:|-A .*-j )(KUBE-|CNI-|TASKCLUSTER-E2E)"; then
+			log "left: ${cmd%-save} chains (KUBE-*, CNI-* or TASKCLUSTER-E2E-*)"
+			found=1
+		fi
+	done
+	[[ -n $COMPONENT_CGROUP && -d $COMPONENT_CGROUP ]] && { log "left: cgroup $COMPONENT_CGROUP"; found=1; }
 	ls -d /sys/fs/cgroup/*/kubepods >/dev/null 2>&1 && { log "left: kubepods cgroups"; found=1; }
 	return $found
 }
@@ -325,12 +364,21 @@ cmd_status() {
 			{ echo "cluster DNS: not answering"; rc=1; }
 		echo "KUBECONFIG=$KUBECONFIG_OUT"
 	fi
+	fence_report
 	return $rc
+}
+
+# The fence's counters and log lines; fails if it stopped a packet leaving the machine.
+cmd_fence() {
+	fence_report --log
+	fence_present || return 1
+	(($(fence_leaks) == 0))
 }
 
 # Proves the cluster end to end: a ZooKeeper StatefulSet from the imported image, found
 # by its stable DNS name and through a ClusterIP Service from another pod, and its metrics.
-# The manifest names the image's tag @ZOOKEEPER_VERSION@ (zookeeper/VERSION).
+# The manifest names the image's tag @ZOOKEEPER_VERSION@ (zookeeper/VERSION). Then the
+# fence test (lib/fence_test.sh): nothing of the cluster leaves the machine.
 cmd_smoke() {
 	load_bin_paths
 	local start=$SECONDS
@@ -347,6 +395,7 @@ cmd_smoke() {
 	kubectl_admin -n taskcluster-smoke logs job/resolve-and-ask
 	log "smoke test passed in $((SECONDS - start)) s"
 	kubectl_admin delete namespace taskcluster-smoke --wait=true --timeout=120s >/dev/null
+	fence_test
 }
 
 main() {
@@ -357,7 +406,8 @@ main() {
 	status) cmd_status ;;
 	load-images) cmd_load_images ;;
 	smoke) cmd_smoke ;;
-	*) die "usage: local.sh up|down|status|load-images|smoke" ;;
+	fence) cmd_fence ;;
+	*) die "usage: local.sh up|down|status|load-images|smoke|fence" ;;
 	esac
 }
 
