@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs the e2e suite on the local provider, as CI does, and always takes the cluster
-# down again. Exits non-zero if the cluster cannot come up or any test fails.
+# down again. Exits non-zero if the cluster cannot come up, the smoke or fence test or
+# any e2e test fails, or the fence stopped a packet of the cluster leaving the machine
+# (`local.sh down` prints the fence's counters and log, then fails).
 #
 #   bash e2e/cluster/ci.sh
 #
