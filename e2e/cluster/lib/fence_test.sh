@@ -81,7 +81,7 @@ fence_test() {
 		"$CLUSTER_DIR/manifests/fence.yaml" | kubectl_admin apply -f - >/dev/null
 	local created=$SECONDS
 
-	# From a pod: HTTP and DNS to an outside address, and a name outside the cluster.
+	# From a pod: TCP and DNS to an outside address, and a name outside the cluster.
 	wait_until 90 "pod reach-outside to finish" fence_pod_done reach-outside || true
 	log "fence test: reach-outside says:"
 	kubectl_admin -n "$FENCE_NS" logs reach-outside >&2 || true
