@@ -630,15 +630,14 @@ fn seed_client_gave_up(proc: &Proc) -> bool {
         || stderr.contains("cannot connect to ZooKeeper")
 }
 
-/// Our client fails fast, exit 3, when ZooKeeper does not answer while it starts (a paused
-/// ZooKeeper leader stalls the whole ensemble until its followers give up on it): before it
-/// submitted anything, so no answer is owed. Its tasks would be left in the tree otherwise,
-/// which the drained tree rules out.
+/// Our client fails fast, exit 3, when no server answers within its session timeout while it
+/// opens its session (a paused ZooKeeper leader stalls the whole ensemble until its followers
+/// give up on it): before it submitted anything, so no answer is owed (tasks of its would be
+/// left in the tree, which the drained tree rules out). A connection lost after the session
+/// is open is another matter: the client must ride it out like any other.
 fn refused_at_start(proc: &Proc) -> bool {
     let stderr = proc.stderr();
-    let start_error = stderr.starts_with("error: cannot reach ZooKeeper at ")
-        || (stderr.starts_with("error: cannot create /") && stderr.contains(" on ZooKeeper: "));
-    proc.stdout().is_empty() && start_error && stderr.lines().count() == 1
+    proc.stdout().is_empty() && stderr.starts_with("error: cannot reach ZooKeeper at ") && stderr.lines().count() == 1
 }
 
 /// Collects what Kazoo clients that gave up left: every such task must still get the right
