@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, PersistentVolumeClaim, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
@@ -344,13 +345,16 @@ async fn apply_children(
 ) -> Result<u32, Error> {
     let namespace = tc.namespace().unwrap_or_default();
     let key = format!("{namespace}/{}", names.instance);
-    let children = build::build(tc, valid, &ctx.settings)?;
+    let mut children = build::build(tc, valid, &ctx.settings)?;
+    let s = &ctx.stores;
+    let ensemble = cached(&s.stateful_sets, &namespace, &names.zookeeper);
+    build::zookeeper::keep_claim_labels(&mut children.stateful_set, ensemble.as_deref());
     let mut writes = 0;
 
     // Credentials first, since the pods refer to them.
     let uid = tc.uid().unwrap_or_default();
     if !ctx.credentials_known(&uid) {
-        let owner = build::Owner::of(tc)?;
+        let owner = build::Owner::of(tc, &ctx.settings)?;
         let created = apply::ensure_secret(&ctx.client, &namespace, &names.credentials, || {
             security::credentials(&owner, names, &security::generate_password())
         })
@@ -362,8 +366,7 @@ async fn apply_children(
         ctx.remember_credentials(&uid);
     }
 
-    let s = &ctx.stores;
-    let ensemble_existed = cached(&s.stateful_sets, &namespace, &names.zookeeper).is_some();
+    let ensemble_existed = ensemble.is_some();
     let replicas = |name: &str| cached(&s.deployments, &namespace, name).and_then(|d| d.spec.as_ref()?.replicas);
     let (workers_before, masters_before) = (replicas(&names.workers), replicas(&names.masters));
     let applier = Applier { client: &ctx.client, ledger: &ctx.ledger, force: ctx.resync_due(&key) };
@@ -497,10 +500,19 @@ impl Slim for Deployment {
 }
 
 impl Slim for StatefulSet {
+    /// Keeps the names and labels of the volume claim templates, which later applies must
+    /// repeat unchanged.
     fn slim(&mut self) {
         if let Some(spec) = self.spec.as_mut() {
             spec.template = Default::default();
-            spec.volume_claim_templates = None;
+            for claim in spec.volume_claim_templates.iter_mut().flatten() {
+                let metadata = ObjectMeta {
+                    name: claim.metadata.name.take(),
+                    labels: claim.metadata.labels.take(),
+                    ..Default::default()
+                };
+                *claim = PersistentVolumeClaim { metadata, ..Default::default() };
+            }
         }
     }
 }
@@ -598,6 +610,22 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, zook
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_keeps_the_names_and_labels_of_claim_templates_only() {
+        use crate::build::{build, Settings};
+        use crate::validate::{validate, Observed};
+        let tc = crate::fixtures::example();
+        let built = build(&tc, &validate(&tc, Observed::default()).unwrap(), &Settings::default()).unwrap();
+        let mut cached = built.stateful_set.clone();
+        cached.slim();
+        let claims = cached.spec.as_ref().unwrap().volume_claim_templates.clone().unwrap();
+        let original = &built.stateful_set.spec.as_ref().unwrap().volume_claim_templates.as_ref().unwrap()[0];
+        assert_eq!(claims[0].metadata.name.as_deref(), Some("data"));
+        assert_eq!(claims[0].metadata.labels, original.metadata.labels);
+        assert!(claims[0].spec.is_none());
+        assert_eq!(cached.spec.unwrap().template, Default::default());
+    }
 
     #[test]
     fn retries_back_off_up_to_five_minutes() {

@@ -377,9 +377,9 @@ fn default_storage_size() -> String {
 }
 
 impl TaskClusterSpec {
-    /// The master/worker image, defaulting to the operator's own version.
-    pub fn node_image(&self) -> String {
-        self.image.clone().unwrap_or_else(|| format!("{NODE_IMAGE_REPOSITORY}:{OPERATOR_VERSION}"))
+    /// The master/worker image, defaulting to the release `operator_version` of the operator.
+    pub fn node_image(&self, operator_version: &str) -> String {
+        self.image.clone().unwrap_or_else(|| format!("{NODE_IMAGE_REPOSITORY}:{operator_version}"))
     }
 
     pub fn zookeeper_image(&self) -> String {

@@ -39,6 +39,7 @@ fn settings() -> Settings {
         image_pull_secrets: std::env::var("IMAGE_PULL_SECRETS")
             .map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
             .unwrap_or_default(),
+        operator_version: defaults.operator_version,
     }
 }
 

@@ -1,11 +1,11 @@
 //! Names and labels of the objects a TaskCluster owns.
 //!
-//! Selectors leave out `app.kubernetes.io/version`, so the immutable selectors of
-//! Deployments and StatefulSets survive an operator upgrade.
+//! `app.kubernetes.io/version` names the operator release that wrote an object, so it sits
+//! only on the objects' own metadata. Selectors and claim templates are immutable (an apply
+//! that changes them is rejected) and a pod template that changes restarts its pods, so these
+//! carry [`stable_labels`]: an operator upgrade alone changes none of them.
 
 use std::collections::BTreeMap;
-
-use crate::crd::OPERATOR_VERSION;
 
 pub const APP_NAME: &str = "taskcluster";
 pub const MANAGED_BY: &str = "taskcluster-operator";
@@ -48,11 +48,17 @@ pub fn selector(instance: &str, component: Component) -> BTreeMap<String, String
     labels
 }
 
-/// All recommended labels of an object.
-pub fn labels(instance: &str, component: Component) -> BTreeMap<String, String> {
+/// Every recommended label but the version: for pod templates and volume claim templates.
+pub fn stable_labels(instance: &str, component: Component) -> BTreeMap<String, String> {
     let mut labels = selector(instance, component);
     labels.insert("app.kubernetes.io/managed-by".into(), MANAGED_BY.into());
-    labels.insert("app.kubernetes.io/version".into(), OPERATOR_VERSION.into());
+    labels
+}
+
+/// All recommended labels of an object written by operator release `version`.
+pub fn labels(instance: &str, component: Component, version: &str) -> BTreeMap<String, String> {
+    let mut labels = stable_labels(instance, component);
+    labels.insert("app.kubernetes.io/version".into(), version.into());
     labels
 }
 

@@ -15,7 +15,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 
-use crate::crd::TaskCluster;
+use crate::crd::{TaskCluster, OPERATOR_VERSION};
 use crate::validate::ValidSpec;
 use labels::{Component, Names};
 
@@ -28,11 +28,19 @@ pub struct Settings {
     pub operator_namespace: Option<String>,
     /// Pull secrets added to every pod.
     pub image_pull_secrets: Vec<String>,
+    /// The operator's release: the `app.kubernetes.io/version` label of every child and the
+    /// tag of the default node image.
+    pub operator_version: String,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { cluster_domain: "cluster.local".into(), operator_namespace: None, image_pull_secrets: Vec::new() }
+        Self {
+            cluster_domain: "cluster.local".into(),
+            operator_namespace: None,
+            image_pull_secrets: Vec::new(),
+            operator_version: OPERATOR_VERSION.into(),
+        }
     }
 }
 
@@ -51,18 +59,19 @@ pub enum BuildError {
     MissingMetadata(&'static str),
 }
 
-/// Namespace and owner reference shared by all children.
+/// Namespace, owner reference and operator release shared by all children.
 #[derive(Clone, Debug)]
 pub struct Owner {
     pub namespace: String,
     pub reference: OwnerReference,
+    pub operator_version: String,
 }
 
 impl Owner {
-    pub fn of(tc: &TaskCluster) -> Result<Self, BuildError> {
+    pub fn of(tc: &TaskCluster, settings: &Settings) -> Result<Self, BuildError> {
         let namespace = tc.namespace().ok_or(BuildError::MissingMetadata("namespace"))?;
         let reference = tc.controller_owner_ref(&()).ok_or(BuildError::MissingMetadata("uid"))?;
-        Ok(Self { namespace, reference })
+        Ok(Self { namespace, reference, operator_version: settings.operator_version.clone() })
     }
 
     /// Metadata of a child: name, namespace, labels, and the controller reference that makes
@@ -71,7 +80,7 @@ impl Owner {
         ObjectMeta {
             name: Some(name.to_string()),
             namespace: Some(self.namespace.clone()),
-            labels: Some(labels::labels(&self.reference.name, component)),
+            labels: Some(labels::labels(&self.reference.name, component, &self.operator_version)),
             owner_references: Some(vec![self.reference.clone()]),
             ..Default::default()
         }
@@ -115,7 +124,7 @@ pub struct Children {
 }
 
 pub fn build(tc: &TaskCluster, valid: &ValidSpec, settings: &Settings) -> Result<Children, BuildError> {
-    let owner = Owner::of(tc)?;
+    let owner = Owner::of(tc, settings)?;
     let names = Names::new(&tc.name_any());
     let cfg = zookeeper::zoo_cfg(&names, &owner.namespace, valid.spec.zookeeper.replicas, &settings.cluster_domain);
     Ok(Children {
@@ -192,6 +201,71 @@ mod tests {
             assert!(!selector.contains_key("app.kubernetes.io/version"), "{selector:?}");
             assert!(selector.contains_key("app.kubernetes.io/component"));
         }
+    }
+
+    /// What operator release `version` builds for `tc`.
+    fn children_at(tc: &TaskCluster, version: &str) -> Children {
+        let settings = Settings { operator_version: version.into(), ..Settings::default() };
+        build(tc, &validate(tc, Observed::default()).unwrap(), &settings).unwrap()
+    }
+
+    fn spec_of(s: &StatefulSet) -> &k8s_openapi::api::apps::v1::StatefulSetSpec {
+        s.spec.as_ref().unwrap()
+    }
+
+    #[test]
+    fn an_operator_upgrade_changes_no_immutable_field_and_restarts_no_pod() {
+        let mut tc = fixtures::example();
+        tc.spec.image = Some("registry.example/taskcluster/node:pinned".into());
+        let (old, new) = (children_at(&tc, "0.1.0"), children_at(&tc, "0.2.0"));
+        // Immutable after creation: the API server rejects an apply that changes them.
+        let (old_sts, new_sts) = (spec_of(&old.stateful_set), spec_of(&new.stateful_set));
+        assert!(old_sts.volume_claim_templates.is_some());
+        assert_eq!(old_sts.volume_claim_templates, new_sts.volume_claim_templates, "claim templates");
+        assert_eq!(old_sts.selector, new_sts.selector);
+        for (before, after) in [(&old.masters, &new.masters), (&old.workers, &new.workers)] {
+            assert_eq!(before.spec.as_ref().unwrap().selector, after.spec.as_ref().unwrap().selector);
+        }
+        // Pod templates: a change restarts every pod.
+        assert_eq!(old_sts.template, new_sts.template, "ZooKeeper pod template");
+        let template = |d: &Deployment| d.spec.as_ref().unwrap().template.clone();
+        assert_eq!(template(&old.masters), template(&new.masters), "master pod template");
+        assert_eq!(template(&old.workers), template(&new.workers), "worker pod template");
+        // The objects themselves still say which release wrote them.
+        for meta in all_meta(&new) {
+            assert_eq!(meta.labels.as_ref().unwrap()["app.kubernetes.io/version"], "0.2.0");
+        }
+    }
+
+    #[test]
+    fn a_new_default_node_image_rolls_masters_and_workers_but_not_zookeeper() {
+        let tc = fixtures::example();
+        let (old, new) = (children_at(&tc, "0.1.0"), children_at(&tc, "0.2.0"));
+        let image = |d: &Deployment| pod(d).containers[0].image.clone().unwrap();
+        assert_eq!(
+            (image(&old.workers), image(&new.workers)),
+            ("taskcluster/node:0.1.0".into(), "taskcluster/node:0.2.0".into())
+        );
+        let template = |d: &Deployment| d.spec.as_ref().unwrap().template.clone();
+        assert_ne!(template(&old.masters), template(&new.masters));
+        assert_ne!(template(&old.workers), template(&new.workers));
+        assert_eq!(spec_of(&old.stateful_set).template, spec_of(&new.stateful_set).template);
+    }
+
+    #[test]
+    fn an_ensemble_whose_claim_templates_carry_a_version_keeps_them() {
+        let tc = fixtures::example();
+        let mut running = children_at(&tc, "0.1.0").stateful_set;
+        let claims = running.spec.as_mut().unwrap().volume_claim_templates.as_mut().unwrap();
+        claims[0].metadata.labels.as_mut().unwrap().insert("app.kubernetes.io/version".into(), "0.1.0".into());
+        let mut desired = children_at(&tc, "0.2.0").stateful_set;
+        zookeeper::keep_claim_labels(&mut desired, Some(&running));
+        assert_eq!(spec_of(&desired).volume_claim_templates, spec_of(&running).volume_claim_templates);
+
+        let mut fresh = children_at(&tc, "0.2.0").stateful_set;
+        zookeeper::keep_claim_labels(&mut fresh, None);
+        let labels = spec_of(&fresh).volume_claim_templates.as_ref().unwrap()[0].metadata.labels.clone().unwrap();
+        assert!(!labels.contains_key("app.kubernetes.io/version"), "a new ensemble's claims carry no version");
     }
 
     #[test]
@@ -389,7 +463,7 @@ mod tests {
     #[test]
     fn credentials_are_immutable_and_shaped_as_user_colon_password() {
         let tc = fixtures::example();
-        let owner = Owner::of(&tc).unwrap();
+        let owner = Owner::of(&tc, &Settings::default()).unwrap();
         let password = security::generate_password();
         assert_eq!(password.len(), 32);
         assert_ne!(password, security::generate_password());

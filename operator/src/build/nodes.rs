@@ -133,7 +133,7 @@ struct Role {
 fn deployment(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &Settings, role: Role) -> Deployment {
     let container = Container {
         name: role.component.as_str().into(),
-        image: Some(valid.spec.node_image()),
+        image: Some(valid.spec.node_image(&settings.operator_version)),
         image_pull_policy: Some(valid.spec.image_pull_policy.as_str().into()),
         command: Some(vec![BINARY.into()]),
         args: Some(role.args),
@@ -160,7 +160,7 @@ fn deployment(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &Settin
             strategy: Some(role.strategy),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(labels::labels(&names.instance, role.component)),
+                    labels: Some(labels::stable_labels(&names.instance, role.component)),
                     annotations: Some(annotations),
                     ..Default::default()
                 }),

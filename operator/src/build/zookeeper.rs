@@ -151,7 +151,7 @@ pub fn stateful_set(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &
         Some(vec![PersistentVolumeClaim {
             metadata: ObjectMeta {
                 name: Some("data".into()),
-                labels: Some(labels::labels(&names.instance, Component::ZooKeeper)),
+                labels: Some(labels::stable_labels(&names.instance, Component::ZooKeeper)),
                 ..Default::default()
             },
             spec: Some(PersistentVolumeClaimSpec {
@@ -216,7 +216,7 @@ pub fn stateful_set(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &
             }),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(labels::labels(&names.instance, Component::ZooKeeper)),
+                    labels: Some(labels::stable_labels(&names.instance, Component::ZooKeeper)),
                     // Scraped like the masters and workers (nodes.rs).
                     annotations: Some(BTreeMap::from([
                         (CONFIG_HASH.to_string(), labels::stable_hash(cfg.as_bytes())),
@@ -247,6 +247,21 @@ pub fn stateful_set(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// Gives each volume claim template of `desired` the labels of the same template in the
+/// `running` StatefulSet. Claim templates are fixed at creation: an apply that changes them
+/// is rejected, and ensembles created by releases that labelled them with their version
+/// must keep those labels.
+pub fn keep_claim_labels(desired: &mut StatefulSet, running: Option<&StatefulSet>) {
+    let Some(running) = running.and_then(|s| s.spec.as_ref()?.volume_claim_templates.as_ref()) else { return };
+    let Some(claims) = desired.spec.as_mut().and_then(|s| s.volume_claim_templates.as_mut()) else { return };
+    for claim in claims {
+        let same = running.iter().find(|r| r.metadata.name == claim.metadata.name);
+        if let Some(labels) = same.map(|r| r.metadata.labels.clone()) {
+            claim.metadata.labels = labels;
+        }
     }
 }
 
