@@ -28,12 +28,35 @@ pub const FIELD_MANAGER: &str = "taskcluster-operator";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    #[error("cannot apply {kind} {namespace}/{name}: {source}")]
+    #[error("cannot apply {kind} {namespace}/{name}: {}", api_message(.source))]
     Apply { kind: String, namespace: String, name: String, source: kube::Error },
     #[error("cannot serialize {kind} {name}: {source}")]
     Serialize { kind: String, name: String, source: serde_json::Error },
-    #[error("cannot read or create Secret {namespace}/{name}: {source}")]
+    #[error("cannot read or create Secret {namespace}/{name}: {}", api_message(.source))]
     Credentials { namespace: String, name: String, source: kube::Error },
+}
+
+/// The API server's own words for a refused request (its message, reason and code), or the
+/// client's error when no answer came.
+pub fn api_message(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(status) if !status.message.is_empty() => {
+            format!("{} ({} {})", status.message, status.code, status.reason)
+        },
+        other => other.to_string(),
+    }
+}
+
+/// The children one reconcile could not apply; the others were applied regardless.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct ApplyFailures(pub Vec<ApplyError>);
+
+impl ApplyFailures {
+    /// True when only the credentials Secret failed.
+    pub fn only_credentials(&self) -> bool {
+        self.0.iter().all(|e| matches!(e, ApplyError::Credentials { .. }))
+    }
 }
 
 /// What one apply did.

@@ -21,7 +21,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::{debug, field, info, info_span, warn, Instrument, Span};
 
-use crate::apply::{self, Applied, Applier, ApplyError, Ledger, FIELD_MANAGER};
+use crate::apply::{self, Applied, Applier, ApplyError, ApplyFailures, Ledger, FIELD_MANAGER};
 use crate::build::labels::{Names, MANAGED_BY};
 use crate::build::{self, security, BuildError, Settings};
 use crate::crd::{TaskCluster, TaskClusterStatus};
@@ -39,6 +39,8 @@ const WAIT: Duration = Duration::from_secs(10);
 /// checks cannot see (a hand edit of a ConfigMap or Service).
 const RESYNC: Duration = Duration::from_secs(600);
 const RETRY: Duration = Duration::from_secs(5);
+/// The API server refuses Events whose note is longer.
+const EVENT_NOTE_MAX: usize = 1024;
 const MAX_RETRY: Duration = Duration::from_secs(300);
 
 /// Delay before the next attempt after `failures` consecutive failures.
@@ -51,7 +53,7 @@ pub enum Error {
     #[error(transparent)]
     Build(#[from] BuildError),
     #[error(transparent)]
-    Apply(#[from] ApplyError),
+    Apply(#[from] ApplyFailures),
     #[error("cannot write the status of TaskCluster {namespace}/{name}: {source}")]
     Status { namespace: String, name: String, source: kube::Error },
 }
@@ -61,7 +63,7 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::Build(_) => "BuildFailed",
-            Error::Apply(ApplyError::Credentials { .. }) => "CredentialsFailed",
+            Error::Apply(failures) if failures.only_credentials() => "CredentialsFailed",
             Error::Apply(_) => "ApplyFailed",
             Error::Status { .. } => "StatusWriteFailed",
         }
@@ -226,6 +228,7 @@ impl Context {
     }
 
     async fn publish(&self, reference: &ObjectReference, type_: EventType, reason: &str, note: String) {
+        let note = status::clip(note, EVENT_NOTE_MAX);
         let event =
             Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
         if let Err(err) = self.recorder.publish(&event, reference).await {
@@ -297,11 +300,14 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
     let observed = Observed { ensemble_replicas: ensemble.as_ref().and_then(|s| s.spec.as_ref()?.replicas) };
     let valid = validate::validate(tc, observed);
 
-    // Build (pure) and apply; an invalid spec leaves the running cluster as it is.
-    let mut writes = match &valid {
+    // Build (pure) and apply; an invalid spec leaves the running cluster as it is. A child
+    // that cannot be applied does not keep the others from it, nor the status from saying so.
+    let applied = match &valid {
         Ok(valid) => apply_children(tc, valid, &names, &reference, ctx).await?,
-        Err(_) => 0,
+        Err(_) => ChildrenApplied::default(),
     };
+    let mut writes = applied.writes;
+    let apply_failures: Vec<String> = applied.failures.iter().map(ToString::to_string).collect();
 
     // Status, from the cached children and ZooKeeper.
     let zookeeper = cached(&ctx.stores.stateful_sets, &namespace, &names.zookeeper);
@@ -314,6 +320,7 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
         workers: workers.as_deref(),
         zookeeper: zookeeper.as_deref(),
         reading: &reading,
+        apply_failures: &apply_failures,
     };
     let previous = tc.status.as_ref();
     let next = status::compute(tc, previous, &observation, Timestamp::now());
@@ -328,6 +335,10 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
         debug!(writes, "reconciled");
     }
     ctx.metrics.zookeeper_sessions.set(i64::try_from(ctx.zookeeper.sessions()).unwrap_or(i64::MAX));
+    if !applied.failures.is_empty() {
+        // The retry backoff of error_policy applies.
+        return Err(Error::Apply(ApplyFailures(applied.failures)));
+    }
     ctx.succeeded(&key);
     Ok(match reading {
         ZkReading::Skipped => Action::requeue(WAIT),
@@ -335,59 +346,79 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
     })
 }
 
-/// Builds the children and applies those that changed; returns the number of writes.
+/// What applying the children did: writes made, and the children that could not be applied.
+#[derive(Debug, Default)]
+struct ChildrenApplied {
+    writes: u32,
+    failures: Vec<ApplyError>,
+}
+
+impl ChildrenApplied {
+    /// Counts one apply; a failure is kept and the next child is applied regardless.
+    fn count(&mut self, ctx: &Context, kind: &str, result: Result<Applied, ApplyError>) -> Option<Applied> {
+        match result {
+            Ok(applied) => {
+                if applied != Applied::Unchanged {
+                    ctx.metrics.wrote(kind);
+                    self.writes += 1;
+                }
+                Some(applied)
+            },
+            Err(err) => {
+                warn!(error = %err, "child not applied");
+                self.failures.push(err);
+                None
+            },
+        }
+    }
+}
+
+/// Builds the children and applies every one that changed, whether or not the others could
+/// be applied.
 async fn apply_children(
     tc: &TaskCluster,
     valid: &ValidSpec,
     names: &Names,
     reference: &ObjectReference,
     ctx: &Context,
-) -> Result<u32, Error> {
+) -> Result<ChildrenApplied, Error> {
     let namespace = tc.namespace().unwrap_or_default();
     let key = format!("{namespace}/{}", names.instance);
     let mut children = build::build(tc, valid, &ctx.settings)?;
     let s = &ctx.stores;
     let ensemble = cached(&s.stateful_sets, &namespace, &names.zookeeper);
     build::zookeeper::keep_claim_labels(&mut children.stateful_set, ensemble.as_deref());
-    let mut writes = 0;
+    let mut applied = ChildrenApplied::default();
 
-    // Credentials first, since the pods refer to them.
+    // Credentials first, since the pods refer to them (pods wait for a missing Secret).
     let uid = tc.uid().unwrap_or_default();
     if !ctx.credentials_known(&uid) {
         let owner = build::Owner::of(tc, &ctx.settings)?;
         let created = apply::ensure_secret(&ctx.client, &namespace, &names.credentials, || {
             security::credentials(&owner, names, &security::generate_password())
         })
-        .await?;
-        if created == Applied::Created {
-            ctx.metrics.wrote("Secret");
-            writes += 1;
+        .await;
+        if applied.count(ctx, "Secret", created).is_some() {
+            ctx.remember_credentials(&uid);
         }
-        ctx.remember_credentials(&uid);
     }
 
     let ensemble_existed = ensemble.is_some();
     let replicas = |name: &str| cached(&s.deployments, &namespace, name).and_then(|d| d.spec.as_ref()?.replicas);
     let (workers_before, masters_before) = (replicas(&names.workers), replicas(&names.masters));
     let applier = Applier { client: &ctx.client, ledger: &ctx.ledger, force: ctx.resync_due(&key) };
-    let results = [
-        ("Service", applier.apply(&s.services, children.headless_service).await?),
-        ("Service", applier.apply(&s.services, children.client_service).await?),
-        ("ConfigMap", applier.apply(&s.config_maps, children.config_map).await?),
-        ("NetworkPolicy", applier.apply(&s.network_policies, children.network_policy).await?),
-        ("PodDisruptionBudget", applier.apply(&s.disruption_budgets, children.disruption_budget).await?),
-        ("StatefulSet", applier.apply(&s.stateful_sets, children.stateful_set).await?),
-        ("Deployment", applier.apply(&s.deployments, children.masters).await?),
-        ("Deployment", applier.apply(&s.deployments, children.workers).await?),
-    ];
-    for (kind, applied) in results {
-        if applied != Applied::Unchanged {
-            ctx.metrics.wrote(kind);
-            writes += 1;
-        }
-    }
+    applied.count(ctx, "Service", applier.apply(&s.services, children.headless_service).await);
+    applied.count(ctx, "Service", applier.apply(&s.services, children.client_service).await);
+    applied.count(ctx, "ConfigMap", applier.apply(&s.config_maps, children.config_map).await);
+    applied.count(ctx, "NetworkPolicy", applier.apply(&s.network_policies, children.network_policy).await);
+    let budget = applier.apply(&s.disruption_budgets, children.disruption_budget).await;
+    applied.count(ctx, "PodDisruptionBudget", budget);
+    let ensemble_applied =
+        applied.count(ctx, "StatefulSet", applier.apply(&s.stateful_sets, children.stateful_set).await);
+    let masters_applied = applied.count(ctx, "Deployment", applier.apply(&s.deployments, children.masters).await);
+    let workers_applied = applied.count(ctx, "Deployment", applier.apply(&s.deployments, children.workers).await);
 
-    if !ensemble_existed && results[5].1 == Applied::Created {
+    if !ensemble_existed && ensemble_applied == Some(Applied::Created) {
         let note = format!(
             "created a {}-server ZooKeeper ensemble, {} masters and {} workers",
             valid.spec.zookeeper.replicas, valid.spec.masters, valid.spec.workers
@@ -395,16 +426,17 @@ async fn apply_children(
         info!("{note}");
         ctx.publish(reference, EventType::Normal, "Created", note).await;
     }
-    for (role, before, after) in
-        [("workers", workers_before, valid.spec.workers), ("masters", masters_before, valid.spec.masters)]
-    {
-        if let Some(before) = before.filter(|b| *b != after) {
+    for (role, before, after, written) in [
+        ("workers", workers_before, valid.spec.workers, workers_applied),
+        ("masters", masters_before, valid.spec.masters, masters_applied),
+    ] {
+        if let Some(before) = before.filter(|b| *b != after && written.is_some()) {
             let note = format!("scaled {role} from {before} to {after}");
             info!("{note}");
             ctx.publish(reference, EventType::Normal, "Scaled", note).await;
         }
     }
-    Ok(writes)
+    Ok(applied)
 }
 
 /// Asks ZooKeeper for leader and counters, once a majority of its servers is ready.
@@ -449,7 +481,8 @@ async fn write_status(ctx: &Context, namespace: &str, name: &str, status: &TaskC
     Ok(())
 }
 
-/// Events for what a user wants to hear about: a new leader, a spec that cannot be honoured.
+/// Events for what a user wants to hear about: a new leader, a spec that cannot be honoured,
+/// children the API server refused (again when the reason changes).
 async fn transition_events(
     ctx: &Context,
     reference: &ObjectReference,
@@ -472,6 +505,14 @@ async fn transition_events(
         if degraded.reason == "InvalidSpec" && was.as_deref() != Some("InvalidSpec") {
             warn!(message = %degraded.message, "spec cannot be honoured");
             ctx.publish(reference, EventType::Warning, "InvalidSpec", degraded.message.clone()).await;
+        }
+    }
+    let before = status::find(previous, status::RECONCILED);
+    if let Some(reconciled) = status::find(Some(next), status::RECONCILED) {
+        let repeated = before.is_some_and(|b| b.reason == reconciled.reason && b.message == reconciled.message);
+        if reconciled.reason == "ApplyFailed" && !repeated {
+            warn!(message = %reconciled.message, "children not applied");
+            ctx.publish(reference, EventType::Warning, "ApplyFailed", reconciled.message.clone()).await;
         }
     }
 }

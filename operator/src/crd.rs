@@ -305,8 +305,10 @@ pub struct TaskClusterStatus {
     #[serde(default)]
     pub zookeeper: ZooKeeperStatus,
 
-    /// `Ready`, `ZooKeeperReady`, `LeaderElected` and `Degraded`.
+    /// `Ready`, `ZooKeeperReady`, `LeaderElected`, `Degraded` and `Reconciled` (every child
+    /// applied as the spec asks), one entry per type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
 

@@ -177,6 +177,8 @@ enum Reply {
     /// The request body back, as if applied unchanged.
     Echo,
     NotFound,
+    /// 422, as the API server rejects an invalid object, with this message.
+    Invalid(&'static str),
     Json(Value),
     /// `tc` carrying the status from the request body, as a status patch answers.
     StatusOf(Box<TaskCluster>),
@@ -205,6 +207,10 @@ impl ApiServer {
             Reply::NotFound => (
                 404,
                 json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+            ),
+            Reply::Invalid(message) => (
+                422,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid", "code": 422, "message": message}),
             ),
         };
         let response =
@@ -238,6 +244,7 @@ fn settled(mut tc: TaskCluster, world: &World, cluster: &ClusterStatus) -> TaskC
         workers: world.deployments.get(1),
         zookeeper: world.stateful_sets.first(),
         reading: &reading,
+        apply_failures: &[],
     };
     let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap();
     tc.status = Some(compute(&tc, None, &observation, now));
@@ -288,6 +295,8 @@ async fn a_new_cluster_gets_credentials_then_every_child_then_status() {
         status["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
     assert_eq!(ready["status"], "False");
     assert_eq!(ready["reason"], "Creating");
+    let reconciled = condition_of(&status, "Reconciled");
+    assert_eq!((reconciled["status"].as_str(), reconciled["reason"].as_str()), (Some("True"), Some("Applied")));
     s.expect_nothing_more().await;
 
     let action = reconciling.await.unwrap().unwrap();
@@ -475,4 +484,66 @@ async fn a_hand_edited_service_is_put_back_but_not_one_nobody_touched() {
     h.server.expect(Method::PATCH, "/api/v1/namespaces/default/services/demo-zookeeper-headless", Reply::Echo).await;
     h.server.expect_nothing_more().await;
     reconciling.await.unwrap().unwrap();
+}
+
+/// What the API server says when an apply changes an immutable part of a StatefulSet.
+const FORBIDDEN: &str = "StatefulSet.apps \"demo-zookeeper\" is invalid: spec: Forbidden: updates to statefulset spec \
+                         for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', \
+                         'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden";
+
+fn condition_of(status: &Value, type_: &str) -> Value {
+    let conditions = status["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    conditions.into_iter().find(|c| c["type"] == type_).unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn a_rejected_child_does_not_stop_the_others_and_is_reported() {
+    let base = fixtures::example();
+    let world = World::running(&base);
+    let cluster = leader("demo-master-abc", 3);
+    let mut tc = settled(base, &world, &cluster).with_generation(2);
+    // Changes the pod templates of all three workloads.
+    tc.spec.image_pull_policy = crate::crd::PullPolicy::Always;
+    let mut h = harness(&world, FakeReply::Status(cluster));
+    let ctx = h.ctx.clone();
+    let first = tc.clone();
+    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(first))), ctx).await });
+    let s = &mut h.server;
+    s.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+    s.expect(Method::PATCH, "/apis/apps/v1/namespaces/default/statefulsets/demo-zookeeper", Reply::Invalid(FORBIDDEN))
+        .await;
+    for name in ["demo-master", "demo-worker"] {
+        let path = format!("/apis/apps/v1/namespaces/default/deployments/{name}");
+        let body = s.expect(Method::PATCH, &path, Reply::Echo).await;
+        assert_eq!(body["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"], "Always");
+    }
+    let status = s.expect(Method::PATCH, STATUS, Reply::StatusOf(Box::new(fixtures::example()))).await;
+    let reconciled = condition_of(&status, "Reconciled");
+    assert_eq!((reconciled["status"].as_str(), reconciled["reason"].as_str()), (Some("False"), Some("ApplyFailed")));
+    let message = reconciled["message"].as_str().unwrap_or_default();
+    assert!(message.contains("StatefulSet default/demo-zookeeper") && message.contains("spec: Forbidden"), "{message}");
+    assert_eq!(reconciled["observedGeneration"], 2);
+    assert_eq!(condition_of(&status, "Ready")["status"], "True", "the cluster itself still runs");
+    let event = s.expect(Method::POST, EVENTS, Reply::Echo).await;
+    assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("ApplyFailed")));
+    assert!(event["note"].as_str().unwrap_or_default().contains("spec: Forbidden"), "{event}");
+    s.expect_nothing_more().await;
+    let error = reconciling.await.unwrap().expect_err("the reconcile reports the failure, for the retry backoff");
+    assert_eq!(error.reason(), "ApplyFailed");
+
+    // The retry tries the StatefulSet again; the rest is in place and the status says the
+    // same, so nothing else is written and nothing announced twice.
+    let mut again = tc;
+    again.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
+    let ctx = h.ctx.clone();
+    let retry = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(again))), ctx).await });
+    h.server
+        .expect(
+            Method::PATCH,
+            "/apis/apps/v1/namespaces/default/statefulsets/demo-zookeeper",
+            Reply::Invalid(FORBIDDEN),
+        )
+        .await;
+    h.server.expect_nothing_more().await;
+    assert_eq!(retry.await.unwrap().expect_err("still failing").reason(), "ApplyFailed");
 }

@@ -16,6 +16,10 @@ pub const READY: &str = "Ready";
 pub const ZOOKEEPER_READY: &str = "ZooKeeperReady";
 pub const LEADER_ELECTED: &str = "LeaderElected";
 pub const DEGRADED: &str = "Degraded";
+pub const RECONCILED: &str = "Reconciled";
+/// Longest condition message written: API server messages can be long, the status is not
+/// the place for all of it (events and the operator's log carry the rest).
+const MAX_MESSAGE: usize = 4096;
 
 /// What ZooKeeper said this time.
 #[derive(Debug)]
@@ -34,6 +38,8 @@ pub struct Observation<'a> {
     pub workers: Option<&'a Deployment>,
     pub zookeeper: Option<&'a StatefulSet>,
     pub reading: &'a ZkReading,
+    /// Why children could not be applied this time (empty when all were, or none was tried).
+    pub apply_failures: &'a [String],
 }
 
 fn deployment_counts(d: Option<&Deployment>) -> (i32, i32) {
@@ -170,7 +176,15 @@ pub fn compute(
         verdict(READY, true, "ClusterReady", "a leader assigns tasks to ready workers")
     };
 
-    for v in [ready, zookeeper_ready, leader_elected, degraded] {
+    let reconciled = if let Some(err) = obs.spec_error {
+        verdict(RECONCILED, false, "InvalidSpec", format!("{err}; the children keep the last valid spec"))
+    } else if !obs.apply_failures.is_empty() {
+        verdict(RECONCILED, false, "ApplyFailed", obs.apply_failures.join("; "))
+    } else {
+        verdict(RECONCILED, true, "Applied", "every child object is applied as the spec asks")
+    };
+
+    for v in [ready, zookeeper_ready, leader_elected, degraded, reconciled] {
         status.conditions.push(condition(&prev.conditions, v, generation, now));
     }
     status
@@ -187,10 +201,25 @@ fn condition(previous: &[Condition], v: Verdict, generation: Option<i64>, now: T
         type_: v.type_.into(),
         status: status.into(),
         reason: v.reason,
-        message: v.message,
+        message: clip(v.message, MAX_MESSAGE),
         observed_generation: generation,
         last_transition_time: since,
     }
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary), an ellipsis marking the cut.
+pub fn clip(mut text: String, max: usize) -> String {
+    const ELLIPSIS: char = '…';
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max.saturating_sub(ELLIPSIS.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push(ELLIPSIS);
+    text
 }
 
 /// The condition of `type_`, if set.
@@ -252,6 +281,7 @@ mod tests {
             workers: Some(&w),
             zookeeper: Some(&z),
             reading: &reading,
+            apply_failures: &[],
         };
         let s = compute(&tc, None, &obs, at(100));
         assert_eq!(s.leader.as_deref(), Some("demo-master-x"));
@@ -277,6 +307,7 @@ mod tests {
             workers: Some(&w),
             zookeeper: Some(&z),
             reading: &reading,
+            apply_failures: &[],
         };
         let first = compute(&tc, None, &obs, at(100));
         let again = compute(&tc, Some(&first), &obs, at(200));
@@ -293,6 +324,7 @@ mod tests {
             workers: Some(&w),
             zookeeper: Some(&z),
             reading: &reading,
+            apply_failures: &[],
         };
         let s = compute(&tc, None, &obs, at(100));
         assert_eq!(cond(&s, READY).status, "True");
@@ -306,8 +338,14 @@ mod tests {
     fn without_quorum_zookeeper_is_not_asked_and_the_cluster_is_not_ready() {
         let tc = fixtures::example();
         let (z, reading) = (sts(1), ZkReading::Skipped);
-        let obs =
-            Observation { spec_error: None, masters: None, workers: None, zookeeper: Some(&z), reading: &reading };
+        let obs = Observation {
+            spec_error: None,
+            masters: None,
+            workers: None,
+            zookeeper: Some(&z),
+            reading: &reading,
+            apply_failures: &[],
+        };
         let s = compute(&tc, None, &obs, at(100));
         let ready = cond(&s, READY);
         assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "NoQuorum"));
@@ -326,6 +364,7 @@ mod tests {
             workers: Some(&w),
             zookeeper: Some(&z),
             reading: &elected,
+            apply_failures: &[],
         };
         let first = compute(&tc, None, &obs, at(100));
         let none = ZkReading::Read(ClusterStatus::default());
@@ -351,6 +390,7 @@ mod tests {
             workers: Some(&w),
             zookeeper: Some(&z),
             reading: &reading,
+            apply_failures: &[],
         };
         let s = compute(&tc, None, &obs, at(100));
         assert_eq!(s.leader.as_deref(), Some("demo-master-y"));
@@ -358,12 +398,58 @@ mod tests {
     }
 
     #[test]
+    fn children_the_api_server_refused_are_a_condition_until_they_are_applied() {
+        let tc = fixtures::example();
+        let (m, w, z, reading) = (deployment(2, 2), deployment(3, 3), sts(3), led_by("demo-master-x"));
+        let refused = ["cannot apply StatefulSet default/demo-zookeeper: spec: Forbidden (422 Invalid)".to_string()];
+        let obs = Observation {
+            spec_error: None,
+            masters: Some(&m),
+            workers: Some(&w),
+            zookeeper: Some(&z),
+            reading: &reading,
+            apply_failures: &refused,
+        };
+        let failing = compute(&tc, None, &obs, at(100));
+        let reconciled = cond(&failing, RECONCILED);
+        assert_eq!((reconciled.status.as_str(), reconciled.reason.as_str()), ("False", "ApplyFailed"));
+        assert_eq!(reconciled.message, refused[0]);
+        assert_eq!(cond(&failing, READY).status, "True", "what runs still works");
+
+        let still = compute(&tc, Some(&failing), &obs, at(200));
+        assert_eq!(still, failing, "the same refusal writes nothing new");
+
+        let obs = Observation { apply_failures: &[], ..obs };
+        let applied = compute(&tc, Some(&failing), &obs, at(300));
+        let reconciled = cond(&applied, RECONCILED);
+        assert_eq!((reconciled.status.as_str(), reconciled.reason.as_str()), ("True", "Applied"));
+        assert_eq!(reconciled.last_transition_time, Time(at(300)));
+        assert_eq!(cond(&applied, READY).last_transition_time, Time(at(100)), "only the transition moves");
+        let types: Vec<_> = applied.conditions.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(types, [READY, ZOOKEEPER_READY, LEADER_ELECTED, DEGRADED, RECONCILED], "one entry per type");
+    }
+
+    #[test]
+    fn long_messages_are_clipped_on_a_character_boundary() {
+        assert_eq!(clip("short".into(), 10), "short");
+        let clipped = clip("é".repeat(10), 8);
+        assert!(clipped.len() <= 8, "{clipped}");
+        assert_eq!(clipped, "éé…");
+    }
+
+    #[test]
     fn an_invalid_spec_says_why_and_that_the_old_one_keeps_running() {
         let tc = fixtures::example();
         let err = SpecError::EnsembleResize { running: 3, requested: 5 };
         let reading = ZkReading::Skipped;
-        let obs =
-            Observation { spec_error: Some(&err), masters: None, workers: None, zookeeper: None, reading: &reading };
+        let obs = Observation {
+            spec_error: Some(&err),
+            masters: None,
+            workers: None,
+            zookeeper: None,
+            reading: &reading,
+            apply_failures: &[],
+        };
         let s = compute(&tc, None, &obs, at(100));
         let ready = cond(&s, READY);
         assert_eq!(ready.reason, "EnsembleResizeUnsupported");
