@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use serde_json::{json, Value};
 use taskcluster_e2e::error::KubeContext;
@@ -188,6 +189,29 @@ async fn job_succeeded(e2e: &E2e, namespace: &str, job: &str, timeout: Duration)
         Ok(match job_outcome(e2e, namespace, job).await? {
             Some(outcome) => Poll::Done(outcome),
             None => Poll::NotYet("running".into()),
+        })
+    })
+    .await
+}
+
+/// Waits until the ensemble's PodDisruptionBudget, with every server healthy, lets exactly
+/// one be evicted: at every size, so a node drain neither hangs on a single server nor takes
+/// two of five at once.
+async fn one_eviction_allowed(e2e: &E2e, namespace: &str, name: &str) -> Result<()> {
+    let api = Api::<PodDisruptionBudget>::namespaced(e2e.client.clone(), namespace);
+    let budget = format!("{name}-zookeeper");
+    wait::until("the ZooKeeper disruption budget to allow one eviction", READY_TIMEOUT, POLL, || async {
+        let pdb = api.get(&budget).await.context(|| format!("reading PodDisruptionBudget {budget}"))?;
+        let max_unavailable = pdb.spec.and_then(|s| s.max_unavailable);
+        let s = pdb.status.unwrap_or_default();
+        let settled = s.expected_pods > 0 && s.current_healthy == s.expected_pods;
+        Ok(if settled && s.disruptions_allowed == 1 {
+            Poll::Done(())
+        } else {
+            Poll::NotYet(format!(
+                "maxUnavailable {max_unavailable:?}: {} of {} servers healthy, {} evictions allowed",
+                s.current_healthy, s.expected_pods, s.disruptions_allowed
+            ))
         })
     })
     .await
@@ -445,6 +469,7 @@ async fn scale_and_spec_edits_are_followed_by_pods_and_status() {
         let name = "scaled";
         e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster_manifest(&e2e, &ns, name, 2, 3, 1)).await?;
         wait_ready(&e2e, &ns, name).await?;
+        one_eviction_allowed(&e2e, &ns, name).await?;
 
         e2e.tools.kubectl(&["scale", "-n", &ns, &format!("taskcluster/{name}"), "--replicas=1"]).await?;
         follow(&e2e, &ns, name, "workers", 1).await?;
@@ -531,6 +556,7 @@ async fn work_survives_deleted_workers_and_a_deleted_zookeeper_server() {
         let name = "sturdy";
         e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster_manifest(&e2e, &ns, name, 2, 3, 3)).await?;
         let before = status_i64(&wait_ready(&e2e, &ns, name).await?, "completed");
+        one_eviction_allowed(&e2e, &ns, name).await?;
         submit_job(&e2e, &ns, name, "submit", &["--count", "3000", "--inflight", "64", "--wait"]).await?;
 
         // Two workers, each deleted while tasks are assigned to it.

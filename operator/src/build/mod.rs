@@ -132,7 +132,7 @@ pub fn build(tc: &TaskCluster, valid: &ValidSpec, settings: &Settings) -> Result
         client_service: zookeeper::client_service(&owner, &names),
         config_map: zookeeper::config_map(&owner, &names, &cfg),
         stateful_set: zookeeper::stateful_set(&owner, &names, valid, settings, &cfg),
-        disruption_budget: zookeeper::disruption_budget(&owner, &names, valid.spec.zookeeper.replicas),
+        disruption_budget: zookeeper::disruption_budget(&owner, &names),
         network_policy: security::network_policy(&owner, &names, settings),
         masters: nodes::masters(&owner, &names, valid, settings),
         workers: nodes::workers(&owner, &names, valid, settings),
@@ -435,12 +435,16 @@ mod tests {
     }
 
     #[test]
-    fn the_disruption_budget_keeps_a_majority() {
-        for (replicas, min) in [(1, 1), (3, 2), (5, 3)] {
+    fn the_disruption_budget_lets_one_server_go_at_a_time() {
+        // One server of one may go too (a node drain must not hang), never two of five.
+        for replicas in [1, 3, 5] {
             let mut tc = fixtures::example();
             tc.spec.zookeeper.replicas = replicas;
             let pdb = children(&tc).disruption_budget.spec.unwrap();
-            assert_eq!(pdb.min_available, Some(IntOrString::Int(min)), "{replicas} servers");
+            assert_eq!(pdb.max_unavailable, Some(IntOrString::Int(1)), "{replicas} servers");
+            assert_eq!(pdb.min_available, None, "{replicas} servers: the API server takes only one of the two");
+            let selector = pdb.selector.unwrap().match_labels.unwrap();
+            assert_eq!(selector, labels::selector("demo", Component::ZooKeeper));
         }
     }
 

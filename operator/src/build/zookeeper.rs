@@ -265,12 +265,14 @@ pub fn keep_claim_labels(desired: &mut StatefulSet, running: Option<&StatefulSet
     }
 }
 
-/// Voluntary disruptions may never take the ensemble below a majority.
-pub fn disruption_budget(owner: &Owner, names: &Names, replicas: i32) -> PodDisruptionBudget {
+/// Voluntary disruptions (evictions by a node drain) take one server at a time, whatever
+/// the size: three or five keep their majority, and a single server may still be evicted,
+/// so a drain never hangs on it (its ensemble is down until the server runs again elsewhere).
+pub fn disruption_budget(owner: &Owner, names: &Names) -> PodDisruptionBudget {
     PodDisruptionBudget {
         metadata: owner.meta(&names.zookeeper, Component::ZooKeeper),
         spec: Some(PodDisruptionBudgetSpec {
-            min_available: Some(IntOrString::Int(quorum(replicas))),
+            max_unavailable: Some(IntOrString::Int(1)),
             selector: Some(LabelSelector {
                 match_labels: Some(labels::selector(&names.instance, Component::ZooKeeper)),
                 ..Default::default()
