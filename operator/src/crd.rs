@@ -344,7 +344,7 @@ pub struct WorkersStatus {
 pub struct ZooKeeperStatus {
     /// Servers asked for.
     pub replicas: i32,
-    /// Servers that answer `ruok`.
+    /// Servers that serve clients: in a quorum (leader or follower), or standalone.
     pub ready_replicas: i32,
     /// Whether a majority of the servers is ready, so the ensemble can serve.
     pub quorum: bool,

@@ -362,6 +362,30 @@ mod tests {
     }
 
     #[test]
+    fn zookeeper_is_ready_while_it_serves_and_alive_while_it_answers() {
+        let c = children(&fixtures::example());
+        let sts = c.stateful_set.spec.as_ref().unwrap();
+        let container = &sts.template.spec.as_ref().unwrap().containers[0];
+        let command = |probe: &Option<k8s_openapi::api::core::v1::Probe>| {
+            probe.as_ref().unwrap().exec.as_ref().unwrap().command.clone().unwrap()
+        };
+        assert_eq!(command(&container.readiness_probe), ["/usr/local/bin/zookeeper-ready", "--serving"]);
+        assert_eq!(command(&container.liveness_probe), ["/usr/local/bin/zookeeper-ready"]);
+        // The readiness probe asks `srvr`, the liveness probe `ruok`: both must be allowed, by
+        // zoo.cfg and by the image's server script for a config without the setting.
+        let cfg = &c.config_map.data.as_ref().unwrap()["zoo.cfg"];
+        let allowed = |line: &str| line.split(['=', ',']).skip(1).map(str::trim).map(String::from).collect::<Vec<_>>();
+        let in_cfg = cfg.lines().find(|l| l.starts_with("4lw.commands.whitelist=")).map(allowed).unwrap();
+        let server_script = include_str!("../../../images/zookeeper/zookeeper-server");
+        let flag = server_script.lines().find_map(|l| l.trim().strip_prefix("-Dzookeeper.")).unwrap();
+        let in_script = allowed(flag.trim_end_matches(" \\"));
+        for word in ["ruok", "srvr"] {
+            assert!(in_cfg.iter().any(|w| w == word), "{word} not allowed by zoo.cfg: {in_cfg:?}");
+            assert!(in_script.iter().any(|w| w == word), "{word} not allowed by zookeeper-server: {in_script:?}");
+        }
+    }
+
+    #[test]
     fn zookeeper_serves_prometheus_metrics_that_scrapers_may_reach() {
         let c = children(&fixtures::example());
         let cfg = &c.config_map.data.as_ref().unwrap()["zoo.cfg"];

@@ -74,7 +74,7 @@ pub fn client_service(owner: &Owner, names: &Names) -> Service {
 
 /// `zoo.cfg` listing every server by its stable DNS name; server ids are ordinal + 1, which
 /// the image writes to /data/myid from the pod's host name. Four-letter words: `ruok` for the
-/// probes, `srvr` and `mntr` for people. The admin server stays off (the metrics provider's
+/// liveness probe, `srvr` for the readiness probe (and people), `mntr` for people. The admin server stays off (the metrics provider's
 /// Jetty would otherwise start it on 8080); reconfiguration is off, the server list is fixed.
 pub fn zoo_cfg(names: &Names, namespace: &str, replicas: i32, cluster_domain: &str) -> String {
     let mut cfg = format!(
@@ -118,9 +118,14 @@ pub fn config_map(owner: &Owner, names: &Names, cfg: &str) -> ConfigMap {
     }
 }
 
-fn ready_probe(initial_delay: i32, period: i32, failures: i32) -> Probe {
+const PROBE: &str = "/usr/local/bin/zookeeper-ready";
+
+/// The image's probe script with `args`: none asks `ruok` (the server runs), `--serving` asks
+/// `srvr` for its mode (it serves clients: leader, follower or standalone).
+fn probe(args: &[&str], initial_delay: i32, period: i32, failures: i32) -> Probe {
+    let command = std::iter::once(PROBE).chain(args.iter().copied()).map(String::from).collect();
     Probe {
-        exec: Some(ExecAction { command: Some(vec!["/usr/local/bin/zookeeper-ready".into()]) }),
+        exec: Some(ExecAction { command: Some(command) }),
         initial_delay_seconds: Some(initial_delay),
         period_seconds: Some(period),
         timeout_seconds: Some(5),
@@ -177,9 +182,12 @@ pub fn stateful_set(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &
             ContainerPort { name: Some("election".into()), container_port: ELECTION_PORT, ..Default::default() },
             ContainerPort { name: Some("metrics".into()), container_port: METRICS_PORT, ..Default::default() },
         ]),
-        readiness_probe: Some(ready_probe(5, 5, 3)),
+        // Ready only in a quorum (or standalone): the client Service then sends clients only
+        // to servers that can answer them, `readyReplicas` counts the servers that serve, and
+        // a rolling update replaces the next server only once the last one has rejoined.
+        readiness_probe: Some(probe(&["--serving"], 5, 5, 3)),
         // `ruok` answers while the server runs, quorum or not: restarts only a hung JVM.
-        liveness_probe: Some(ready_probe(30, 10, 6)),
+        liveness_probe: Some(probe(&[], 30, 10, 6)),
         resources: zk.resources.clone(),
         security_context: Some(container_security()),
         volume_mounts: Some(vec![
