@@ -39,9 +39,9 @@ const WAIT: Duration = Duration::from_secs(10);
 /// checks cannot see (a hand edit of a ConfigMap or Service).
 const RESYNC: Duration = Duration::from_secs(600);
 const RETRY: Duration = Duration::from_secs(5);
+const MAX_RETRY: Duration = Duration::from_secs(300);
 /// The API server refuses Events whose note is longer.
 const EVENT_NOTE_MAX: usize = 1024;
-const MAX_RETRY: Duration = Duration::from_secs(300);
 
 /// Delay before the next attempt after `failures` consecutive failures.
 fn retry_delay(failures: u32) -> Duration {
