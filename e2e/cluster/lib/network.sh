@@ -30,6 +30,7 @@ network_up() {
 	if ! ip link show "$POD_BRIDGE" >/dev/null 2>&1; then
 		ip link add "$POD_BRIDGE" type bridge
 	fi
+	ip link set "$POD_BRIDGE" address "$POD_BRIDGE_MAC"
 	ip addr replace "$POD_GATEWAY/${POD_CIDR#*/}" dev "$POD_BRIDGE"
 	ip link set "$POD_BRIDGE" up
 	# A packet for a Service address that no kube-proxy rule has translated (yet) goes to
