@@ -140,6 +140,9 @@ pub struct Context {
     credentials: Mutex<HashSet<String>>,
     /// Consecutive failed reconciles per TaskCluster, for the retry backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// When each TaskCluster's status was last written for a change of its task counters
+    /// alone.
+    counters_written: Mutex<HashMap<String, Instant>>,
 }
 
 impl Context {
@@ -162,6 +165,7 @@ impl Context {
             last_resync: Mutex::new(HashMap::new()),
             credentials: Mutex::new(HashSet::new()),
             failures: Mutex::new(HashMap::new()),
+            counters_written: Mutex::new(HashMap::new()),
         }
     }
 
@@ -208,6 +212,19 @@ impl Context {
         }
         if let Ok(mut failures) = self.failures.lock() {
             failures.remove(&key);
+        }
+        if let Ok(mut written) = self.counters_written.lock() {
+            written.remove(&key);
+        }
+    }
+
+    fn since_counters_written(&self, key: &str) -> Option<Duration> {
+        self.counters_written.lock().ok()?.get(key).map(Instant::elapsed)
+    }
+
+    fn counters_written(&self, key: &str) {
+        if let Ok(mut written) = self.counters_written.lock() {
+            written.insert(key.to_string(), Instant::now());
         }
     }
 
@@ -324,8 +341,14 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
     };
     let previous = tc.status.as_ref();
     let next = status::compute(tc, previous, &observation, Timestamp::now());
-    if previous != Some(&next) {
+    // A busy cluster's counters change at every refresh: alone, they are written at most
+    // every COUNTERS_PERIOD.
+    let change = status::Change::between(previous, &next);
+    if change.due(ctx.since_counters_written(&key)) {
         write_status(ctx, &namespace, &name, &next).await?;
+        if change == status::Change::Counters {
+            ctx.counters_written(&key);
+        }
         writes += 1;
         transition_events(ctx, &reference, previous, &next).await;
     }

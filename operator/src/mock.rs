@@ -547,3 +547,47 @@ async fn a_rejected_child_does_not_stop_the_others_and_is_reported() {
     h.server.expect_nothing_more().await;
     assert_eq!(retry.await.unwrap().expect_err("still failing").reason(), "ApplyFailed");
 }
+
+#[tokio::test]
+async fn a_busy_cluster_writes_its_counters_at_most_every_few_seconds() {
+    let base = fixtures::example();
+    let world = World::running(&base);
+    let tc = settled(base.clone(), &world, &leader("demo-master-abc", 3));
+    let busy = |leader_id: &str, epoch: u64, backlog: u64| ClusterStatus { backlog, ..leader(leader_id, epoch) };
+    let mut h = harness(&world, FakeReply::Status(busy("demo-master-abc", 3, 40)));
+
+    // The first change after a quiet spell is written at once.
+    let ctx = h.ctx.clone();
+    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+    let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(Box::new(fixtures::example()))).await;
+    assert_eq!(status["status"]["backlog"], 40);
+    h.server.expect_nothing_more().await;
+    reconciling.await.unwrap().unwrap();
+    let written = |status: &Value| {
+        let mut tc = base.clone();
+        tc.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
+        tc
+    };
+
+    // A second later only the counters moved again: they wait.
+    *h.zk.reply.lock().unwrap() = FakeReply::Status(busy("demo-master-abc", 3, 41));
+    let (ctx, tc) = (h.ctx.clone(), written(&status));
+    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    h.server.expect_nothing_more().await;
+    assert_eq!(reconciling.await.unwrap().unwrap(), Action::requeue(REFRESH), "and are looked at again soon");
+
+    // Anything else is written at once, with the latest counters.
+    *h.zk.reply.lock().unwrap() = FakeReply::Status(busy("demo-master-def", 4, 42));
+    let (ctx, tc) = (h.ctx.clone(), written(&status));
+    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(Box::new(fixtures::example()))).await;
+    assert_eq!(
+        (status["status"]["leader"].as_str(), status["status"]["backlog"].as_i64()),
+        (Some("demo-master-def"), Some(42))
+    );
+    let event = h.server.expect(Method::POST, EVENTS, Reply::Echo).await;
+    assert_eq!(event["reason"], "LeaderChanged");
+    h.server.expect_nothing_more().await;
+    reconciling.await.unwrap().unwrap();
+}

@@ -1,6 +1,8 @@
 //! The pure status step: what the child objects and ZooKeeper say, folded into the
 //! TaskCluster status with standard conditions.
 
+use std::time::Duration;
+
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -20,6 +22,10 @@ pub const RECONCILED: &str = "Reconciled";
 /// Longest condition message written: API server messages can be long, the status is not
 /// the place for all of it (events and the operator's log carry the rest).
 const MAX_MESSAGE: usize = 4096;
+
+/// A change of the task counters alone is written at most this often: they move with every
+/// task, and a busy cluster would otherwise cost one status write per refresh.
+pub const COUNTERS_PERIOD: Duration = Duration::from_secs(10);
 
 /// What ZooKeeper said this time.
 #[derive(Debug)]
@@ -204,6 +210,47 @@ fn condition(previous: &[Condition], v: Verdict, generation: Option<i64>, now: T
         message: clip(v.message, MAX_MESSAGE),
         observed_generation: generation,
         last_transition_time: since,
+    }
+}
+
+/// The status with the counters that move with every task set to zero.
+fn without_counters(status: &TaskClusterStatus) -> TaskClusterStatus {
+    let mut status = status.clone();
+    (status.backlog, status.running, status.completed, status.failed, status.dead_lettered) = (0, 0, 0, 0, 0);
+    status.workers.busy = 0;
+    status
+}
+
+/// How a new status differs from the one written before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    None,
+    /// Only the task counters moved.
+    Counters,
+    /// Anything else: conditions, leader, replicas, generation.
+    Other,
+}
+
+impl Change {
+    pub fn between(previous: Option<&TaskClusterStatus>, next: &TaskClusterStatus) -> Self {
+        match previous {
+            None => Change::Other,
+            Some(previous) if previous == next => Change::None,
+            Some(previous) if without_counters(previous) == without_counters(next) => Change::Counters,
+            Some(_) => Change::Other,
+        }
+    }
+
+    /// Whether to write now, the last write for the counters' sake `since_counters_written`
+    /// ago (`None`: none yet). Other changes are written at once (with the counters as they
+    /// are); a change of the counters alone after a quiet spell too, else once
+    /// `COUNTERS_PERIOD` has passed since the last such write.
+    pub fn due(self, since_counters_written: Option<Duration>) -> bool {
+        match self {
+            Change::None => false,
+            Change::Other => true,
+            Change::Counters => since_counters_written.is_none_or(|age| age >= COUNTERS_PERIOD),
+        }
     }
 }
 
@@ -427,6 +474,48 @@ mod tests {
         assert_eq!(cond(&applied, READY).last_transition_time, Time(at(100)), "only the transition moves");
         let types: Vec<_> = applied.conditions.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(types, [READY, ZOOKEEPER_READY, LEADER_ELECTED, DEGRADED, RECONCILED], "one entry per type");
+    }
+
+    #[test]
+    fn counters_alone_wait_for_their_period_and_everything_else_is_written_at_once() {
+        let tc = fixtures::example();
+        let (m, w, z, reading) = (deployment(2, 2), deployment(3, 3), sts(3), led_by("demo-master-x"));
+        let obs = Observation {
+            spec_error: None,
+            masters: Some(&m),
+            workers: Some(&w),
+            zookeeper: Some(&z),
+            reading: &reading,
+            apply_failures: &[],
+        };
+        let written = compute(&tc, None, &obs, at(100));
+        let soon = Some(Duration::from_secs(1));
+        assert_eq!(Change::between(None, &written), Change::Other, "no status yet");
+        assert_eq!(Change::between(Some(&written), &written), Change::None);
+        assert!(!Change::None.due(None));
+        assert!(Change::Other.due(soon));
+
+        let mut busier = written.clone();
+        (busier.backlog, busier.running, busier.completed, busier.failed, busier.dead_lettered) = (9, 3, 50, 2, 1);
+        busier.workers.busy = 3;
+        let counters = Change::between(Some(&written), &busier);
+        assert_eq!(counters, Change::Counters);
+        assert!(!counters.due(soon));
+        assert!(counters.due(Some(COUNTERS_PERIOD)));
+        assert!(counters.due(None), "the first change after a quiet spell");
+
+        for change in [
+            |s: &mut TaskClusterStatus| s.leader = Some("demo-master-y".into()),
+            |s: &mut TaskClusterStatus| s.epoch += 1,
+            |s: &mut TaskClusterStatus| s.workers.ready -= 1,
+            |s: &mut TaskClusterStatus| s.workers.registered -= 1,
+            |s: &mut TaskClusterStatus| s.observed_generation = Some(2),
+            |s: &mut TaskClusterStatus| s.conditions[0].status = "False".into(),
+        ] {
+            let mut other = busier.clone();
+            change(&mut other);
+            assert_eq!(Change::between(Some(&written), &other), Change::Other, "{other:?}");
+        }
     }
 
     #[test]
