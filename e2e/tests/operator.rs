@@ -101,6 +101,33 @@ async fn running_pod(e2e: &E2e, namespace: &str, name: &str) -> Result<Pod> {
     Ok(pod)
 }
 
+/// The pod `name` once the kubelet reports it Running: a process can win an election before
+/// the kubelet's next look at its containers moves the pod's phase from Pending.
+async fn pod_once_running(e2e: &E2e, namespace: &str, name: &str) -> Result<Pod> {
+    wait::until(&format!("pod {name} to be Running"), Duration::from_secs(30), Duration::from_millis(500), || async {
+        Ok(match running_pod(e2e, namespace, name).await {
+            Ok(pod) => Poll::Done(pod),
+            Err(error) => Poll::NotYet(error.to_string()),
+        })
+    })
+    .await
+}
+
+/// Names of the pods of `selector` that are Ready and not being deleted, as the kubelet
+/// reports them now (the TaskCluster's status counts them a reconcile later).
+async fn ready_pod_names(e2e: &E2e, namespace: &str, selector: &str) -> Result<Vec<String>> {
+    let ready = |pod: &Pod| {
+        let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+        conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    };
+    Ok(pods(e2e, namespace, selector)
+        .await?
+        .iter()
+        .filter(|p| ready(p))
+        .filter_map(|p| p.metadata.name.clone())
+        .collect())
+}
+
 fn label<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
     pod.metadata.labels.as_ref()?.get(key).map(String::as_str)
 }
@@ -328,20 +355,20 @@ async fn leader_moves_within_the_bound_when_its_pod_is_deleted() {
         submit_job(&e2e, &ns, name, "submit", &["--count", "3000", "--inflight", "32", "--wait"]).await?;
 
         let pods_api = Api::<Pod>::namespaced(e2e.client.clone(), &ns);
+        let masters = component_selector(name, "master");
         for round in 1..=10 {
-            // Both masters up, so there is another one to take over.
-            let object =
+            // Both masters up, so there is another one to take over: seen on the pods, since
+            // the status's count may still include the leader deleted a moment ago.
+            let old =
                 wait::until(&format!("round {round}: two ready masters and a leader"), READY_TIMEOUT, POLL, || async {
                     let object = get(&e2e, &ns, name).await?;
-                    let ready = status(&object)["masters"]["ready"].as_i64().unwrap_or(0);
-                    if ready >= 2 && leader(&object).is_some() {
-                        Ok(Poll::Done(object))
-                    } else {
-                        Ok(Poll::NotYet(summary(&object)))
+                    let ready = ready_pod_names(&e2e, &ns, &masters).await?;
+                    match leader(&object) {
+                        Some(leader) if ready.len() >= 2 && ready.contains(&leader) => Ok(Poll::Done(leader)),
+                        leader => Ok(Poll::NotYet(format!("ready masters {ready:?}, leader {leader:?}"))),
                     }
                 })
                 .await?;
-            let old = leader(&object).unwrap_or_default();
             pods_api.delete(&old, &DeleteParams::default()).await.context(|| format!("deleting leader pod {old}"))?;
             let deleted_at = Instant::now();
             let new = wait::until(
@@ -357,7 +384,7 @@ async fn leader_moves_within_the_bound_when_its_pod_is_deleted() {
                 },
             )
             .await?;
-            let pod = running_pod(&e2e, &ns, &new).await?;
+            let pod = pod_once_running(&e2e, &ns, &new).await?;
             ensure(label(&pod, "app.kubernetes.io/component") == Some("master"), || {
                 format!("new leader {new} is not a master")
             })?;
