@@ -23,6 +23,20 @@ pub const ROOTS: [&str; 8] = [MASTER, TASKS, DATA, WORKERS, EXTENSIONS, ATTEMPTS
 /// (a NUL-led name cannot be one), so the leader neither waits for it nor assigns to it.
 pub const DRAINING: &[u8] = b"\0draining";
 
+/// What the leader writes into a worker's znode when it revokes `task` from a worker with an
+/// inbox (ours): NUL-led, so never a task id. The task goes nowhere else until the worker,
+/// having stopped its run, clears the mark.
+pub fn withdrawal(task: &str) -> Vec<u8> {
+    [WITHDRAWN, task.as_bytes()].concat()
+}
+
+/// The task a withdrawal mark names, if `data` is one.
+pub fn withdrawn_task(data: &[u8]) -> Option<&str> {
+    std::str::from_utf8(data.strip_prefix(WITHDRAWN)?).ok().filter(|task| is_valid_name(task))
+}
+
+const WITHDRAWN: &[u8] = b"\0withdrawn\0";
+
 /// ZooKeeper's default `jute.maxbuffer` is 1 MiB; a payload must leave room for the request.
 pub const MAX_PAYLOAD_BYTES: usize = 1_000_000;
 
@@ -189,6 +203,16 @@ mod tests {
         assert!(!is_valid_name("a/b"));
         assert!(!is_valid_name(".."));
         assert!(!is_valid_name("a\nb"));
+    }
+
+    #[test]
+    fn a_withdrawal_mark_names_its_task_and_is_no_task_id() {
+        let mark = withdrawal("t1-2~YQ");
+        assert_eq!(withdrawn_task(&mark), Some("t1-2~YQ"));
+        assert!(!is_valid_name(&String::from_utf8_lossy(&mark)));
+        assert_eq!(withdrawn_task(b"t1"), None);
+        assert_eq!(withdrawn_task(DRAINING), None);
+        assert_eq!(withdrawn_task(&withdrawal("")), None);
     }
 
     #[test]

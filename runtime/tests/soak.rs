@@ -861,11 +861,10 @@ async fn wait_run_start(journal: &RunJournal, worker: &str) -> Run {
 }
 
 /// Found by the soak, reduced: the holder of a task is cut off from ZooKeeper (a silent
-/// network, shorter than its session) while its command runs. The leader revokes the task at
-/// its timeout and hands it to another worker at once; the holder hears of the revocation only
-/// when its network is back, and its command runs until then, alongside the retry.
+/// network, shorter than its session) while its command runs, and the leader revokes the task
+/// at its timeout. The task must not run elsewhere until the holder has let go: the holder
+/// hears of the revocation only when its network is back (or stops on its own first).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known failure: a revoked holder that cannot hear runs on while the task runs elsewhere"]
 async fn a_holder_cut_off_from_zookeeper_does_not_run_alongside_the_retry() {
     let tc = TestCluster::new("soak-cut-holder").await;
     let journal = RunJournal::new(tc.dir());
@@ -893,12 +892,41 @@ async fn a_holder_cut_off_from_zookeeper_does_not_run_alongside_the_retry() {
     assert!(concurrent.is_empty(), "the task ran on two live workers at once: {concurrent:#?}");
 }
 
-/// Found by the soak, reduced: a worker told to stop (SIGTERM) finishes its current task
-/// within its grace period, and meanwhile the leader revokes that task at its timeout and
-/// hands it to another worker. The stopping worker does not listen for the withdrawal, so its
-/// command runs on, alongside the retry, until the grace period ends.
+/// The holder of a running task is cut off from ZooKeeper for longer than its session: the
+/// server expires the session, and the leader, seeing the registration gone, hands the task to
+/// another worker. The holder cannot hear of any of it, so it must have stopped the command on
+/// its own before its session could expire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known failure: a worker in its grace period ignores the revocation of its task"]
+async fn a_holder_cut_off_past_its_session_stops_before_the_task_runs_elsewhere() {
+    let tc = TestCluster::new("soak-cut-expired").await;
+    let journal = RunJournal::new(tc.dir());
+    let proxy = Proxy::start(&tc.hosts).await;
+    let opts = MasterOpts { max_attempts: 5, ..MasterOpts::default() };
+    let master = tc.master_with("m1", &opts);
+    wait_single_leader(&[&master], LONG).await;
+    let mut holder = tc.worker_at(&tc.zk_via(&proxy), "holder", &WorkerOpts::exec(journal.exec_command(), "8"));
+    support::wait_ready(&mut holder).await;
+    let mut client = tc.submit_wait("client", &["cut off for good".to_string()]);
+    wait_run_start(&journal, "holder").await;
+    proxy.freeze();
+    let mut other = tc.worker_with("other", &WorkerOpts::exec(journal.exec_command(), "0.5"));
+    support::wait_ready(&mut other).await;
+    // The holder's 4 s session expires while it is cut off; the retry runs on the other worker.
+    support::assert_client_succeeded(&mut client, &["cut off for good".to_string()]).await;
+    proxy.thaw();
+    support::eventually("the holder's run to end", LONG, || {
+        journal.runs(&Stops::default()).iter().all(|r| r.end.is_some()).then_some(())
+    })
+    .await;
+    let concurrent = journal.concurrent_runs(&Stops::default());
+    assert!(concurrent.is_empty(), "the task ran on two live workers at once: {concurrent:#?}");
+}
+
+/// Found by the soak, reduced: a worker told to stop (SIGTERM) finishes its current task
+/// within its grace period, and meanwhile the leader revokes that task at its timeout. The
+/// stopping worker still listens for the withdrawal: it stops the command at once, and the
+/// task runs elsewhere only after that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_holder_abandons_a_task_revoked_in_its_grace_period() {
     let tc = TestCluster::new("soak-grace-holder").await;
     let journal = RunJournal::new(tc.dir());
@@ -923,4 +951,10 @@ async fn a_stopping_holder_abandons_a_task_revoked_in_its_grace_period() {
     .await;
     let concurrent = journal.concurrent_runs(&Stops::default());
     assert!(concurrent.is_empty(), "the task ran on two live workers at once: {concurrent:#?}");
+    // Let go when revoked, not held until the grace period ran out.
+    let log = holder.stderr();
+    assert!(
+        log.contains("assignment withdrawn while running; abandoned"),
+        "the stopping holder kept its revoked task until the end of its grace period:\n{log}"
+    );
 }

@@ -30,6 +30,9 @@ pub enum TaskState {
     Assigned { worker: String, since: Instant },
     /// Back from a worker; the attempts record decides between retry and dead letter.
     Resolving,
+    /// Revoked from `worker` (its znode holds the withdrawal mark) and to be retried, but its
+    /// run there may not have stopped yet: no other worker gets it until this one lets go.
+    Withdrawing { worker: String },
     /// A result is present; kept until the client collects it or retention expires.
     Done,
 }
@@ -54,6 +57,8 @@ enum Holding {
     Assigning(String),
     /// A revocation write is in flight.
     Revoking,
+    /// The withdrawal mark of this task: revoked, and the worker has not let go yet.
+    Withdrawn(String),
     /// A write to it was rejected: busy until re-read.
     Unknown,
 }
@@ -137,7 +142,7 @@ impl Board {
         let Some(entry) = self.tasks.get_mut(task) else { return };
         let was = std::mem::replace(&mut entry.state, state);
         let is = &entry.state;
-        let running = |s: &TaskState| matches!(s, TaskState::Assigned { .. });
+        let running = |s: &TaskState| matches!(s, TaskState::Assigned { .. } | TaskState::Withdrawing { .. });
         match (was == TaskState::Pending, *is == TaskState::Pending) {
             (false, true) => {
                 self.pending_count += 1;
@@ -223,11 +228,13 @@ impl Board {
 
     /// Whether the next change of this worker's znode cannot be inferred, so it must be
     /// watched: it holds something that is not a task running there (a collected or foreign
-    /// task, the draining mark, garbage). Running tasks end with a result or an attempts
+    /// task, the draining or a withdrawal mark, garbage). Running tasks end with a result or an attempts
     /// record, which the leader watches anyway.
     pub fn needs_watch(&self, wid: &str) -> bool {
         match self.workers.get(wid).map(|w| &w.holding) {
             Some(Holding::Task(task)) => self.holder_of(task) != Some(wid),
+            // Only the worker's clear of the mark says that its revoked run has stopped.
+            Some(Holding::Withdrawn(_)) => true,
             _ => false,
         }
     }
@@ -267,9 +274,23 @@ impl Board {
         }
     }
 
-    /// The outcome of a resolve: back to the queue.
+    /// The outcome of a resolve: back to the queue, or, while a worker still holds the task's
+    /// withdrawal mark, to wait for that worker to let go.
     pub fn requeue(&mut self, task: &str) {
         if self.tasks.get(task).is_some_and(|t| t.state == TaskState::Resolving) {
+            let withdrawing = self.workers.iter().find(|(_, w)| w.holding == Holding::Withdrawn(task.to_string()));
+            let state = match withdrawing {
+                Some((wid, _)) => TaskState::Withdrawing { worker: wid.clone() },
+                None => TaskState::Pending,
+            };
+            self.set_state(task, state);
+        }
+    }
+
+    /// `wid` no longer holds the withdrawal mark of `task` (cleared, or the worker is gone): the
+    /// run there has stopped, so the task may run elsewhere.
+    fn let_go(&mut self, task: &str, wid: &str) {
+        if matches!(self.tasks.get(task).map(|t| &t.state), Some(TaskState::Withdrawing { worker }) if worker == wid) {
             self.set_state(task, TaskState::Pending);
         }
     }
@@ -298,8 +319,11 @@ impl Board {
             },
             _ => {},
         }
-        let holding =
-            if data.is_empty() { Holding::Free } else { Holding::Task(String::from_utf8_lossy(data).into_owned()) };
+        let holding = match paths::withdrawn_task(data) {
+            _ if data.is_empty() => Holding::Free,
+            Some(task) => Holding::Withdrawn(task.to_string()),
+            None => Holding::Task(String::from_utf8_lossy(data).into_owned()),
+        };
         let previous = match self.workers.get(wid) {
             Some(w) if version < w.version => return None,
             Some(w) if version == w.version && w.holding != Holding::Unknown && !w.stale => return None,
@@ -314,13 +338,22 @@ impl Board {
         if holding == Holding::Free {
             self.free.push_back(wid.to_string());
         }
-        if let Holding::Task(task) = &holding {
-            // Learnt from ZooKeeper (rebuild): the task runs there.
+        // Learnt from ZooKeeper (rebuild): the task runs there, or its revoked run may.
+        let learnt = match &holding {
+            Holding::Task(task) => Some((task, TaskState::Assigned { worker: wid.to_string(), since: Instant::now() })),
+            Holding::Withdrawn(task) => Some((task, TaskState::Withdrawing { worker: wid.to_string() })),
+            _ => None,
+        };
+        if let Some((task, state)) = learnt {
             if self.tasks.get(task).is_some_and(|t| t.state == TaskState::Pending) {
-                self.set_state(task, TaskState::Assigned { worker: wid.to_string(), since: Instant::now() });
+                self.set_state(task, state);
             }
         }
         match previous {
+            Some(Holding::Withdrawn(old)) if holding != Holding::Withdrawn(old.clone()) => {
+                self.let_go(&old, wid);
+                None
+            },
             Some(Holding::Task(old) | Holding::Assigning(old)) if holding != Holding::Task(old.clone()) => {
                 let reason = if data == paths::DRAINING { ReturnReason::GivenBack } else { ReturnReason::Returned };
                 self.returned(&old, wid, reason)
@@ -349,6 +382,10 @@ impl Board {
             Holding::Task(task) | Holding::Assigning(task) => {
                 let reason = ReturnReason::WorkerDied { worker: wid.to_string(), inbox: worker.inbox };
                 self.returned(&task, wid, reason)
+            },
+            Holding::Withdrawn(task) => {
+                self.let_go(&task, wid);
+                None
             },
             Holding::Free | Holding::Revoking | Holding::Unknown => None,
         }
@@ -456,13 +493,19 @@ impl Board {
         actions
     }
 
-    /// A revocation succeeded: the worker is free at `version`.
-    pub fn revoked(&mut self, wid: &str, version: i32) {
+    /// A revocation succeeded: the worker's znode is at `version`, holding the withdrawal mark
+    /// of `marked` (a worker with an inbox) or empty (a seed worker: free).
+    pub fn revoked(&mut self, wid: &str, version: i32, marked: Option<&str>) {
         if let Some(worker) = self.workers.get_mut(wid) {
             if version > worker.version {
                 worker.version = version;
-                worker.holding = Holding::Free;
-                self.free.push_back(wid.to_string());
+                match marked {
+                    Some(task) => worker.holding = Holding::Withdrawn(task.to_string()),
+                    None => {
+                        worker.holding = Holding::Free;
+                        self.free.push_back(wid.to_string());
+                    },
+                }
             }
         }
     }
@@ -711,9 +754,75 @@ mod tests {
                 reason: ReturnReason::TimedOut { worker: "w1".into(), version: 1, inbox: None }
             }]
         );
-        b.revoked("w1", 2);
+        // A seed worker (no inbox) is cleared: the task is retried at once.
+        b.revoked("w1", 2, None);
         b.requeue("t1");
         assert_eq!(b.plan(10)[0].task, "t1");
+    }
+
+    /// w1 (with an inbox) holds t1 past its timeout; the revocation leaves its mark at version 2.
+    fn withdrawn_from_w1() -> Board {
+        let mut b = board_with(&["t1"], &["w1", "w2"]);
+        b.set_inbox("w1", 1, Some("/i/w1@1".into()));
+        b.set_inbox("w2", 1, Some("/i/w2@1".into()));
+        let a = b.plan(1).remove(0);
+        assert_eq!(a.worker, "w1");
+        b.assigned(&a, 1);
+        let later = Instant::now() + Duration::from_secs(5);
+        assert_eq!(b.expired(Duration::from_secs(1), later).len(), 1);
+        b.revoked("w1", 2, Some("t1"));
+        b.requeue("t1");
+        b
+    }
+
+    #[test]
+    fn a_revoked_task_goes_nowhere_until_its_worker_lets_go() {
+        let mut b = withdrawn_from_w1();
+        assert!(b.plan(10).is_empty(), "w1 may still run t1, and w2 must not start it");
+        assert_eq!(b.task_state("t1"), Some(&TaskState::Withdrawing { worker: "w1".into() }));
+        assert!(b.needs_watch("w1"), "only w1's clear tells that its run stopped");
+        assert_eq!(b.counts(), Counts { backlog: 0, running: 1, workers_busy: 1 });
+        // A read of the mark itself changes nothing.
+        assert_eq!(b.worker_read("w1", &paths::withdrawal("t1"), 2, 1), None);
+        assert!(b.plan(10).is_empty());
+        // w1 clears the mark: t1 is pending again, and both workers are free.
+        assert_eq!(b.worker_read("w1", b"", 3, 1), None, "no second attempt is charged");
+        assert_eq!(b.task_state("t1"), Some(&TaskState::Pending));
+        assert!(!b.needs_watch("w1"));
+        assert_eq!(b.plan(10).len(), 1);
+    }
+
+    #[test]
+    fn a_revoked_task_is_free_when_its_worker_is_gone() {
+        let mut b = withdrawn_from_w1();
+        assert_eq!(b.worker_deleted("w1"), None, "the timeout already charged the attempt");
+        assert_eq!(b.plan(10).iter().map(|a| (a.task.as_str(), a.worker.as_str())).collect::<Vec<_>>(), [("t1", "w2")]);
+    }
+
+    #[test]
+    fn a_worker_that_let_go_before_the_revocation_reply_frees_the_task_at_once() {
+        let mut b = board_with(&["t1"], &["w1"]);
+        b.set_inbox("w1", 1, Some("/i/w1@1".into()));
+        let a = b.plan(1).remove(0);
+        b.assigned(&a, 1);
+        assert_eq!(b.expired(Duration::from_secs(1), Instant::now() + Duration::from_secs(5)).len(), 1);
+        // The worker saw the mark and cleared it before the reply of our revocation came back.
+        b.worker_read("w1", b"", 3, 1);
+        b.revoked("w1", 2, Some("t1"));
+        b.requeue("t1");
+        assert_eq!(b.task_state("t1"), Some(&TaskState::Pending));
+        assert_eq!(b.plan(10).len(), 1);
+    }
+
+    #[test]
+    fn a_new_leader_waits_for_a_mark_it_finds_at_its_rebuild() {
+        let mut b = board_with(&["t1"], &[]);
+        b.worker_read("w1", &paths::withdrawal("t1"), 2, 1);
+        b.worker_read("w2", b"", 0, 1);
+        assert!(b.plan(10).is_empty(), "w1's revoked run may still go on");
+        assert_eq!(b.task_state("t1"), Some(&TaskState::Withdrawing { worker: "w1".into() }));
+        b.worker_read("w1", b"", 3, 1);
+        assert_eq!(b.plan(10).len(), 1);
     }
 
     #[test]

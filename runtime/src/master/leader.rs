@@ -29,7 +29,7 @@ use zookeeper_client::{
     SessionState, Stat, WatchedEvent,
 };
 
-use super::board::{Action, Assignment, Board, ReturnReason};
+use super::board::{Action, Assignment, Board, ReturnReason, TaskState};
 use super::writes::{self, Resolution, WriteError};
 use super::MasterContext;
 use crate::paths;
@@ -874,7 +874,10 @@ impl<'a> Leader<'a> {
 
     fn resolved(&mut self, task: &str, reason: &ReturnReason, resolution: Resolution) {
         if let Some((worker, version)) = &resolution.revoked {
-            self.board.revoked(worker, *version);
+            // A worker with an inbox got the withdrawal mark: the task waits until it lets go.
+            let marked = matches!(reason, ReturnReason::TimedOut { inbox: Some(_), .. });
+            self.board.revoked(worker, *version, marked.then_some(task));
+            self.ensure_watched(worker);
         }
         if resolution.finished {
             // A result landed meanwhile; its event marks the task done.
@@ -898,7 +901,12 @@ impl<'a> Leader<'a> {
             tracing::warn!(%task, attempts = resolution.attempts, "task dead-lettered");
         } else {
             self.board.requeue(task);
-            tracing::info!(%task, attempts = resolution.attempts, ?reason, "task back in the queue");
+            match self.board.task_state(task) {
+                Some(TaskState::Withdrawing { worker }) => {
+                    tracing::info!(%task, %worker, attempts = resolution.attempts, "revoked; retried once the worker has let go")
+                },
+                _ => tracing::info!(%task, attempts = resolution.attempts, ?reason, "task back in the queue"),
+            }
         }
     }
 

@@ -152,7 +152,10 @@ pub async fn resolve(
     }
     let mut revoked_at = None;
     if let ReturnReason::TimedOut { worker, version, inbox } = reason {
-        writer.add_set_data(&paths::worker(worker), b"", Some(*version)).map_err(WriteError::Other)?;
+        // Our worker (it has an inbox) is told with the withdrawal mark and clears it once its
+        // run has stopped; a seed worker is just cleared.
+        let cleared = if inbox.is_some() { paths::withdrawal(task) } else { Vec::new() };
+        writer.add_set_data(&paths::worker(worker), &cleared, Some(*version)).map_err(WriteError::Other)?;
         revoked_at = Some((ops, worker.clone()));
         ops += 1;
         // An assignment that came without an entry (a seed-style master's, or one adopted at

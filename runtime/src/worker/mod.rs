@@ -182,6 +182,8 @@ enum Change {
     Gone,
     /// Back after a disconnection: the watch must be added again.
     Reconnected,
+    /// The connection is lost; the session may live on (or expire unheard).
+    Disconnected,
     /// Nothing that concerns us (the inbox's own creation, a disconnection in progress).
     Nothing,
 }
@@ -194,6 +196,7 @@ fn classify(inbox: &str, event: &WatchedEvent) -> Change {
         EventType::NodeDeleted => entry().map_or(Change::Nothing, Change::Withdrawn),
         EventType::Session if event.session_state.is_terminated() => Change::Gone,
         EventType::Session if event.session_state == SessionState::SyncConnected => Change::Reconnected,
+        EventType::Session if event.session_state == SessionState::Disconnected => Change::Disconnected,
         _ => Change::Nothing,
     }
 }
@@ -223,7 +226,7 @@ impl Inbox {
             Change::Withdrawn(task) => self.announced.retain(|t| t != task),
             Change::Gone => return Err(WorkerEnd::Reregister),
             Change::Reconnected => self.watch = watch_inbox(client, &self.dir).await.ok_or(WorkerEnd::Reregister)?,
-            Change::Nothing => {},
+            Change::Disconnected | Change::Nothing => {},
         }
         Ok(change)
     }
@@ -318,6 +321,15 @@ async fn read_assignment(
     if data.is_empty() || data == paths::DRAINING {
         return Ok(None);
     }
+    if let Some(task) = paths::withdrawn_task(&data) {
+        // The leader revoked it; our run of it, if any, has stopped by now (we only read when
+        // no task runs): clearing the mark lets the task run elsewhere.
+        match client.set_data(&me, b"", Some(stat.version)).await {
+            Ok(_) => tracing::info!(%task, "let go of a revoked task"),
+            Err(error) => tracing::warn!(%error, %task, "cannot clear the withdrawal mark; looking again"),
+        }
+        return Ok(None);
+    }
     match String::from_utf8(data) {
         Ok(task) if paths::is_valid_name(&task) => {
             if inbox.announced.contains(&task) {
@@ -394,6 +406,10 @@ async fn run_task(
             let input = TaskInput { task, worker: &ctx.id, attempt, payload: &payload };
             let execution = ctx.handler.execute(&input);
             tokio::pin!(execution);
+            // Set while cut off from ZooKeeper: when the run must stop (see [`cut_off_limit`]).
+            let mut cut_off: Option<Pin<Box<tokio::time::Sleep>>> = None;
+            // Set once told to stop: when the grace period for finishing the task ends.
+            let mut grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
             loop {
                 tokio::select! {
                     outcome = &mut execution => break outcome,
@@ -403,9 +419,15 @@ async fn run_task(
                         },
                         // Events while disconnected are lost (a revocation among them): look.
                         Ok(Change::Reconnected) => {
+                            cut_off = None;
                             if !own.arm(client, &held, task).await || entry_gone(client, &held).await {
                                 return abandoned(ctx, task, "found withdrawn after reconnecting");
                             }
+                        },
+                        Ok(Change::Disconnected) if cut_off.is_none() => {
+                            let limit = cut_off_limit(client);
+                            tracing::warn!(%task, ?limit, "connection to ZooKeeper lost; the task stops unless it is back within the limit");
+                            cut_off = Some(Box::pin(tokio::time::sleep(limit)));
                         },
                         Ok(_) => {},
                         Err(end) => return TaskEnd::Stop(end),
@@ -415,15 +437,16 @@ async fn run_task(
                             return abandoned(ctx, task, "our znode no longer holds it");
                         }
                     },
-                    _ = shutdown.cancelled() => {
+                    _ = until(&mut cut_off) => {
+                        return abandoned(ctx, task, "cut off from ZooKeeper: our session may expire and the task run elsewhere");
+                    },
+                    _ = shutdown.cancelled(), if grace.is_none() => {
                         tracing::info!(%task, grace = ?ctx.grace_period, "shutting down: finishing the current task");
-                        tokio::select! {
-                            outcome = &mut execution => break outcome,
-                            _ = tokio::time::sleep(ctx.grace_period) => {
-                                give_back(client, ctx, task, &held, &inbox.dir).await;
-                                return TaskEnd::Stop(WorkerEnd::Shutdown);
-                            },
-                        }
+                        grace = Some(Box::pin(tokio::time::sleep(ctx.grace_period)));
+                    },
+                    _ = until(&mut grace) => {
+                        give_back(client, ctx, task, &held, &inbox.dir).await;
+                        return TaskEnd::Stop(WorkerEnd::Shutdown);
                     },
                 }
             }
@@ -443,6 +466,22 @@ async fn run_task(
         TaskEnd::Cleared
     } else {
         TaskEnd::Unknown
+    }
+}
+
+/// How long a task may run on while we are cut off from ZooKeeper. The client notices a silent
+/// connection at most 3/5 of the session timeout after its last reply, and the server expires
+/// the session a full timeout after it last heard from us: stopping a quarter of the timeout
+/// after the notice leaves the run stopped before the leader can hand the task on.
+fn cut_off_limit(client: &Client) -> Duration {
+    client.session_timeout() / 4
+}
+
+/// Resolves when `timer` is set and has fired; never while it is unset.
+async fn until(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    match timer.as_mut() {
+        Some(timer) => timer.await,
+        None => std::future::pending().await,
     }
 }
 
