@@ -1,8 +1,9 @@
 //! A loopback TCP proxy in front of one ZooKeeper server, for faults injected on command rather
 //! than awaited: every connection to it is relayed to the server, and the test can reset them
 //! all (RST on both sides), hold their bytes (a silent network: sockets open, nothing moves),
-//! hold only the replies (a request reaches the server, its reply never comes back), or refuse
-//! new connections.
+//! hold only the replies (a request reaches the server, its reply never comes back), hold the
+//! replies after each connection's first few (the session opens, then a request's reply never
+//! comes back), or refuse new connections.
 //!
 //! Everything runs on the test's runtime: one accept task, one task per connection. Dropping
 //! the proxy aborts them all, and their sockets close with them.
@@ -23,6 +24,9 @@ use tokio::task::JoinSet;
 struct Flow {
     up_held: bool,
     down_held: bool,
+    /// `down` is held on a connection once it has passed this many chunks: the replies that
+    /// open a session go through, what follows waits.
+    down_held_after: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,10 +36,11 @@ enum Direction {
 }
 
 impl Flow {
-    fn holds(self, direction: Direction) -> bool {
+    /// Whether `direction` waits on a connection that has passed `passed` chunks that way.
+    fn holds(self, direction: Direction, passed: u64) -> bool {
         match direction {
             Direction::Up => self.up_held,
-            Direction::Down => self.down_held,
+            Direction::Down => self.down_held || self.down_held_after.is_some_and(|n| passed >= n),
         }
     }
 }
@@ -124,13 +129,23 @@ impl Proxy {
 
     /// A silent network: no byte moves in either direction, every socket stays open.
     pub fn freeze(&self) {
-        self.shared.flow.send_replace(Flow { up_held: true, down_held: true });
+        self.shared.flow.send_replace(Flow { up_held: true, down_held: true, ..Flow::default() });
     }
 
     /// Only replies and notifications are held: requests still reach the server (and are
     /// applied) while their replies wait, to be lost by a [`Proxy::reset`].
     pub fn hold_replies(&self) {
-        self.shared.flow.send_replace(Flow { up_held: false, down_held: true });
+        self.shared.flow.send_replace(Flow { down_held: true, ..Flow::default() });
+    }
+
+    /// Every connection, current or new, passes its first `chunks` reads from the server and
+    /// holds the rest: the session opens, then its first requests reach the server while their
+    /// replies wait, to be lost by a [`Proxy::reset`]. Each reply of the opening is a chunk of
+    /// its own, as the client waits for it before it sends more: zookeeper-client opens with
+    /// two (the connect response, then the reply to a ping it sends before it calls the session
+    /// connected). Connections that passed as many already hold their replies at once.
+    pub fn hold_replies_after(&self, chunks: u64) {
+        self.shared.flow.send_replace(Flow { down_held_after: Some(chunks), ..Flow::default() });
     }
 
     /// Lets bytes move again; what was held is delivered.
@@ -210,16 +225,19 @@ async fn relay(mut client: TcpStream, shared: &Shared, mut killed: oneshot::Rece
 async fn pump(mut from: ReadHalf<'_>, mut to: WriteHalf<'_>, direction: Direction, shared: &Shared) -> Result<(), ()> {
     let mut flow = shared.flow.subscribe();
     let mut buf = vec![0u8; 64 * 1024];
+    // Chunks passed so far, for a hold that starts after the first few.
+    let mut passed = 0u64;
     loop {
-        flow.wait_for(|f| !f.holds(direction)).await.map_err(drop)?;
+        flow.wait_for(|f| !f.holds(direction, passed)).await.map_err(drop)?;
         let n = from.read(&mut buf).await.map_err(drop)?;
         if n == 0 {
             let _ = to.shutdown().await;
             return Ok(());
         }
         // Bytes read just before a freeze wait for the thaw too.
-        flow.wait_for(|f| !f.holds(direction)).await.map_err(drop)?;
+        flow.wait_for(|f| !f.holds(direction, passed)).await.map_err(drop)?;
         to.write_all(&buf[..n]).await.map_err(drop)?;
+        passed += 1;
     }
 }
 
