@@ -6,6 +6,7 @@ use tokio_util::sync::CancellationToken;
 use zookeeper_client::{Acl, Acls, Client, CreateMode, Permission};
 
 use crate::paths;
+use crate::retry::{is_transient, retrying};
 
 /// Where and how to reach the ensemble, as given by `--zk` and `--zk-digest`.
 #[derive(Clone, Debug)]
@@ -116,7 +117,8 @@ impl ZkTarget {
     }
 
     /// Opens a session and makes sure the roots of docs/protocol.md exist, creating the
-    /// chroot itself first when it is missing.
+    /// chroot itself first when it is missing. A connection lost meanwhile is ridden out
+    /// while the session lives; only the session's end is an error.
     pub async fn connect_with_roots(&self) -> Result<Client, ConnectError> {
         let client = self.connect().await?;
         match ensure_roots(&client, self.acls()).await {
@@ -135,7 +137,8 @@ impl ZkTarget {
         let hosts = ZkTarget { connect: self.connect[..at].to_string(), ..self.clone() };
         let client = hosts.connect().await?;
         let options = CreateMode::Persistent.with_acls(self.acls());
-        match client.mkdir(chroot, &options).await {
+        // A retried mkdir meets what the lost attempt created as NodeExists, which it skips.
+        match retrying(&client, is_transient, || client.mkdir(chroot, &options)).await {
             Ok(()) | Err(zookeeper_client::Error::NodeExists) => Ok(()),
             Err(source) => Err(ConnectError::Roots { path: "the chroot", source }),
         }
@@ -178,18 +181,19 @@ pub async fn close(client: Client) {
     let _ = tokio::time::timeout(Duration::from_secs(2), closed).await;
 }
 
-/// Creates each root that is missing; another participant creating it first is fine.
+/// Creates each root that is missing; another participant creating it first is fine. A
+/// connection lost right after the session opened is no reason to give up: each request is
+/// retried while the session lives (a create whose reply was lost then meets NodeExists).
 pub async fn ensure_roots(client: &Client, acls: Acls<'static>) -> Result<(), ConnectError> {
     let options = CreateMode::Persistent.with_acls(acls);
     for path in paths::ROOTS {
-        match client.check_stat(path).await {
-            Ok(Some(_)) => continue,
-            Ok(None) => {},
-            Err(source) => return Err(ConnectError::Roots { path, source }),
+        let failed = |source| ConnectError::Roots { path, source };
+        if retrying(client, is_transient, || client.check_stat(path)).await.map_err(failed)?.is_some() {
+            continue;
         }
-        match client.create(path, b"", &options).await {
+        match retrying(client, is_transient, || client.create(path, b"", &options)).await {
             Ok(_) | Err(zookeeper_client::Error::NodeExists) => {},
-            Err(source) => return Err(ConnectError::Roots { path, source }),
+            Err(source) => return Err(failed(source)),
         }
     }
     Ok(())

@@ -8,7 +8,8 @@ mod support;
 use std::time::Duration;
 
 use support::{
-    eventually_async, scrape, seed_result, settle, wait_ready, wait_single_leader, MasterOpts, Proxy, TestCluster, LONG,
+    assert_client_succeeded, eventually_async, scrape, seed_result, settle, wait_ready, wait_single_leader, MasterOpts,
+    Proxy, TestCluster, LONG,
 };
 
 /// Creates task `id` as a foreign client would: the payload first, then the task.
@@ -74,6 +75,39 @@ async fn the_proxy_relays_holds_freezes_resets_and_refuses_on_command() {
     })
     .await;
     assert_eq!(proxy.connections(), 1);
+}
+
+/// A client's connection is reset right after its session opened, while its first check of the
+/// roots waits for a reply that will never come: the session lives on, so `submit` must
+/// reconnect within it, create or find the roots and run its task, not exit 3 as if ZooKeeper
+/// were unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_whose_connection_is_reset_during_the_root_checks_reconnects_and_succeeds() {
+    let tc = TestCluster::new("roots-reset").await;
+    let _master = tc.master("m1");
+    let mut worker = tc.worker("w1", "seed");
+    wait_ready(&mut worker).await;
+    let proxy = Proxy::start(&tc.hosts).await;
+    // The client's session opens (connect response, ping reply); its first root check waits.
+    proxy.hold_replies_after(2);
+
+    let zk = tc.zk_via(&proxy);
+    let payload = ["after a reset during the root checks".to_string()];
+    let args = ["submit", "--zk", &zk, "--session-timeout", support::SESSION_TIMEOUT, "--wait", &payload[0]];
+    let mut client = tc.run("client", &args);
+    eventually_async("the client to connect through the proxy", LONG, || async {
+        (proxy.connections() > 0).then_some(())
+    })
+    .await;
+    // The session is open; the first root check has reached the server and its reply is held.
+    // Well within the 4 s session timeout and the client's patience with a silent connection.
+    settle(Duration::from_millis(500)).await;
+    assert!(client.is_running(), "the client must wait for the held reply\n{}", client.describe());
+    assert_eq!(proxy.reset().await, 1, "the client's connection is reset");
+    proxy.thaw();
+
+    assert_client_succeeded(&mut client, &payload).await;
+    assert!(proxy.accepted() >= 2, "the client should have reconnected through the proxy");
 }
 
 /// Every reconnection was followed by the watches' own session events, never only found out
