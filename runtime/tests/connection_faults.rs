@@ -83,23 +83,51 @@ async fn the_proxy_relays_holds_freezes_resets_and_refuses_on_command() {
 /// were unreachable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submit_whose_connection_is_reset_during_the_root_checks_reconnects_and_succeeds() {
-    let tc = TestCluster::new("roots-reset").await;
+    // The session opens (connect response, ping reply); the first root check waits.
+    submit_reset_after_replies("roots-reset", 2).await;
+}
+
+/// The same once the roots are checked, while the client reads the task settings
+/// (`/taskcluster/config`): replies to the connect, the ping and the eight root checks pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_whose_connection_is_reset_while_reading_the_settings_reconnects_and_succeeds() {
+    submit_reset_after_replies("config-reset", 2 + paths_checked_at_start()).await;
+}
+
+/// The roots a client checks one after the other when it starts (docs/protocol.md).
+fn paths_checked_at_start() -> u64 {
+    [
+        "/master",
+        "/tasks",
+        "/data",
+        "/workers",
+        "/taskcluster",
+        "/taskcluster/attempts",
+        "/taskcluster/deadletter",
+        "/taskcluster/inbox",
+    ]
+    .len() as u64
+}
+
+/// `submit --wait` through a proxy that lets `replies` replies through, holds the next, then
+/// resets the connection: the client must ride it out within its session.
+async fn submit_reset_after_replies(name: &str, replies: u64) {
+    let tc = TestCluster::new(name).await;
     let _master = tc.master("m1");
     let mut worker = tc.worker("w1", "seed");
     wait_ready(&mut worker).await;
     let proxy = Proxy::start(&tc.hosts).await;
-    // The client's session opens (connect response, ping reply); its first root check waits.
-    proxy.hold_replies_after(2);
+    proxy.hold_replies_after(replies);
 
     let zk = tc.zk_via(&proxy);
-    let payload = ["after a reset during the root checks".to_string()];
+    let payload = [format!("after a reset once {replies} replies came")];
     let args = ["submit", "--zk", &zk, "--session-timeout", support::SESSION_TIMEOUT, "--wait", &payload[0]];
     let mut client = tc.run("client", &args);
     eventually_async("the client to connect through the proxy", LONG, || async {
         (proxy.connections() > 0).then_some(())
     })
     .await;
-    // The session is open; the first root check has reached the server and its reply is held.
+    // The request after the last reply let through has reached the server; its reply is held.
     // Well within the 4 s session timeout and the client's patience with a silent connection.
     settle(Duration::from_millis(500)).await;
     assert!(client.is_running(), "the client must wait for the held reply\n{}", client.describe());

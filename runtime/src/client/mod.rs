@@ -19,6 +19,7 @@ use zookeeper_client::{Client, Error as ZkError, EventType};
 use crate::connect::{ConnectError, ZkTarget};
 use crate::paths::{self, MAX_PAYLOAD_BYTES};
 use crate::records::{self, TaskOutcome, TaskSettings};
+use crate::retry::{is_transient, retrying};
 use batch::Write;
 use session::{CallError, Session};
 
@@ -89,7 +90,8 @@ impl Submitter {
     }
 
     pub async fn new(client: Client, target: &ZkTarget) -> Result<Self, SubmitError> {
-        let settings = match client.get_data(paths::CONFIG).await {
+        // A connection lost right after the session opened is ridden out like any other.
+        let settings = match retrying(&client, is_transient, || client.get_data(paths::CONFIG)).await {
             Ok((data, _)) => records::decode::<TaskSettings>(paths::CONFIG, &data).unwrap_or_default(),
             Err(ZkError::NoNode) => TaskSettings::default(),
             Err(source) => return Err(SubmitError::Zk { op: "read of the task settings", source }),
