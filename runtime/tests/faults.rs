@@ -378,3 +378,36 @@ async fn a_task_collected_while_it_runs_frees_its_worker_for_the_next() {
     master.assert_no_panic();
     worker.assert_no_panic();
 }
+
+/// SIGTERM to a worker that holds an assignment it has not started yet (written into its znode
+/// by a master that writes no inbox entries, just before the signal; our leader's next
+/// assignment right after a completion is the same case): the worker hands it back, and no
+/// attempt is spent on a task it never ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_a_worker_with_an_unstarted_assignment_gives_it_back() {
+    let tc = TestCluster::new("term-worker-unstarted").await;
+    let journal = Journal::new(tc.dir());
+    // A run it did start would be given back at once too: only one it never started is at stake.
+    let opts = WorkerOpts { grace_period: "1ms".into(), ..WorkerOpts::exec(journal.exec_command(), "60") };
+    let mut worker = tc.worker_with("w1", &opts);
+    wait_ready(&mut worker).await;
+    let zk = tc.inspector().await;
+    zk.put("/data/t", b"never started", false).await;
+    zk.put("/tasks/t", b"", false).await;
+    // Read by an idle worker within a second; the signal comes first.
+    zk.set("/workers/w1", b"t").await;
+    worker.terminate();
+    let code = worker.exit_code(LONG).await;
+    assert_eq!(code, 0, "SIGTERM is a clean shutdown\n{}", worker.describe());
+    zk.sync("/workers").await;
+    assert!(!zk.exists("/workers/w1").await, "the worker must deregister before exiting");
+    let record = zk.data("/taskcluster/attempts/t").await;
+    let record: serde_json::Value = record.and_then(|r| serde_json::from_slice(&r).ok()).unwrap_or_default();
+    assert_eq!(
+        (record["attempts"].as_u64(), record["given_back"].as_u64()),
+        (Some(0), Some(1)),
+        "the unstarted task must be given back (runs: {:?})\n{}",
+        journal.entries(),
+        worker.describe()
+    );
+}

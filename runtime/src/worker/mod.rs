@@ -254,6 +254,7 @@ async fn serve(client: &Client, ctx: &WorkerContext, inbox: &mut Inbox, shutdown
     let mut check = true;
     loop {
         if shutdown.is_cancelled() {
+            drain(client, ctx, inbox).await;
             return WorkerEnd::Shutdown;
         }
         match inbox.catch_up(client).await {
@@ -281,7 +282,7 @@ async fn serve(client: &Client, ctx: &WorkerContext, inbox: &mut Inbox, shutdown
             continue;
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return WorkerEnd::Shutdown,
+            _ = shutdown.cancelled() => continue,
             event = inbox.watch.changed() => match inbox.apply(client, event).await {
                 Ok(Change::Reconnected) => check = true,
                 Ok(_) => {},
@@ -289,6 +290,46 @@ async fn serve(client: &Client, ctx: &WorkerContext, inbox: &mut Inbox, shutdown
             },
             _ = tokio::time::sleep(IDLE_RECHECK) => check = true,
         }
+    }
+}
+
+/// How long a stopping worker spends at most handing back what it holds.
+const DRAIN_LIMIT: Duration = Duration::from_secs(3);
+
+/// Told to stop between tasks: marks us draining, so that no assignment comes after, or, when
+/// one came that we never started (announced, or written into our znode by a master that
+/// writes no inbox entries), hands it back: no attempt is spent on a task we never ran.
+async fn drain(client: &Client, ctx: &WorkerContext, inbox: &mut Inbox) {
+    let me = paths::worker(&ctx.id);
+    let handing_back = async {
+        loop {
+            let _ = inbox.catch_up(client).await;
+            let (data, stat) = retrying(client, is_transient, || client.get_data(&me)).await?;
+            if data.is_empty() {
+                match client.set_data(&me, paths::DRAINING, Some(stat.version)).await {
+                    // An assignment landed meanwhile: look again.
+                    Err(ZkError::BadVersion) => continue,
+                    other => return other.map(drop),
+                }
+            }
+            let Some(task) = std::str::from_utf8(&data).ok().filter(|task| paths::is_valid_name(task)) else {
+                // Draining already, or the withdrawal mark of a run that stopped: nothing is ours.
+                return Ok(());
+            };
+            let entry = paths::inbox_entry(&inbox.dir, task);
+            let guard = match client.check_stat(&entry).await? {
+                Some(_) => Guard::Inbox,
+                None => Guard::Version(stat.version),
+            };
+            let held = Held { me: me.clone(), entry, guard };
+            give_back(client, ctx, task, &held, &inbox.dir, "never started").await;
+            return Ok(());
+        }
+    };
+    match tokio::time::timeout(DRAIN_LIMIT, handing_back).await {
+        Ok(Ok(())) => {},
+        Ok(Err(error)) => tracing::warn!(%error, "cannot mark us draining; the leader sees us leave"),
+        Err(_) => tracing::warn!("ZooKeeper did not answer while we were draining; the leader sees us leave"),
     }
 }
 
@@ -445,7 +486,7 @@ async fn run_task(
                         grace = Some(Box::pin(tokio::time::sleep(ctx.grace_period)));
                     },
                     _ = until(&mut grace) => {
-                        give_back(client, ctx, task, &held, &inbox.dir).await;
+                        give_back(client, ctx, task, &held, &inbox.dir, "grace period over").await;
                         return TaskEnd::Stop(WorkerEnd::Shutdown);
                     },
                 }
@@ -672,7 +713,7 @@ async fn fail(client: &Client, ctx: &WorkerContext, task: &str, held: &Held, err
 /// Hands the task back without spending an attempt: our znode says "draining", which the
 /// leader reads as "this worker no longer holds the task and takes no new one"; the attempts
 /// record notes the give-back, which is how the leader hears of it.
-async fn give_back(client: &Client, ctx: &WorkerContext, task: &str, held: &Held, inbox: &str) {
+async fn give_back(client: &Client, ctx: &WorkerContext, task: &str, held: &Held, inbox: &str, why: &str) {
     // Our registration, named as our inbox.
     let by = paths::child_of(paths::INBOX, inbox).unwrap_or_default().to_string();
     let note = |record: &mut Attempts| {
@@ -682,7 +723,7 @@ async fn give_back(client: &Client, ctx: &WorkerContext, task: &str, held: &Held
     match release(client, ctx, task, held, paths::DRAINING, note).await {
         Ok(_) => {
             ctx.metrics.count("given_back");
-            tracing::info!(%task, "grace period over: task given back");
+            tracing::info!(%task, why, "task given back");
         },
         Err(error) => tracing::warn!(%error, %task, "cannot give the task back; the leader retries it when we leave"),
     }
