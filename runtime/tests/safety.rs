@@ -206,3 +206,37 @@ async fn defaults_let_two_masters_and_two_workers_share_a_machine() {
         proc.assert_no_panic();
     }
 }
+
+/// A worker whose run goes on far past the task timeout, with no leader to revoke it, reports
+/// itself unhealthy (`/healthz` 503) so that Kubernetes restarts it, and healthy again once the
+/// run has ended. A run our leader revokes ends at the timeout; one that does not is stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_run_goes_far_past_the_task_timeout_is_unhealthy() {
+    let tc = TestCluster::new("stuck-worker").await;
+    let zk = tc.inspector().await;
+    // The settings a leader publishes, with a 1 s timeout; no leader runs.
+    zk.put("/taskcluster", b"", false).await;
+    let settings = br#"{"max_attempts":3,"task_timeout_ms":1000,"backlog_cap":1000,"retention_ms":600000}"#;
+    zk.put("/taskcluster/config", settings, false).await;
+    let journal = Journal::new(tc.dir());
+    let mut worker = tc.worker_with("w1", &WorkerOpts::exec(journal.exec_command(), "6"));
+    wait_ready(&mut worker).await;
+    let addr = worker.listen.clone().expect("the worker has a --listen address");
+    assert_eq!(support::metrics::http_get(&addr, "/healthz").map(|(code, _)| code), Some(200), "idle is healthy");
+
+    zk.put("/data/t", b"a run nobody revokes", false).await;
+    zk.put("/tasks/t", b"", false).await;
+    zk.set("/workers/w1", b"t").await;
+    eventually_async("w1 to start the task", LONG, || async { journal.open_run("w1") }).await;
+    eventually_async("w1 to report itself unhealthy", LONG, || async {
+        (support::metrics::http_get(&addr, "/healthz").map(|(code, _)| code) == Some(503)).then_some(())
+    })
+    .await;
+    assert!(journal.open_run("w1").is_some(), "unhealthy while the run goes on, not after");
+    eventually_async("w1 to be healthy once the run ended", LONG, || async {
+        (journal.open_run("w1").is_none()
+            && support::metrics::http_get(&addr, "/healthz").map(|(code, _)| code) == Some(200))
+        .then_some(())
+    })
+    .await;
+}

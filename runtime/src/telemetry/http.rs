@@ -2,7 +2,8 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -11,21 +12,33 @@ use axum::routing::get;
 use axum::Router;
 use prometheus_client::registry::Registry;
 
-/// What the probes report. Healthy: the process loop is alive. Ready: connected (master) or
-/// registered (worker).
+/// What the probes report. Healthy: the process loop is alive (and a worker's current run is
+/// not stuck). Ready: connected (master) or registered (worker).
 #[derive(Debug, Default)]
 pub struct Probes {
     pub healthy: AtomicBool,
     pub ready: AtomicBool,
+    /// From when the current run counts as stuck (None: no run, or no limit).
+    stuck_from: Mutex<Option<Instant>>,
 }
 
 impl Probes {
     pub fn new() -> Arc<Self> {
-        Arc::new(Self { healthy: AtomicBool::new(true), ready: AtomicBool::new(false) })
+        Arc::new(Self { healthy: AtomicBool::new(true), ready: AtomicBool::new(false), stuck_from: Mutex::new(None) })
     }
 
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// A run starts that counts as stuck from `from` on; None: it ended.
+    pub fn set_stuck_from(&self, from: Option<Instant>) {
+        *self.stuck_from.lock().unwrap_or_else(|e| e.into_inner()) = from;
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        let stuck_from = *self.stuck_from.lock().unwrap_or_else(|e| e.into_inner());
+        self.healthy.load(Ordering::Relaxed) && stuck_from.is_none_or(|from| Instant::now() < from)
     }
 }
 
@@ -80,7 +93,7 @@ fn probe(ok: bool) -> (StatusCode, &'static str) {
 }
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    probe(shared.probes.healthy.load(Ordering::Relaxed))
+    probe(shared.probes.is_healthy())
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +17,7 @@ use zookeeper_client::{
 
 use crate::connect::{self, ConnectError, ZkTarget};
 use crate::paths;
-use crate::records::{self, Attempts};
+use crate::records::{self, Attempts, TaskSettings};
 use crate::retry::{is_transient, is_transient_multi, retrying};
 use crate::telemetry::http::Probes;
 use crate::telemetry::metrics::WorkerMetrics;
@@ -107,7 +107,8 @@ async fn session(
     ctx.probes.set_ready(true);
     ctx.metrics.registrations.inc();
     tracing::info!(id = %ctx.id, session = %client.session_id(), "registered");
-    let mut inbox = Inbox { dir: dir.to_string(), watch, announced: VecDeque::new() };
+    let mut inbox =
+        Inbox { dir: dir.to_string(), watch, announced: VecDeque::new(), stuck_after: stuck_after(client).await };
     let end = serve(client, ctx, &mut inbox, shutdown).await;
     ctx.probes.set_ready(false);
     Ok(end)
@@ -215,6 +216,20 @@ struct Inbox {
     dir: String,
     watch: PersistentWatcher,
     announced: VecDeque<String>,
+    /// How long a run may last before we call it stuck (see [`stuck_after`]).
+    stuck_after: Duration,
+}
+
+/// Twice the leader's task timeout, as published in `/taskcluster/config` when we registered:
+/// our leader revokes a run at its timeout, and we stop a revoked run at once, so a run still
+/// going at twice the timeout is stuck (or no leader has been there to revoke it). `/healthz`
+/// then answers 503, and Kubernetes restarts us.
+async fn stuck_after(client: &Client) -> Duration {
+    let settings = match client.get_data(paths::CONFIG).await {
+        Ok((data, _)) => records::decode::<TaskSettings>(paths::CONFIG, &data).unwrap_or_default(),
+        Err(_) => TaskSettings::default(),
+    };
+    Duration::from_millis(settings.task_timeout_ms.saturating_mul(2))
 }
 
 impl Inbox {
@@ -426,8 +441,10 @@ async fn run_task(
     shutdown: &CancellationToken,
 ) -> TaskEnd {
     ctx.metrics.busy.set(1);
+    ctx.probes.set_stuck_from(Instant::now().checked_add(inbox.stuck_after));
     let _idle = scopeguard(|| {
         ctx.metrics.busy.set(0);
+        ctx.probes.set_stuck_from(None);
     });
     let held = Held { me: paths::worker(&ctx.id), entry: paths::inbox_entry(&inbox.dir, task), guard };
     let attempt = if ctx.handler.needs_attempt_number() { read_attempts(client, task).await.0.attempts + 1 } else { 1 };
