@@ -548,7 +548,10 @@ impl Soak<'_> {
     fn requeues(&self) -> HashMap<String, Vec<u128>> {
         let mut requeues: HashMap<String, Vec<u128>> = HashMap::new();
         for proc in self.all_procs().filter(|p| p.name.starts_with("master-")) {
-            for (task, at) in logged_tasks(&proc.stderr(), "task back in the queue") {
+            let log = proc.stderr();
+            for (task, at) in
+                logged_tasks(&log, "task back in the queue").into_iter().chain(logged_tasks(&log, REVOKED))
+            {
                 requeues.entry(task).or_default().push(at);
             }
         }
@@ -581,6 +584,10 @@ impl Soak<'_> {
         self.services.iter().map(|s| s.proc.describe()).collect::<Vec<_>>().join("\n")
     }
 }
+
+/// What a leader logs when it revokes a task from one of our workers: the task is retried once
+/// that worker has let go (no later than its session's end).
+const REVOKED: &str = "revoked; retried once the worker has let go";
 
 fn master_opts() -> MasterOpts {
     MasterOpts { max_attempts: MAX_ATTEMPTS, task_timeout: TASK_TIMEOUT.into(), ..MasterOpts::default() }
@@ -830,7 +837,7 @@ async fn chaos_soak_loses_nothing_and_runs_nothing_twice() {
         "open_runs": runs.iter().filter(|r| r.how == RunEnd::Open).map(|r| format!("{} on {}", r.task, r.incarnation)).collect::<Vec<_>>(),
         "concurrent_runs": concurrent.len(),
         "concurrent_runs_of_a_stopped_holder": stopped_holder.len(),
-        "revocations": soak.master_log_lines(&["back in the queue", "TimedOut"]),
+        "revocations": soak.master_log_lines(&["back in the queue", "TimedOut"]) + soak.master_log_lines(&[REVOKED]),
         "dead_letters": dead_letters,
         "result_writes_seen": { "tasks": counts.len(), "more_than_once": twice.len() },
         "worker_incarnations_killed": soak.deaths.len(),
