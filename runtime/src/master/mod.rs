@@ -1,6 +1,8 @@
 //! A master: contends for leadership under `/master` and leads until it loses it.
 
 pub mod board;
+#[cfg(test)]
+mod board_properties;
 mod leader;
 mod writes;
 
