@@ -69,13 +69,13 @@ fn steps() -> impl Strategy<Value = Vec<Step>> {
         3 => id().prop_map(|id| Step::Submit { id }),
         2 => id().prop_map(|id| Step::Collect { id }),
         2 => (name(), any::<bool>()).prop_map(|(name, inbox)| Step::Register { name, inbox }),
-        1 => name().prop_map(|name| Step::Die { name }),
+        2 => name().prop_map(|name| Step::Die { name }),
         3 => name().prop_map(|name| Step::Complete { name }),
         2 => name().prop_map(|name| Step::Fail { name }),
         1 => name().prop_map(|name| Step::Drain { name }),
         2 => name().prop_map(|name| Step::LetGo { name }),
         3 => (1..4u8).prop_map(|batch| Step::Plan { batch }),
-        3 => (proptest::option::weighted(0.7, 0..6u8), proptest::option::weighted(0.3, 0..6u8))
+        3 => (proptest::option::weighted(0.7, 0..3u8), proptest::option::weighted(0.3, 0..6u8))
             .prop_map(|(expire, retention)| Step::Tick { expire, retention }),
         1 => name().prop_map(|name| Step::Read { name }),
         6 => fault.prop_map(|fault| Step::Serve { fault }),
