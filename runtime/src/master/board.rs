@@ -441,13 +441,42 @@ impl Board {
         None
     }
 
-    /// The assignment write succeeded: the worker's znode is at `version` holding the task.
-    pub fn assigned(&mut self, a: &Assignment, version: i32) {
-        if let Some(worker) = self.workers.get_mut(&a.worker) {
-            if worker.holding == Holding::Assigning(a.task.clone()) && version > worker.version {
-                worker.version = version;
-                worker.holding = Holding::Task(a.task.clone());
+    /// The assignment write succeeded: the znode of the registration created at `created` is at
+    /// `version` holding the task. That may be a new registration of the worker's name (the old
+    /// one died and the name registered again before the write, whose version starts at 0 too):
+    /// the task runs there, whatever the board concluded from the old one's departure meanwhile.
+    pub fn assigned(&mut self, a: &Assignment, version: i32, created: i64) {
+        let known = self.workers.get(&a.worker).map(|w| (w.created, w.version));
+        let landed_elsewhere = match known {
+            Some((known, _)) if created < known => return,
+            Some((known, _)) => created > known,
+            None => true,
+        };
+        if landed_elsewhere {
+            let worker = Worker {
+                version,
+                holding: Holding::Task(a.task.clone()),
+                created,
+                inbox: None,
+                inbox_known: false,
+                stale: false,
+            };
+            self.workers.insert(a.worker.clone(), worker);
+        } else if let Some(worker) = self.workers.get_mut(&a.worker) {
+            if version <= worker.version {
+                return;
             }
+            let ours = worker.holding == Holding::Assigning(a.task.clone());
+            worker.version = version;
+            worker.holding = Holding::Task(a.task.clone());
+            if ours {
+                return;
+            }
+        }
+        // The task was taken for lost (the old registration's departure, or a read of the new
+        // one from before the write): it runs on this registration, so it stays there.
+        if matches!(self.tasks.get(&a.task).map(|t| &t.state), Some(TaskState::Pending | TaskState::Resolving)) {
+            self.set_state(&a.task, TaskState::Assigned { worker: a.worker.clone(), since: Instant::now() });
         }
     }
 
@@ -514,19 +543,27 @@ impl Board {
     /// A revocation of `task` from `wid` was rejected or its outcome is unknown. The worker may
     /// still run the task, so it stays assigned there (its timeout starts again) until a read
     /// of the worker shows what became of it; it is never handed to another worker before.
-    pub fn revocation_failed(&mut self, wid: &str, task: &str) {
+    ///
+    /// A read that came back meanwhile and showed the worker moved on (free, or holding
+    /// something else: it failed or gave the task back just as it timed out) means the task
+    /// left it without our revocation: it is resolved as returned.
+    pub fn revocation_failed(&mut self, wid: &str, task: &str) -> Option<Action> {
         let Some(worker) = self.workers.get_mut(wid) else {
             // The worker is gone: its death was seen meanwhile and resolves the task.
             self.requeue(task);
-            return;
+            return None;
         };
-        if worker.holding == Holding::Revoking {
-            worker.holding = Holding::Task(task.to_string());
-            worker.stale = true;
+        let resolving = self.tasks.get(task).is_some_and(|t| t.state == TaskState::Resolving);
+        if worker.holding != Holding::Revoking {
+            self.mark_records(task);
+            return resolving.then(|| Action::Resolve { task: task.to_string(), reason: ReturnReason::Returned });
         }
-        if self.tasks.get(task).is_some_and(|t| t.state == TaskState::Resolving) {
+        worker.holding = Holding::Task(task.to_string());
+        worker.stale = true;
+        if resolving {
             self.set_state(task, TaskState::Assigned { worker: wid.to_string(), since: Instant::now() });
         }
+        None
     }
 
     /// Completed tasks older than `retention`, removed from the retention queue.
@@ -595,7 +632,7 @@ mod tests {
     fn completion_then_worker_clear_frees_the_worker_without_resolving() {
         let mut b = board_with(&["t1", "t2"], &["w1"]);
         let a = b.plan(100).remove(0);
-        b.assigned(&a, 1);
+        b.assigned(&a, 1, 1);
         b.task_completed("t1", Instant::now());
         assert_eq!(b.worker_read("w1", b"", 2, 1), None, "a completed task is not resolved");
         assert_eq!(b.plan(100)[0].task, "t2");
@@ -607,7 +644,7 @@ mod tests {
         let mut b = board_with(&["t1", "t2"], &["w1"]);
         let a = b.plan(100).remove(0);
         b.task_completed("t1", Instant::now()); // before our write's reply
-        b.assigned(&a, 1);
+        b.assigned(&a, 1, 1);
         let next = b.plan(100);
         assert_eq!(next, vec![Assignment { task: "t2".into(), worker: "w1".into(), version: 2, inbox: None }]);
         assert_eq!(b.worker_read("w1", b"", 2, 1), None, "the clear we assumed is no news");
@@ -618,7 +655,7 @@ mod tests {
         let mut b = board_with(&["t1"], &["w1"]);
         assert!(!b.needs_watch("w1"), "free");
         let a = b.plan(10).remove(0);
-        b.assigned(&a, 1);
+        b.assigned(&a, 1, 1);
         assert!(!b.needs_watch("w1"), "its task ends with a result or an attempts record");
         assert_eq!(b.holder_of("t1"), Some("w1"));
         assert_eq!(b.task_deleted("t1"), None);
@@ -632,7 +669,7 @@ mod tests {
     fn a_worker_that_registered_again_lost_its_task() {
         let mut b = board_with(&["t1"], &["w1"]);
         let a = b.plan(10).remove(0);
-        b.assigned(&a, 1);
+        b.assigned(&a, 1, 1);
         let died = b.worker_read("w1", b"", 0, 2);
         assert_eq!(
             died,
@@ -655,7 +692,7 @@ mod tests {
         let a = b.plan(1).remove(0);
         assert_eq!(a.worker, "w1");
         // w1 registered again (creation zxid 2) before the write, which then applied to it.
-        b.assigned(&a, 1);
+        b.assigned(&a, 1, 1);
         assert_eq!(b.worker_read("w1", b"t1", 1, 2), None, "the task is not lost: the new incarnation runs it");
         assert_eq!(b.holder_of("t1"), Some("w1"));
         assert!(b.plan(10).is_empty(), "t1 must not go to w2 as well");
@@ -665,7 +702,7 @@ mod tests {
     fn a_draining_worker_gives_its_task_back() {
         let mut b = board_with(&["t1"], &["w1"]);
         let a = b.plan(10).remove(0);
-        b.assigned(&a, 1);
+        b.assigned(&a, 1, 1);
         let action = b.worker_read("w1", b"\0draining", 2, 1);
         assert_eq!(action, Some(Action::Resolve { task: "t1".into(), reason: ReturnReason::GivenBack }));
         let listed: HashSet<&str> = HashSet::new();
@@ -677,7 +714,7 @@ mod tests {
     fn a_worker_clearing_without_result_returns_the_task() {
         let mut b = board_with(&["t1"], &["w1"]);
         let a = b.plan(100).remove(0);
-        b.assigned(&a, 1);
+        b.assigned(&a, 1, 1);
         let action = b.worker_read("w1", b"", 2, 1);
         assert_eq!(action, Some(Action::Resolve { task: "t1".into(), reason: ReturnReason::Returned }));
         assert_eq!(b.task_state("t1"), Some(&TaskState::Resolving));
@@ -691,7 +728,7 @@ mod tests {
         let mut b = board_with(&["t1"], &["w1"]);
         let a = b.plan(100).remove(0);
         b.worker_read("w1", b"", 2, 1); // worker already cleared (version 2)
-        b.assigned(&a, 1); // late completion of our own write
+        b.assigned(&a, 1, 1); // late completion of our own write
         assert_eq!(b.worker_read("w1", b"t1", 1, 1), None, "older version ignored");
         assert_eq!(b.counts().workers_busy, 0);
     }
@@ -700,7 +737,7 @@ mod tests {
     fn a_dead_worker_returns_its_task_as_a_failure() {
         let mut b = board_with(&["t1"], &["w1"]);
         let a = b.plan(100).remove(0);
-        b.assigned(&a, 1);
+        b.assigned(&a, 1, 1);
         assert_eq!(
             b.worker_deleted("w1"),
             Some(Action::Resolve {
@@ -745,7 +782,7 @@ mod tests {
         let a = b.plan(10).remove(0);
         let later = Instant::now() + Duration::from_secs(5);
         assert!(b.expired(Duration::from_secs(1), later).is_empty(), "write still in flight");
-        b.assigned(&a, 1);
+        b.assigned(&a, 1, 1);
         let actions = b.expired(Duration::from_secs(1), later);
         assert_eq!(
             actions,
@@ -767,7 +804,7 @@ mod tests {
         b.set_inbox("w2", 1, Some("/i/w2@1".into()));
         let a = b.plan(1).remove(0);
         assert_eq!(a.worker, "w1");
-        b.assigned(&a, 1);
+        b.assigned(&a, 1, 1);
         let later = Instant::now() + Duration::from_secs(5);
         assert_eq!(b.expired(Duration::from_secs(1), later).len(), 1);
         b.revoked("w1", 2, Some("t1"));
@@ -804,7 +841,7 @@ mod tests {
         let mut b = board_with(&["t1"], &["w1"]);
         b.set_inbox("w1", 1, Some("/i/w1@1".into()));
         let a = b.plan(1).remove(0);
-        b.assigned(&a, 1);
+        b.assigned(&a, 1, 1);
         assert_eq!(b.expired(Duration::from_secs(1), Instant::now() + Duration::from_secs(5)).len(), 1);
         // The worker saw the mark and cleared it before the reply of our revocation came back.
         b.worker_read("w1", b"", 3, 1);
@@ -858,7 +895,7 @@ mod tests {
     fn a_given_back_task_takes_its_attempts_record_along_when_collected() {
         let mut b = board_with(&["t1"], &["w1"]);
         let a = b.plan(10).remove(0);
-        b.assigned(&a, 1);
+        b.assigned(&a, 1, 1);
         let back = b.worker_read("w1", paths::DRAINING, 2, 1);
         assert_eq!(back, Some(Action::Resolve { task: "t1".into(), reason: ReturnReason::GivenBack }));
         b.requeue("t1");
@@ -873,7 +910,7 @@ mod tests {
         b.worker_read("w1", b"t1", 3, 1);
         let later = Instant::now() + Duration::from_secs(5);
         assert_eq!(b.expired(Duration::from_secs(1), later).len(), 1);
-        b.revocation_failed("w1", "t1");
+        assert_eq!(b.revocation_failed("w1", "t1"), None, "w1 may still run it");
         assert!(b.plan(10).is_empty(), "t1 must not go to w2 while w1 may still run it");
         assert_eq!(b.holder_of("t1"), Some("w1"));
         assert_eq!(b.workers_needing_read(), vec!["w1".to_string()]);
@@ -893,7 +930,7 @@ mod tests {
         b.set_inbox("w1", 7, Some("/i/w1@7".into()));
         let a = b.plan(10).remove(0);
         assert_eq!(a.inbox.as_deref(), Some("/i/w1@1"), "an inbox of another incarnation is not taken");
-        b.assigned(&a, 1);
+        b.assigned(&a, 1, 1);
         let later = Instant::now() + Duration::from_secs(5);
         let Action::Resolve { reason, .. } = b.expired(Duration::from_secs(1), later).remove(0) else { panic!() };
         assert_eq!(reason, ReturnReason::TimedOut { worker: "w1".into(), version: 1, inbox: Some("/i/w1@1".into()) });

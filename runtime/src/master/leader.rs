@@ -76,7 +76,7 @@ enum Completion {
     Assigned {
         generation: u64,
         batch: Vec<Assignment>,
-        result: Result<Vec<i32>, WriteError>,
+        result: Result<Vec<(i32, i64)>, WriteError>,
     },
     Resolved {
         generation: u64,
@@ -771,8 +771,8 @@ impl<'a> Leader<'a> {
                 Ok(versions) => {
                     self.ctx.metrics.assignments.inc_by(batch.len() as u64);
                     if generation == self.generation {
-                        for (a, version) in batch.iter().zip(versions) {
-                            self.board.assigned(a, version);
+                        for (a, (version, created)) in batch.iter().zip(versions) {
+                            self.board.assigned(a, version, created);
                         }
                     }
                 },
@@ -809,7 +809,9 @@ impl<'a> Leader<'a> {
                         // The worker may still hold the task: it stays there until a read tells.
                         ReturnReason::TimedOut { worker, .. } => {
                             tracing::warn!(%error, %task, %worker, "revocation not applied; reading the worker again");
-                            self.board.revocation_failed(worker, &task);
+                            if let Some(action) = self.board.revocation_failed(worker, &task) {
+                                self.act(action);
+                            }
                             self.read_worker(worker.clone());
                         },
                         _ => {

@@ -53,13 +53,14 @@ pub fn classify(err: CheckWriteError) -> WriteError {
 }
 
 /// Writes a batch of assignments in one multi, each announced in the worker's inbox if it has
-/// one. Returns each worker znode's new version. The request is sent at the call, not at the
+/// one. Returns each worker znode's new version and creation zxid (which registration of that
+/// name the write landed on). The request is sent at the call, not at the
 /// first poll: the leader's loop polls its pending writes only after the events at hand.
 pub fn assign<'a>(
     lock: &'a OwnedLockClient,
     acls: Acls<'static>,
     batch: &[Assignment],
-) -> impl Future<Output = Result<Vec<i32>, WriteError>> + Send + 'a {
+) -> impl Future<Output = Result<Vec<(i32, i64)>, WriteError>> + Send + 'a {
     let options = CreateMode::Persistent.with_acls(acls);
     let mut writer = lock.new_check_writer();
     let built = batch.iter().try_for_each(|a| {
@@ -77,7 +78,7 @@ pub fn assign<'a>(
         Ok(results
             .into_iter()
             .filter_map(|r| match r {
-                MultiWriteResult::SetData { stat } => Some(stat.version),
+                MultiWriteResult::SetData { stat } => Some((stat.version, stat.czxid)),
                 _ => None,
             })
             .collect())

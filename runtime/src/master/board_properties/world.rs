@@ -219,7 +219,8 @@ enum WriteFailure {
 enum Reply {
     Assigned {
         batch: Vec<Assignment>,
-        result: Result<Vec<i32>, WriteFailure>,
+        /// Per assignment: the znode's new version and creation zxid.
+        result: Result<Vec<(i32, i64)>, WriteFailure>,
     },
     Resolved {
         task: String,
@@ -727,7 +728,7 @@ impl World {
     /// One multi: per assignment, `/tasks/<id>` must exist and the worker's znode be at the
     /// planned version. Invariant 2 is checked here: a guard that passes must find the worker
     /// free, or the board let a write clobber a busy worker.
-    fn write_assignments(&mut self, batch: &[Assignment]) -> Result<Vec<i32>, WriteFailure> {
+    fn write_assignments(&mut self, batch: &[Assignment]) -> Result<Vec<(i32, i64)>, WriteFailure> {
         let mut workers = self.zk.workers.clone();
         let mut versions = Vec::new();
         for a in batch {
@@ -747,7 +748,7 @@ impl World {
             }
             registration.holds = Holds::Task(a.task.clone(), task.incarnation);
             registration.version += 1;
-            versions.push(registration.version);
+            versions.push((registration.version, registration.created));
         }
         self.zk.workers = workers;
         for a in batch {
@@ -1187,8 +1188,8 @@ impl World {
                 },
                 Ok(versions) if current => {
                     self.forget_assignments(&batch);
-                    for (a, version) in batch.iter().zip(versions) {
-                        self.board.assigned(a, version);
+                    for (a, (version, created)) in batch.iter().zip(versions) {
+                        self.board.assigned(a, version, created);
                     }
                 },
                 // Lost: the link is down and the view is rebuilt before anything is planned.
@@ -1213,7 +1214,9 @@ impl World {
                     Ok(resolution) => self.resolved(&task, &reason, resolution),
                     Err(_) => match &reason {
                         ReturnReason::TimedOut { worker, .. } => {
-                            self.board.revocation_failed(worker, &task);
+                            if let Some(action) = self.board.revocation_failed(worker, &task) {
+                                self.act(action);
+                            }
                             let misplaced = matches!(self.board.task_state(&task), Some(TaskState::Assigned { worker: w, .. }) if w == worker);
                             if misplaced && revocation.is_some_and(|r| r.changed_since) {
                                 self.known_failure =
