@@ -22,6 +22,20 @@ pub enum ReturnReason {
     TimedOut { worker: String, version: i32, inbox: Option<String> },
 }
 
+/// What became of a task that came back from a worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolution {
+    /// Attempts recorded for the task after this resolution.
+    pub attempts: u32,
+    /// This resolution recorded a failed attempt.
+    pub counted_failure: bool,
+    pub dead_lettered: bool,
+    /// For a timeout: the revoked worker's new znode version.
+    pub revoked: Option<(String, i32)>,
+    /// The task already has a result (or is gone): nothing to retry, its event follows.
+    pub finished: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TaskState {
     /// Waiting for a worker.
@@ -271,6 +285,28 @@ impl Board {
     pub fn mark_records(&mut self, task: &str) {
         if let Some(entry) = self.tasks.get_mut(task) {
             entry.has_records = true;
+        }
+    }
+
+    /// A resolve of `task` came back (see `writes::resolve`): the revoked worker holds the
+    /// withdrawal mark (a worker with an inbox) or is free, and the task is done (dead letter)
+    /// or back in the queue, or waits for the worker to let go. Nothing more when a result
+    /// landed meanwhile: its event follows.
+    pub fn resolved(&mut self, task: &str, reason: &ReturnReason, resolution: &Resolution, now: Instant) {
+        if let Some((worker, version)) = &resolution.revoked {
+            let marked = matches!(reason, ReturnReason::TimedOut { inbox: Some(_), .. });
+            self.revoked(worker, *version, marked.then_some(task));
+        }
+        if resolution.finished {
+            return;
+        }
+        if resolution.counted_failure || matches!(reason, ReturnReason::Returned) && resolution.attempts > 0 {
+            self.mark_records(task);
+        }
+        if resolution.dead_lettered {
+            self.task_dead_lettered(task, now);
+        } else {
+            self.requeue(task);
         }
     }
 

@@ -29,8 +29,8 @@ use zookeeper_client::{
     SessionState, Stat, WatchedEvent,
 };
 
-use super::board::{Action, Assignment, Board, ReturnReason, TaskState};
-use super::writes::{self, Resolution, WriteError};
+use super::board::{Action, Assignment, Board, Resolution, ReturnReason, TaskState};
+use super::writes::{self, WriteError};
 use super::MasterContext;
 use crate::paths;
 use crate::records::{self, LeaderRecord, StatusRecord};
@@ -875,10 +875,9 @@ impl<'a> Leader<'a> {
     }
 
     fn resolved(&mut self, task: &str, reason: &ReturnReason, resolution: Resolution) {
-        if let Some((worker, version)) = &resolution.revoked {
-            // A worker with an inbox got the withdrawal mark: the task waits until it lets go.
-            let marked = matches!(reason, ReturnReason::TimedOut { inbox: Some(_), .. });
-            self.board.revoked(worker, *version, marked.then_some(task));
+        self.board.resolved(task, reason, &resolution, Instant::now());
+        if let Some((worker, _)) = &resolution.revoked {
+            // Holding the withdrawal mark, its clear is what frees the task.
             self.ensure_watched(worker);
         }
         if resolution.finished {
@@ -886,29 +885,21 @@ impl<'a> Leader<'a> {
             return;
         }
         if resolution.counted_failure || matches!(reason, ReturnReason::Returned) && resolution.attempts > 0 {
-            self.board.mark_records(task);
-        }
-        if resolution.counted_failure {
-            self.counters.failed += 1;
-            self.ctx.metrics.failed_attempts.inc();
-        } else if matches!(reason, ReturnReason::Returned) && resolution.attempts > 0 {
-            // The worker recorded its failure itself.
+            // Counted by us, or recorded by the worker itself.
             self.counters.failed += 1;
             self.ctx.metrics.failed_attempts.inc();
         }
         if resolution.dead_lettered {
             self.counters.dead_lettered += 1;
             self.ctx.metrics.dead_lettered.inc();
-            self.board.task_dead_lettered(task, Instant::now());
             tracing::warn!(%task, attempts = resolution.attempts, "task dead-lettered");
-        } else {
-            self.board.requeue(task);
-            match self.board.task_state(task) {
-                Some(TaskState::Withdrawing { worker }) => {
-                    tracing::info!(%task, %worker, attempts = resolution.attempts, "revoked; retried once the worker has let go")
-                },
-                _ => tracing::info!(%task, attempts = resolution.attempts, ?reason, "task back in the queue"),
-            }
+            return;
+        }
+        match self.board.task_state(task) {
+            Some(TaskState::Withdrawing { worker }) => {
+                tracing::info!(%task, %worker, attempts = resolution.attempts, "revoked; retried once the worker has let go")
+            },
+            _ => tracing::info!(%task, attempts = resolution.attempts, ?reason, "task back in the queue"),
         }
     }
 

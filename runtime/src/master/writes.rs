@@ -5,7 +5,7 @@ use std::future::Future;
 
 use zookeeper_client::{Acls, CheckWriteError, CreateMode, Error as ZkError, MultiWriteResult, OwnedLockClient};
 
-use super::board::{Assignment, ReturnReason};
+use super::board::{Assignment, Resolution, ReturnReason};
 use crate::paths;
 use crate::records::{self, Attempts, DeadLetter};
 
@@ -83,20 +83,6 @@ pub fn assign<'a>(
             })
             .collect())
     }
-}
-
-/// What became of a task that came back from a worker.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Resolution {
-    /// Attempts recorded for the task after this resolution.
-    pub attempts: u32,
-    /// This resolution recorded a failed attempt.
-    pub counted_failure: bool,
-    pub dead_lettered: bool,
-    /// For a timeout: the revoked worker's new znode version.
-    pub revoked: Option<(String, i32)>,
-    /// The task already has a result (or is gone): nothing to retry, its event follows.
-    pub finished: bool,
 }
 
 /// Reads the attempts record, counts a failed attempt when the worker could not, revokes a

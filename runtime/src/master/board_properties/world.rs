@@ -5,8 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::master::board::{Action, Assignment, Board, Counts, ReturnReason, TaskState};
-use crate::master::writes::Resolution;
+use crate::master::board::{Action, Assignment, Board, Counts, Resolution, ReturnReason, TaskState};
 use crate::paths;
 
 /// Task ids in use: few, so that ids are used again once collected.
@@ -1265,21 +1264,11 @@ impl World {
 
     /// `Leader::resolved`.
     fn resolved(&mut self, task: &str, reason: &ReturnReason, resolution: Resolution) {
-        if let Some((worker, version)) = &resolution.revoked {
-            let marked = matches!(reason, ReturnReason::TimedOut { inbox: Some(_), .. });
-            self.board.revoked(worker, *version, marked.then_some(task));
+        self.board.resolved(task, reason, &resolution, Instant::now());
+        if let Some((worker, _)) = &resolution.revoked {
             self.ensure_watched(worker);
         }
-        if resolution.finished {
-            return;
-        }
-        if resolution.counted_failure || matches!(reason, ReturnReason::Returned) && resolution.attempts > 0 {
-            self.board.mark_records(task);
-        }
-        if resolution.dead_lettered {
-            self.board.task_dead_lettered(task, Instant::now());
-        } else {
-            self.board.requeue(task);
+        if !resolution.finished && !resolution.dead_lettered {
             self.retried_after_landing_on_a_later_registration(task, reason);
         }
     }
