@@ -285,15 +285,22 @@ async fn example_becomes_ready_and_its_leader_is_a_running_master() {
         })?;
 
         // Each ZooKeeper server's own Prometheus metrics, read from another pod through the
-        // headless Service's stable name.
+        // headless Service's stable name. Ready needs a quorum only, so a server may still be
+        // joining: it serves znode_count once it has the data tree.
         let servers = object.data["spec"]["zookeeper"]["replicas"].as_i64().unwrap_or(3);
         for ordinal in 0..servers {
             let url = format!("http://{name}-zookeeper-{ordinal}.{name}-zookeeper-headless.{ns}.svc:7000/metrics");
-            let metrics =
-                e2e.tools.kubectl(&["exec", "-n", &ns, &leader_name, "--", "wget", "-q", "-O", "-", &url]).await?;
-            ensure(metrics.lines().any(|l| l.starts_with("znode_count ")), || {
-                format!("{url} serves no znode_count:\n{}", metrics.lines().take(20).collect::<Vec<_>>().join("\n"))
-            })?;
+            let what = format!("{url} to serve znode_count");
+            wait::until(&what, READY_TIMEOUT, POLL, || async {
+                let fetched =
+                    e2e.tools.kubectl(&["exec", "-n", &ns, &leader_name, "--", "wget", "-q", "-O", "-", &url]).await;
+                Ok(match fetched {
+                    Ok(metrics) if metrics.lines().any(|l| l.starts_with("znode_count ")) => Poll::Done(()),
+                    Ok(metrics) => Poll::NotYet(metrics.lines().take(20).collect::<Vec<_>>().join("\n")),
+                    Err(e) => Poll::NotYet(e.to_string()),
+                })
+            })
+            .await?;
         }
         Ok(())
     })
