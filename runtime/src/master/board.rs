@@ -79,7 +79,12 @@ enum Holding {
 
 #[derive(Clone, Debug)]
 struct Worker {
+    /// The znode's version as the board takes it: possibly assumed ahead of what ZooKeeper
+    /// showed (a result means the worker cleared, see `free_after_completion`).
     version: i32,
+    /// The newest version ZooKeeper showed (a read, or the reply to a write of ours): a read
+    /// older than that is out of date, whatever was assumed since.
+    observed: i32,
     holding: Holding,
     /// The znode's creation zxid: a worker that registered again is a new incarnation.
     created: i64,
@@ -361,7 +366,10 @@ impl Board {
             None => Holding::Task(String::from_utf8_lossy(data).into_owned()),
         };
         let previous = match self.workers.get(wid) {
-            Some(w) if version < w.version => return None,
+            Some(w) if version < w.observed => return None,
+            // Older than assumed: out of date, unless a write at the assumed version was
+            // rejected, which proves the assumption wrong.
+            Some(w) if version < w.version && w.holding != Holding::Unknown => return None,
             Some(w) if version == w.version && w.holding != Holding::Unknown && !w.stale => return None,
             Some(w) => Some(w.holding.clone()),
             None => None,
@@ -369,7 +377,7 @@ impl Board {
         let (inbox, inbox_known) = self.workers.get(wid).map(|w| (w.inbox.clone(), w.inbox_known)).unwrap_or_default();
         self.workers.insert(
             wid.to_string(),
-            Worker { version, holding: holding.clone(), created, inbox, inbox_known, stale: false },
+            Worker { version, observed: version, holding: holding.clone(), created, inbox, inbox_known, stale: false },
         );
         if holding == Holding::Free {
             self.free.push_back(wid.to_string());
@@ -459,9 +467,11 @@ impl Board {
         planned
     }
 
+    /// A stale worker is left out (its read puts it back): what the board assumed of it, say free
+    /// after a result, rests on a write whose outcome was never seen.
     fn pop_free_worker(&mut self) -> Option<String> {
         while let Some(wid) = self.free.pop_front() {
-            if self.workers.get(&wid).is_some_and(|w| w.holding == Holding::Free) {
+            if self.workers.get(&wid).is_some_and(|w| w.holding == Holding::Free && !w.stale) {
                 return Some(wid);
             }
         }
@@ -491,6 +501,7 @@ impl Board {
         if landed_elsewhere {
             let worker = Worker {
                 version,
+                observed: version,
                 holding: Holding::Task(a.task.clone()),
                 created,
                 inbox: None,
@@ -499,6 +510,7 @@ impl Board {
             };
             self.workers.insert(a.worker.clone(), worker);
         } else if let Some(worker) = self.workers.get_mut(&a.worker) {
+            worker.observed = worker.observed.max(version);
             if version <= worker.version {
                 return;
             }
@@ -562,6 +574,7 @@ impl Board {
     /// of `marked` (a worker with an inbox) or empty (a seed worker: free).
     pub fn revoked(&mut self, wid: &str, version: i32, marked: Option<&str>) {
         if let Some(worker) = self.workers.get_mut(wid) {
+            worker.observed = worker.observed.max(version);
             if version > worker.version {
                 worker.version = version;
                 match marked {

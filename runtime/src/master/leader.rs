@@ -310,35 +310,12 @@ pub async fn lead(lock: &OwnedLockClient, ctx: &MasterContext, shutdown: &Cancel
         if waited > stall && leader.end != Some(LeadEnd::Shutdown) {
             leader.verify_leadership(waited).await;
         }
-        if leader.end.is_none() {
-            // Apply everything already delivered before planning, so the plan sees a
-            // consistent picture (a completion's events arrive before later reads).
-            loop {
-                let mut progressed = false;
-                while let Some(event) = watches.tasks.changed().now_or_never() {
-                    leader.on_task_event(event);
-                    progressed = true;
-                    if leader.end.is_some() {
-                        break;
-                    }
-                }
-                while leader.end.is_none() {
-                    let Some(event) = watches.workers.changed().now_or_never() else { break };
-                    leader.on_membership_event(event);
-                    progressed = true;
-                }
-                while leader.end.is_none() {
-                    let Some(event) = watches.attempts.changed().now_or_never() else { break };
-                    leader.on_attempts_event(event);
-                    progressed = true;
-                }
-                if leader.end.is_some() || !progressed {
-                    break;
-                }
-            }
-        }
+        leader.apply_delivered(&mut watches);
         if leader.end.is_none() && leader.resync_due && leader.connected {
             leader.resync(&mut watches).await;
+            // What changed while the view was rebuilt reached the new watches meanwhile: a
+            // plan made before applying it would assign a task already finished or collected.
+            leader.apply_delivered(&mut watches);
         }
         if let Some(end) = leader.end.take() {
             if end == LeadEnd::Shutdown {
@@ -370,6 +347,32 @@ fn end_for(error: &ZkError) -> LeadEnd {
 }
 
 impl<'a> Leader<'a> {
+    /// Applies every event already delivered before planning, so the plan sees a consistent
+    /// picture (a completion's events arrive before later reads).
+    fn apply_delivered(&mut self, watches: &mut Watches) {
+        while self.end.is_none() {
+            let mut progressed = false;
+            while self.end.is_none() {
+                let Some(event) = watches.tasks.changed().now_or_never() else { break };
+                self.on_task_event(event);
+                progressed = true;
+            }
+            while self.end.is_none() {
+                let Some(event) = watches.workers.changed().now_or_never() else { break };
+                self.on_membership_event(event);
+                progressed = true;
+            }
+            while self.end.is_none() {
+                let Some(event) = watches.attempts.changed().now_or_never() else { break };
+                self.on_attempts_event(event);
+                progressed = true;
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
     fn client(&self) -> &'a Client {
         self.lock.client()
     }

@@ -150,13 +150,6 @@ enum Note {
 }
 
 impl Note {
-    fn task(&self) -> Option<&str> {
-        match self {
-            Note::TaskCreated(task) | Note::TaskCompleted(task) | Note::TaskDeleted(task) => Some(task),
-            Note::Membership | Note::Attempts(_) => None,
-        }
-    }
-
     fn channel(&self) -> Channel {
         match self {
             Note::TaskCreated(_) | Note::TaskCompleted(_) | Note::TaskDeleted(_) => Channel::Tasks,
@@ -288,16 +281,6 @@ enum Message {
     Reply { generation: u64, reply: Reply },
 }
 
-impl Message {
-    /// The task a notification of `/tasks` names.
-    fn task(&self) -> Option<&str> {
-        match self {
-            Message::Note(note) => note.task(),
-            Message::Reply { .. } => None,
-        }
-    }
-}
-
 /// A one-shot data watch on a worker's znode, set by a watched read.
 #[derive(Clone, Copy, Debug)]
 struct Armed {
@@ -396,21 +379,12 @@ pub(super) struct World {
     violations: Vec<String>,
     /// Revocations in flight, by task, to recognise a known failure.
     revocations: BTreeMap<String, Revocation>,
-    /// Assignments in flight (task, worker), and whether a result of the task was heard
-    /// meanwhile, to recognise a known failure (see
-    /// `known_failures::a_rejected_assignment_leaves_its_worker_at_a_version_assumed_from_a_result`).
-    assigning: BTreeMap<(String, String), bool>,
     /// The newest registration of each worker the board was told of, and the assignments that
     /// landed on a later registration than the one they were planned for (the ABA case), to
     /// recognise a known failure (see `retried_after_landing_on_a_later_registration`).
     told_created: BTreeMap<String, i64>,
     planned_for: BTreeMap<(String, String), (Option<i64>, i32)>,
     landed_on_a_later_registration: BTreeSet<(String, String)>,
-    /// Tasks with events from the rebuild window that the new board has not applied yet, and
-    /// those of them planned meanwhile, to recognise a known failure of the leader loop (see
-    /// `known_failures::the_first_plan_after_a_rebuild_comes_before_the_events_received_during_it`).
-    unapplied_at_rebuild: BTreeSet<String>,
-    planned_before_their_events: BTreeSet<String>,
     /// The run met a known failure of the board (see `known_failures`): the case is discarded.
     pub(super) known_failure: Option<&'static str>,
 }
@@ -444,12 +418,9 @@ impl World {
             deletions_unheard: 0,
             violations: Vec::new(),
             revocations: BTreeMap::new(),
-            assigning: BTreeMap::new(),
             told_created: BTreeMap::new(),
             planned_for: BTreeMap::new(),
             landed_on_a_later_registration: BTreeSet::new(),
-            unapplied_at_rebuild: BTreeSet::new(),
-            planned_before_their_events: BTreeSet::new(),
             known_failure: None,
         }
     }
@@ -894,15 +865,19 @@ impl World {
         self.generation += 1;
         self.watched.clear();
         self.revocations.clear();
-        self.assigning.clear();
-        self.planned_before_their_events.clear();
-        self.unapplied_at_rebuild = self.wire.iter().filter_map(Message::task).map(str::to_string).collect();
         self.link = Link::Connected;
         for task in stray_records {
             self.send(Request::Cleanup { task, with_task: false });
         }
         for wid in self.zk.workers.keys().cloned().collect::<Vec<_>>() {
             self.ensure_watched(&wid);
+        }
+        // `Leader::apply_delivered` after the rebuild: the notifications of its window precede
+        // its last reply, so all have arrived, and they are applied before anything is planned.
+        while let Some(index) = self.wire.iter().position(|m| matches!(m, Message::Note(_))) {
+            if let Some(Message::Note(note)) = self.wire.remove(index) {
+                self.on_note(note);
+            }
         }
     }
 
@@ -980,12 +955,8 @@ impl World {
             }
             self.check_plan(&batch);
             for a in &batch {
-                self.assigning.insert((a.task.clone(), a.worker.clone()), false);
                 let created = self.told_created.get(&a.worker).copied();
                 self.planned_for.insert((a.task.clone(), a.worker.clone()), (created, a.version));
-                if self.unapplied_at_rebuild.contains(&a.task) {
-                    self.planned_before_their_events.insert(a.task.clone());
-                }
             }
             self.send(Request::Assign(batch));
         }
@@ -1063,22 +1034,9 @@ impl World {
     }
 
     fn on_note(&mut self, note: Note) {
-        if let Some(task) = note.task() {
-            if self.planned_before_their_events.contains(task) && matches!(note, Note::TaskCompleted(_)) {
-                self.known_failure = Some("the first plan after a rebuild comes before the events received during it");
-            }
-            if !self.wire.iter().any(|m| m.task() == Some(task)) {
-                self.unapplied_at_rebuild.remove(task);
-            }
-        }
         match note {
             Note::TaskCreated(task) => self.board.task_created(&task),
             Note::TaskCompleted(task) => {
-                if let Some(holder) = self.board.holder_of(&task) {
-                    if let Some(heard) = self.assigning.get_mut(&(task.clone(), holder.to_string())) {
-                        *heard = true;
-                    }
-                }
                 if self.board.task_state(&task).is_some() {
                     self.board.task_completed(&task, Instant::now());
                 }
@@ -1121,13 +1079,6 @@ impl World {
                         let told = self.told_created.entry(wid.clone()).or_insert(read.created);
                         *told = (*told).max(read.created);
                         let action = self.board.worker_read(&wid, &read.data, read.version, read.created);
-                        if let Some(Action::Resolve { task, reason: ReturnReason::Returned }) = &action {
-                            let planned_at = self.planned_for.get(&(task.clone(), wid.clone())).map(|(_, v)| *v);
-                            let in_flight = self.assigning.contains_key(&(task.clone(), wid.clone()));
-                            if in_flight && planned_at == Some(read.version) {
-                                self.known_failure = Some("a read from before an assignment taken for its return");
-                            }
-                        }
                         if let Some(inbox) = inbox {
                             self.board.set_inbox(&wid, read.created, inbox);
                         }
@@ -1173,20 +1124,7 @@ impl World {
                 }
             },
             Reply::Assigned { batch, result } => match result {
-                Err(WriteFailure::Rejected)
-                    if current
-                        && batch
-                            .iter()
-                            .any(|a| self.assigning.get(&(a.task.clone(), a.worker.clone())) == Some(&true)) =>
-                {
-                    self.known_failure = Some("an assignment rejected after a result of its task was heard");
-                    self.forget_assignments(&batch);
-                    for a in batch.iter().rev() {
-                        self.board.assignment_failed(a);
-                    }
-                },
                 Ok(versions) if current => {
-                    self.forget_assignments(&batch);
                     for (a, (version, created)) in batch.iter().zip(versions) {
                         self.board.assigned(a, version, created);
                     }
@@ -1194,7 +1132,6 @@ impl World {
                 // Lost: the link is down and the view is rebuilt before anything is planned.
                 Ok(_) | Err(WriteFailure::Lost) => {},
                 Err(WriteFailure::Rejected) if current => {
-                    self.forget_assignments(&batch);
                     for a in batch.iter().rev() {
                         self.board.assignment_failed(a);
                     }
@@ -1231,12 +1168,6 @@ impl World {
                 }
             },
             Reply::Cleaned => {},
-        }
-    }
-
-    fn forget_assignments(&mut self, batch: &[Assignment]) {
-        for a in batch {
-            self.assigning.remove(&(a.task.clone(), a.worker.clone()));
         }
     }
 
