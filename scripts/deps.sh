@@ -18,9 +18,28 @@ fi
 
 bash zookeeper/install.sh >/dev/null
 
-if ! python3 -c 'import kazoo' >/dev/null 2>&1; then
+# The Python the Kazoo tests run: $TASKCLUSTER_PYTHON, else the venv below if there is one,
+# else python3 (runtime/tests/support/python.rs looks the same way).
+venv="${XDG_CACHE_HOME:-$HOME/.cache}/taskcluster/kazoo-venv"
+python="${TASKCLUSTER_PYTHON:-python3}"
+[ -z "${TASKCLUSTER_PYTHON:-}" ] && [ -x "$venv/bin/python" ] && python="$venv/bin/python"
+if ! "$python" -c 'import kazoo' >/dev/null 2>&1; then
 	echo "installing the Python Kazoo client" >&2
-	timeout 300 python3 -m pip install --quiet --disable-pip-version-check 'kazoo>=2.9,<3'
+	# A Python whose packages belong to Debian (PEP 668) refuses pip: use a venv of our own.
+	if ! timeout 300 "$python" -m pip install --quiet --disable-pip-version-check 'kazoo>=2.9,<3' 2>/dev/null; then
+		[ -z "${TASKCLUSTER_PYTHON:-}" ] || { echo "pip cannot install Kazoo into $python" >&2; exit 1; }
+		echo "pip refused to install into $python; creating $venv" >&2
+		if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+			export DEBIAN_FRONTEND=noninteractive
+			timeout 600 apt-get update -qq
+			timeout 900 apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+			rm -rf "$venv"
+			python3 -m venv "$venv"
+		fi
+		python="$venv/bin/python"
+		timeout 300 "$python" -m pip install --quiet --disable-pip-version-check 'kazoo>=2.9,<3'
+	fi
+	"$python" -c 'import kazoo' || { echo "the Kazoo client is still missing from $python" >&2; exit 1; }
 fi
 
 command -v cargo >/dev/null 2>&1 || {

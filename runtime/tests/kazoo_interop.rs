@@ -1,42 +1,30 @@
 //! Interoperability with seed-style clients and workers written in Python with Kazoo
 //! (`tests/kazoo/`), which know only the seed layout of docs/protocol.md.
 //!
-//! These tests need python3 and Kazoo (`python3 -m pip install kazoo==2.11.0`); they fail,
+//! These tests need Kazoo (`bash scripts/deps.sh` installs it); they fail,
 //! not skip, when either is missing.
 
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use support::{
     assert_exactly_one_ok_result_each, assert_tree_drained, payloads, seed_results, wait_ready, wait_single_leader,
     Proc, ResultLine, TestCluster, LONG,
 };
 
-const INSTALL: &str =
-    "install them with `apt-get install -y python3 python3-pip && python3 -m pip install kazoo==2.11.0`";
-
 fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kazoo").join(name)
 }
 
 fn require_kazoo() {
-    let probe = Command::new("python3")
-        .args(["-c", "import kazoo.client"])
-        .output()
-        .unwrap_or_else(|e| panic!("python3 is required for the Kazoo interop tests ({e}): {INSTALL}"));
-    assert!(
-        probe.status.success(),
-        "the Python Kazoo library is required for the interop tests: {INSTALL}\n{}",
-        String::from_utf8_lossy(&probe.stderr)
-    );
+    support::python::require_kazoo("the interop tests");
 }
 
 fn python(tc: &TestCluster, name: &str, script_name: &str, args: &[String]) -> Proc {
     let mut all = vec!["-u".to_string(), script(script_name).display().to_string()];
     all.extend_from_slice(args);
-    Proc::spawn_program(Path::new("python3"), tc.dir(), name, &all, None, None, &[])
+    Proc::spawn_program(&support::python::python(), tc.dir(), name, &all, None, None, &[])
 }
 
 fn kazoo_worker(tc: &TestCluster, id: &str) -> Proc {

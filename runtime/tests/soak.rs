@@ -15,7 +15,6 @@ mod support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -608,11 +607,7 @@ fn kazoo_script() -> std::path::PathBuf {
 }
 
 fn require_kazoo() {
-    let probe = Command::new("python3").args(["-c", "import kazoo.client"]).output();
-    assert!(
-        probe.is_ok_and(|p| p.status.success()),
-        "the soak runs seed-style Kazoo clients: `apt-get install -y python3 python3-pip && python3 -m pip install kazoo==2.11.0`"
-    );
+    support::python::require_kazoo("the soak's seed-style clients");
 }
 
 fn kazoo_client(tc: &TestCluster, name: &str, payloads: &[String]) -> Proc {
@@ -625,7 +620,7 @@ fn kazoo_client(tc: &TestCluster, name: &str, payloads: &[String]) -> Proc {
         "900".into(),
     ];
     args.extend_from_slice(payloads);
-    Proc::spawn_program(Path::new("python3"), tc.dir(), name, &args, None, None, &[])
+    Proc::spawn_program(&support::python::python(), tc.dir(), name, &args, None, None, &[])
 }
 
 /// The seed client has no retries: a ZooKeeper error on one of its own writes (a server killed

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod poll;
 pub mod process;
 pub mod proxy;
+pub mod python;
 pub mod results;
 pub mod zk_server;
 
