@@ -331,12 +331,8 @@ async fn drain(client: &Client, ctx: &WorkerContext, inbox: &mut Inbox) {
                 // Draining already, or the withdrawal mark of a run that stopped: nothing is ours.
                 return Ok(());
             };
-            let entry = paths::inbox_entry(&inbox.dir, task);
-            let guard = match client.check_stat(&entry).await? {
-                Some(_) => Guard::Inbox,
-                None => Guard::Version(stat.version),
-            };
-            let held = Held { me: me.clone(), entry, guard };
+            let guard = guard_for(client, &inbox.dir, task, stat.version).await?;
+            let held = Held { me: me.clone(), entry: paths::inbox_entry(&inbox.dir, task), guard };
             give_back(client, ctx, task, &held, &inbox.dir, "never started").await;
             return Ok(());
         }
@@ -346,6 +342,16 @@ async fn drain(client: &Client, ctx: &WorkerContext, inbox: &mut Inbox) {
         Ok(Err(error)) => tracing::warn!(%error, "cannot mark us draining; the leader sees us leave"),
         Err(_) => tracing::warn!("ZooKeeper did not answer while we were draining; the leader sees us leave"),
     }
+}
+
+/// What a write about `task`, read from our znode at `version`, must be guarded by: its inbox
+/// entry when the leader announced it there, else the znode's version (a master that writes
+/// no inbox entries).
+async fn guard_for(client: &Client, inbox: &str, task: &str, version: i32) -> Result<Guard, ZkError> {
+    Ok(match client.check_stat(&paths::inbox_entry(inbox, task)).await? {
+        Some(_) => Guard::Inbox,
+        None => Guard::Version(version),
+    })
 }
 
 /// Reads our znode. Ok(None): nothing to run now (free, draining, or already announced).
@@ -391,9 +397,8 @@ async fn read_assignment(
             if inbox.announced.contains(&task) {
                 return Ok(None);
             }
-            let guard = match client.check_stat(&paths::inbox_entry(&inbox.dir, &task)).await {
-                Ok(Some(_)) => Guard::Inbox,
-                Ok(None) => Guard::Version(stat.version),
+            let guard = match guard_for(client, &inbox.dir, &task, stat.version).await {
+                Ok(guard) => guard,
                 Err(error) => {
                     tracing::warn!(%error, "cannot look into our inbox");
                     return Ok(None);
