@@ -434,7 +434,23 @@ async fn an_exec_change_rolls_out_and_tasks_run_through_it() {
             }
         })
         .await?;
-        ensure(!logs.contains("OUT ROLLED"), || format!("the seed handler answered after the rollout: {logs}"))?;
+        ensure(logs.contains("\tok\tROLLED OUT"), || format!("no task ran through the command: {logs}"))?;
+        // Once the rollout is over (one worker pod, of the new template), every task runs
+        // through the command: none meets the seed handler any more.
+        follow(&e2e, &ns, name, "workers", 1).await?;
+        let payloads = ["after one", "after two", "after three"];
+        let mut args = vec!["--wait", "--timeout", "120s"];
+        args.extend(payloads);
+        submit_job(&e2e, &ns, name, "exec-after", &args).await?;
+        let succeeded = job_succeeded(&e2e, &ns, "exec-after", Duration::from_secs(240)).await?;
+        let logs = job_logs(&e2e, &ns, "exec-after").await;
+        ensure(succeeded, || format!("tasks submitted after the rollout failed: {logs}"))?;
+        for payload in payloads {
+            let through_command = format!("\tok\t{}", payload.to_uppercase());
+            ensure(logs.contains(&through_command), || {
+                format!("{payload:?} did not run through the command after the rollout: {logs}")
+            })?;
+        }
         Ok(())
     })
     .await;
@@ -462,7 +478,8 @@ async fn an_operator_killed_mid_reconcile_converges_after_restart() {
             Ok(if count > 0 { Poll::Done(()) } else { Poll::NotYet("no Deployment yet".into()) })
         })
         .await?;
-        e2e.tools
+        let deleted = e2e
+            .tools
             .kubectl(&[
                 "delete",
                 "pod",
@@ -474,6 +491,8 @@ async fn an_operator_killed_mid_reconcile_converges_after_restart() {
                 "--force",
             ])
             .await?;
+        // `kubectl delete -l` that matches nothing succeeds: the kill must be seen.
+        ensure(deleted.contains("deleted"), || format!("no operator pod was killed (selector {operator}): {deleted}"))?;
         e2e.tools
             .kubectl(&[
                 "rollout",
@@ -561,15 +580,34 @@ async fn invalid_specs_are_rejected_and_deletion_removes_every_owned_object() {
         wait_ready(&e2e, &ns, name).await?;
         let selector = format!("app.kubernetes.io/instance={name}");
         let kinds = "statefulsets,deployments,services,configmaps,secrets,poddisruptionbudgets,networkpolicies,pods";
-        let owned = e2e.tools.kubectl(&["get", kinds, "-n", &ns, "-l", &selector, "-o", "name"]).await?;
-        ensure(owned.lines().count() >= 5, || format!("expected the TaskCluster's objects, found only:\n{owned}"))?;
+        let kinds = if e2e.ephemeral_storage { kinds.to_string() } else { format!("{kinds},persistentvolumeclaims") };
+        let owned = e2e.tools.kubectl(&["get", &kinds, "-n", &ns, "-l", &selector, "-o", "name"]).await?;
+        // Each kind the operator makes, so the deletion below is seen to remove all of them.
+        let mut expected = vec![
+            "statefulset.apps/",
+            "deployment.apps/",
+            "service/",
+            "configmap/",
+            "secret/",
+            "poddisruptionbudget.policy/",
+            "networkpolicy.networking.k8s.io/",
+            "pod/",
+        ];
+        if !e2e.ephemeral_storage {
+            expected.push("persistentvolumeclaim/");
+        }
+        for kind in expected {
+            ensure(owned.lines().any(|l| l.starts_with(kind)), || {
+                format!("no {} of the TaskCluster before its deletion; found:\n{owned}", kind.trim_end_matches('/'))
+            })?;
+        }
 
         taskcluster::api(&e2e, &ns)
             .delete(name, &DeleteParams::foreground())
             .await
             .context(|| format!("deleting {name}"))?;
         wait::until("every owned object to be deleted", Duration::from_secs(180), POLL, || async {
-            let left = e2e.tools.kubectl(&["get", kinds, "-n", &ns, "-l", &selector, "-o", "name"]).await?;
+            let left = e2e.tools.kubectl(&["get", &kinds, "-n", &ns, "-l", &selector, "-o", "name"]).await?;
             let tc = taskcluster::api(&e2e, &ns).get_opt(name).await.context(|| format!("reading {name}"))?;
             if left.trim().is_empty() && tc.is_none() {
                 Ok(Poll::Done(()))
