@@ -20,6 +20,7 @@ set -euo pipefail
 . "$CLUSTER_DIR/lib/network.sh"
 . "$CLUSTER_DIR/lib/config.sh"
 . "$CLUSTER_DIR/lib/fence_test.sh"
+. "$CLUSTER_DIR/lib/host_state.sh"
 . "$REPO_ROOT/images/lib/oci.sh"
 
 # Control-plane components in start order; `down` stops them in reverse.
@@ -202,7 +203,7 @@ cmd_up() {
 	"$CLUSTER_DIR/build.sh" all
 	load_bin_paths
 	mkdir -p "$STATE_DIR" "$LOG_DIR" "$PID_DIR"
-	[[ -f $STATE_DIR/iptables.before ]] || iptables-save 2>/dev/null | grep -v '^#' >"$STATE_DIR/iptables.before" || true
+	host_state_record
 	write_configs
 	network_up
 	start_containerd
@@ -246,6 +247,7 @@ stray_pids() {
 
 cmd_down() {
 	load_bin_paths 2>/dev/null || true
+	host_state_load
 	drain_pods
 	local i
 	for ((i = ${#COMPONENTS[@]} - 1; i >= 1; i--)); do
@@ -276,9 +278,10 @@ cmd_down() {
 	fi
 	network_down
 	local ctl
-	for ctl in /sys/fs/cgroup/*/kubepods; do
-		[[ -d $ctl ]] && find "$ctl" -depth -type d -exec rmdir {} + 2>/dev/null || true
+	for ctl in $(kubepods_cgroups); do
+		find "$ctl" -depth -type d -exec rmdir {} + 2>/dev/null || true
 	done
+	host_state_restore
 	rm -rf "$STATE_DIR" "$RUN_DIR"
 	# containerd 1.6 keeps shim sockets in /run/containerd/s whatever its state dir;
 	# remove the directories if our shims left them empty.
@@ -296,6 +299,16 @@ cmd_down() {
 		rc=1
 	fi
 	return $rc
+}
+
+# The kubelet's pod cgroups: one per controller on cgroup v1 (and the hybrid layout's
+# unified tree), a single one on a cgroup v2 host.
+kubepods_cgroups() {
+	local ctl
+	for ctl in /sys/fs/cgroup/kubepods /sys/fs/cgroup/*/kubepods; do
+		[[ -d $ctl ]] && echo "$ctl"
+	done
+	return 0
 }
 
 # Lists whatever of the cluster survived `down`; succeeds only if nothing did.
@@ -322,15 +335,9 @@ leftovers() {
 	for link in "$NODE_IF" "$POD_BRIDGE"; do
 		ip link show "$link" >/dev/null 2>&1 && { log "left: interface $link"; found=1; }
 	done
-	local cmd
-	for cmd in iptables-save ip6tables-save; do
-		if $cmd 2>/dev/null | grep -qE "^(:|-A .*-j )(KUBE-|CNI-|TASKCLUSTER-E2E)"; then
-			log "left: ${cmd%-save} chains (KUBE-*, CNI-* or TASKCLUSTER-E2E-*)"
-			found=1
-		fi
-	done
+	host_state_leftovers || found=1
 	[[ -n $COMPONENT_CGROUP && -d $COMPONENT_CGROUP ]] && { log "left: cgroup $COMPONENT_CGROUP"; found=1; }
-	ls -d /sys/fs/cgroup/*/kubepods >/dev/null 2>&1 && { log "left: kubepods cgroups"; found=1; }
+	[[ -n $(kubepods_cgroups) ]] && { log "left: kubepods cgroups: $(kubepods_cgroups | tr '\n' ' ')"; found=1; }
 	return $found
 }
 

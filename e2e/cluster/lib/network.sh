@@ -215,24 +215,25 @@ component_cgroup_down() {
 }
 
 # Removes every iptables chain and rule that the cluster's components made: kube-proxy
-# and kubelet (KUBE-*), CNI plugins (CNI-*), and the fence.
+# and kubelet (KUBE-*), CNI plugins (CNI-*), and the fence. Chains and rules of those names
+# that were there before `up` (another Kubernetes on the host) stay.
 iptables_sweep() {
-	local cmd table
+	local cmd table ours='(KUBE-|CNI-|TASKCLUSTER-E2E)'
 	for cmd in iptables ip6tables; do
 		for table in filter nat mangle raw; do
 			$cmd -t "$table" -S >/dev/null 2>&1 || continue
-			local rules
-			rules=$($cmd -t "$table" -S 2>/dev/null)
+			local before
+			before=$(host_iptables_before "$cmd" "$table")
 			local rule
 			while read -r rule; do
-				# shellcheck disable=SC2086
-				$cmd -t "$table" ${rule/#-A/-D} 2>/dev/null || true
-			done < <(grep -E '^-A .*-j (KUBE-|CNI-|TASKCLUSTER-E2E)' <<<"$rules" || true)
+				grep -qxF -- "$rule" <<<"$before" && continue
+				# `-S` quotes comments the way the shell does.
+				eval "$cmd -t $table ${rule/#-A/-D}" 2>/dev/null || true
+			done < <($cmd -t "$table" -S 2>/dev/null | grep -E "^-A ($ours|.*-j $ours)" || true)
 			local chain
-			for chain in $($cmd -t "$table" -S 2>/dev/null | sed -n -E 's/^-N ((KUBE-|CNI-|TASKCLUSTER-E2E)[^ ]*)$/\1/p'); do
+			for chain in $($cmd -t "$table" -S 2>/dev/null | sed -n -E "s/^-N ($ours[^ ]*)\$/\1/p"); do
+				grep -q "^:$chain " <<<"$before" && continue
 				$cmd -t "$table" -F "$chain" 2>/dev/null || true
-			done
-			for chain in $($cmd -t "$table" -S 2>/dev/null | sed -n -E 's/^-N ((KUBE-|CNI-|TASKCLUSTER-E2E)[^ ]*)$/\1/p'); do
 				$cmd -t "$table" -X "$chain" 2>/dev/null || true
 			done
 		done
