@@ -70,7 +70,9 @@ pub struct TaskClusterSpec {
     #[schemars(range(min = 1, max = 9))]
     pub masters: i32,
 
-    /// Worker replicas. Also the target of `kubectl scale` and of autoscalers.
+    /// Worker replicas. Also the target of `kubectl scale` and of autoscalers; with
+    /// `autoscaling` set the operator writes it and overwrites other changes at its next
+    /// decision.
     #[serde(default = "default_workers")]
     #[schemars(range(min = 0, max = 1000))]
     pub workers: i32,
@@ -114,6 +116,52 @@ pub struct TaskClusterSpec {
     /// The ZooKeeper ensemble that coordinates this cluster.
     #[serde(default)]
     pub zookeeper: ZooKeeperSpec,
+
+    /// Built-in autoscaling of the workers from the backlog. When set, the operator owns
+    /// `workers`: it writes its decision there through the scale subresource. Leave it unset
+    /// to scale by hand or with an HPA or KEDA instead; never combine both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+}
+
+/// Workers that follow the backlog: the target is (backlog + running) / tasksPerWorker,
+/// rounded up, between minWorkers and maxWorkers, smoothed over stabilization windows.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minWorkers <= self.maxWorkers")
+    .message("autoscaling.minWorkers must not be greater than autoscaling.maxWorkers"))]
+pub struct AutoscalingSpec {
+    /// Fewest workers. 0 lets the cluster scale to zero once no task is waiting or running;
+    /// the first waiting task brings a worker back.
+    #[serde(default = "default_min_workers")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub min_workers: i32,
+
+    /// Most workers; at most 1000.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_workers: i32,
+
+    /// Waiting plus running tasks one worker is meant to take.
+    #[serde(default = "default_tasks_per_worker")]
+    #[schemars(range(min = 1, max = 100_000))]
+    pub tasks_per_worker: i32,
+
+    /// How long the load must ask for more workers before they are added: the lowest target
+    /// within this window wins. `0s` (the default) adds workers at once. Between 0s and 1h.
+    #[serde(default = "default_scale_up_stabilization")]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("!self.matches('^([0-9]+(ms|s|m|h))+$') || duration(self) <= duration('1h')")
+        .message("autoscaling.scaleUpStabilization must be between 0s and 1h"))]
+    pub scale_up_stabilization: String,
+
+    /// How long the load must stay low before workers are removed: the highest target
+    /// within this window wins, so a short lull does not shed workers. Defaults to `300s`.
+    /// Between 0s and 1h.
+    #[serde(default = "default_scale_down_stabilization")]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("!self.matches('^([0-9]+(ms|s|m|h))+$') || duration(self) <= duration('1h')")
+        .message("autoscaling.scaleDownStabilization must be between 0s and 1h"))]
+    pub scale_down_stabilization: String,
 }
 
 /// When the kubelet pulls an image.
@@ -305,11 +353,32 @@ pub struct TaskClusterStatus {
     #[serde(default)]
     pub zookeeper: ZooKeeperStatus,
 
+    /// The built-in autoscaler's last decision, while `spec.autoscaling` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingStatus>,
+
     /// `Ready`, `ZooKeeperReady`, `LeaderElected`, `Degraded` and `Reconciled` (every child
     /// applied as the spec asks), one entry per type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// The built-in autoscaler's last decision.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingStatus {
+    /// Workers the autoscaler asks for.
+    pub desired: i32,
+    /// `ScaledUp`, `ScaledDown`, or why the count was held: `AtTarget`, `Stabilizing`,
+    /// `NoReading` (ZooKeeper cannot be read), `CountersNotFresh` (a new leader has not
+    /// published yet), `WorkersUnknown` (who is busy cannot be read, so no scale-in).
+    pub reason: String,
+    /// The decision with the numbers behind it.
+    pub message: String,
+    /// When the autoscaler last changed the worker count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<Time>,
 }
 
 /// Masters of the cluster.
@@ -358,6 +427,19 @@ fn default_workers() -> i32 {
 }
 fn default_session_timeout() -> String {
     "10s".into()
+}
+fn default_min_workers() -> i32 {
+    1
+}
+fn default_tasks_per_worker() -> i32 {
+    1
+}
+/// The HPA's defaults: add at once, remove after five minutes of lower load.
+fn default_scale_up_stabilization() -> String {
+    "0s".into()
+}
+fn default_scale_down_stabilization() -> String {
+    "300s".into()
 }
 fn default_max_attempts() -> i32 {
     3

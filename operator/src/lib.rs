@@ -1,6 +1,7 @@
 //! The TaskCluster operator: reconciles a ZooKeeper ensemble and the master/worker
 //! Deployments of each `TaskCluster`, and reports leader and backlog in its status.
 
+pub mod autoscale;
 pub mod build;
 pub mod crd;
 pub mod duration;

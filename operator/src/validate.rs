@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use crate::autoscale::Policy;
 use crate::crd::{TaskCluster, TaskClusterSpec};
 use crate::duration;
 
@@ -19,6 +20,8 @@ pub struct ValidSpec {
     pub spec: TaskClusterSpec,
     pub session_timeout: Duration,
     pub task_timeout: Duration,
+    /// The autoscaling settings, when the operator owns the worker count.
+    pub autoscaling: Option<Policy>,
 }
 
 /// Why a spec cannot be honoured. `reason()` is the condition reason, `Display` the message.
@@ -40,6 +43,8 @@ pub enum SpecError {
     EphemeralWithClass,
     #[error("{field} must not be empty")]
     Empty { field: &'static str },
+    #[error("autoscaling.minWorkers is {min}, above autoscaling.maxWorkers {max}; lower minWorkers or raise maxWorkers")]
+    MinAboveMax { min: i32, max: i32 },
 }
 
 impl SpecError {
@@ -53,6 +58,7 @@ impl SpecError {
             SpecError::EnsembleResize { .. } => "EnsembleResizeUnsupported",
             SpecError::EphemeralWithClass => "InvalidStorage",
             SpecError::Empty { .. } => "EmptyField",
+            SpecError::MinAboveMax { .. } => "InvalidAutoscaling",
         }
     }
 }
@@ -116,7 +122,30 @@ pub fn validate(tc: &TaskCluster, observed: Observed) -> Result<ValidSpec, SpecE
     if spec.zookeeper.storage.ephemeral && spec.zookeeper.storage.storage_class_name.is_some() {
         return Err(SpecError::EphemeralWithClass);
     }
-    Ok(ValidSpec { spec: spec.clone(), session_timeout, task_timeout })
+    let autoscaling = spec.autoscaling.as_ref().map(autoscaling_policy).transpose()?;
+    Ok(ValidSpec { spec: spec.clone(), session_timeout, task_timeout, autoscaling })
+}
+
+fn autoscaling_policy(a: &crate::crd::AutoscalingSpec) -> Result<Policy, SpecError> {
+    range("autoscaling.minWorkers", a.min_workers.into(), 0, 1000)?;
+    range("autoscaling.maxWorkers", a.max_workers.into(), 1, 1000)?;
+    range("autoscaling.tasksPerWorker", a.tasks_per_worker.into(), 1, 100_000)?;
+    if a.min_workers > a.max_workers {
+        return Err(SpecError::MinAboveMax { min: a.min_workers, max: a.max_workers });
+    }
+    let hour = Duration::from_secs(3600);
+    Ok(Policy {
+        min_workers: a.min_workers,
+        max_workers: a.max_workers,
+        tasks_per_worker: a.tasks_per_worker,
+        scale_up_window: duration_in("autoscaling.scaleUpStabilization", &a.scale_up_stabilization, Duration::ZERO, hour)?,
+        scale_down_window: duration_in(
+            "autoscaling.scaleDownStabilization",
+            &a.scale_down_stabilization,
+            Duration::ZERO,
+            hour,
+        )?,
+    })
 }
 
 #[cfg(test)]
@@ -155,6 +184,11 @@ mod tests {
             (|tc| tc.spec.zookeeper.replicas = 2, "InvalidEnsembleSize"),
             (|tc| tc.spec.exec = Some("  ".into()), "EmptyField"),
             (|tc| tc.metadata.name = Some("x".repeat(41)), "NameTooLong"),
+            (|tc| tc.spec.autoscaling = Some(autoscaling("maxWorkers: 0")), "OutOfRange"),
+            (|tc| tc.spec.autoscaling = Some(autoscaling("minWorkers: 5\nmaxWorkers: 3")), "InvalidAutoscaling"),
+            (|tc| tc.spec.autoscaling = Some(autoscaling("maxWorkers: 1001")), "OutOfRange"),
+            (|tc| tc.spec.autoscaling = Some(autoscaling("maxWorkers: 3\nscaleDownStabilization: 2h")), "InvalidDuration"),
+            (|tc| tc.spec.autoscaling = Some(autoscaling("maxWorkers: 3\nscaleUpStabilization: soon")), "InvalidDuration"),
             (
                 |tc| {
                     tc.spec.zookeeper.storage.ephemeral = true;
@@ -169,6 +203,19 @@ mod tests {
             let err = validate(&tc, Observed::default()).unwrap_err();
             assert_eq!(err.reason(), reason, "{err}");
         }
+    }
+
+    fn autoscaling(yaml: &str) -> crate::crd::AutoscalingSpec {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn autoscaling_defaults_follow_the_hpa() {
+        let mut tc = fixtures::example();
+        tc.spec.autoscaling = Some(serde_yaml::from_str("maxWorkers: 10").unwrap());
+        let policy = validate(&tc, Observed::default()).unwrap().autoscaling.unwrap();
+        assert_eq!((policy.min_workers, policy.max_workers, policy.tasks_per_worker), (1, 10, 1));
+        assert_eq!((policy.scale_up_window, policy.scale_down_window), (Duration::ZERO, Duration::from_secs(300)));
     }
 
     #[test]

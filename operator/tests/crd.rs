@@ -86,6 +86,9 @@ fn the_schema_carries_the_rules_users_hit() {
         "tasks.timeout must be between 1s and 24h",
         "storageClassName cannot be combined with ephemeral",
         "size(self.metadata.name) <= 40",
+        "autoscaling.minWorkers must not be greater than autoscaling.maxWorkers",
+        "autoscaling.scaleUpStabilization must be between 0s and 1h",
+        "autoscaling.scaleDownStabilization must be between 0s and 1h",
     ] {
         assert!(text.contains(rule), "rule {rule:?} missing from the schema");
     }
@@ -94,4 +97,9 @@ fn the_schema_carries_the_rules_users_hit() {
     assert_eq!(spec["workers"]["minimum"], 0.0);
     assert_eq!(spec["masters"]["default"], 2);
     assert_eq!(spec["workers"]["default"], 2);
+    let autoscaling = &spec["autoscaling"]["properties"];
+    assert_eq!(autoscaling["maxWorkers"]["maximum"], 1000.0);
+    assert_eq!(autoscaling["minWorkers"]["minimum"], 0.0, "scale to zero is allowed");
+    assert_eq!(autoscaling["scaleUpStabilization"]["default"], "0s");
+    assert_eq!(autoscaling["scaleDownStabilization"]["default"], "300s");
 }

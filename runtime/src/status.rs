@@ -18,7 +18,13 @@ pub struct ClusterStatus {
     /// Tasks assigned to a worker and not finished.
     pub running: u64,
     pub workers_registered: u64,
+    /// Busy workers; like `backlog` and `running`, 0 unless `counters_fresh`.
     pub workers_busy: u64,
+    /// Whether `backlog`, `running` and `workers_busy` were published by the current leader.
+    /// Right after a takeover they are not yet, and read as 0: not a sign of an idle
+    /// cluster, so nothing may be decided from them (the operator's autoscaler holds).
+    #[serde(default)]
+    pub counters_fresh: bool,
     pub completed: u64,
     pub failed: u64,
     pub dead_lettered: u64,
@@ -104,6 +110,7 @@ pub async fn read_status(client: &Client) -> Result<ClusterStatus, StatusError> 
         running: if fresh { counters.running } else { 0 },
         workers_registered: workers.num_children as u64,
         workers_busy: if fresh { counters.workers_busy } else { 0 },
+        counters_fresh: fresh,
         completed: counters.completed,
         failed: counters.failed,
         dead_lettered: counters.dead_lettered,
