@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, PersistentVolumeClaim, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
@@ -22,9 +22,10 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, field, info, info_span, warn, Instrument, Span};
 
 use crate::apply::{self, Applied, Applier, ApplyError, ApplyFailures, Ledger, FIELD_MANAGER};
+use crate::autoscale::{cost, Decision, Load, Policy, Reason, Recommendations};
 use crate::build::labels::{Names, MANAGED_BY};
 use crate::build::{self, security, BuildError, Settings};
-use crate::crd::{TaskCluster, TaskClusterStatus};
+use crate::crd::{AutoscalingStatus, TaskCluster, TaskClusterStatus};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::status::{self, Observation, ZkReading};
 use crate::validate::{self, Observed, ValidSpec};
@@ -56,6 +57,8 @@ pub enum Error {
     Apply(#[from] ApplyFailures),
     #[error("cannot write the status of TaskCluster {namespace}/{name}: {source}")]
     Status { namespace: String, name: String, source: kube::Error },
+    #[error("cannot set the workers of TaskCluster {namespace}/{name} to {replicas} through its scale subresource: {source}; check that the operator's ClusterRole may patch taskclusters/scale")]
+    Scale { namespace: String, name: String, replicas: i32, source: kube::Error },
 }
 
 impl Error {
@@ -66,6 +69,7 @@ impl Error {
             Error::Apply(failures) if failures.only_credentials() => "CredentialsFailed",
             Error::Apply(_) => "ApplyFailed",
             Error::Status { .. } => "StatusWriteFailed",
+            Error::Scale { .. } => "ScaleFailed",
         }
     }
 }
@@ -143,6 +147,9 @@ pub struct Context {
     /// When each TaskCluster's status was last written for a change of its task counters
     /// alone.
     counters_written: Mutex<HashMap<String, Instant>>,
+    /// The autoscaler's recent recommendations per TaskCluster, for its stabilization
+    /// windows.
+    autoscalers: Mutex<HashMap<String, Recommendations>>,
 }
 
 impl Context {
@@ -166,6 +173,7 @@ impl Context {
             credentials: Mutex::new(HashSet::new()),
             failures: Mutex::new(HashMap::new()),
             counters_written: Mutex::new(HashMap::new()),
+            autoscalers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -216,6 +224,21 @@ impl Context {
         if let Ok(mut written) = self.counters_written.lock() {
             written.remove(&key);
         }
+        if let Ok(mut autoscalers) = self.autoscalers.lock() {
+            autoscalers.remove(&key);
+        }
+    }
+
+    /// The autoscaler's decision for cluster `key`, its history started at the first call.
+    fn decide(&self, key: &str, policy: &Policy, current: i32, load: Option<&Load>, now: Instant) -> Decision {
+        let hold = || Decision {
+            desired: current,
+            reason: Reason::NoReading,
+            message: "the autoscaler's state is unavailable; holding".into(),
+        };
+        let Ok(mut autoscalers) = self.autoscalers.lock() else { return hold() };
+        let history = autoscalers.entry(key.to_string()).or_insert_with(|| Recommendations::starting(now, current));
+        history.decide(policy, current, load, now)
     }
 
     fn since_counters_written(&self, key: &str) -> Option<Duration> {
@@ -329,6 +352,12 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
     // Status, from the cached children and ZooKeeper.
     let zookeeper = cached(&ctx.stores.stateful_sets, &namespace, &names.zookeeper);
     let reading = read_cluster(tc, &names, zookeeper.as_deref(), &key, ctx).await;
+    let policy = valid.as_ref().ok().and_then(|v| v.autoscaling);
+    let autoscaled = match &policy {
+        Some(policy) => Some(autoscale_workers(tc, policy, &reading, &names, &reference, &key, ctx).await?),
+        None => None,
+    };
+    writes += autoscaled.as_ref().map_or(0, |a| a.writes);
     let masters = cached(&ctx.stores.deployments, &namespace, &names.masters);
     let workers = cached(&ctx.stores.deployments, &namespace, &names.workers);
     let observation = Observation {
@@ -340,7 +369,21 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
         apply_failures: &apply_failures,
     };
     let previous = tc.status.as_ref();
-    let next = status::compute(tc, previous, &observation, Timestamp::now());
+    let now = Timestamp::now();
+    let mut next = status::compute(tc, previous, &observation, now);
+    if valid.is_ok() {
+        let last_scale = previous.and_then(|p| p.autoscaling.as_ref()).and_then(|a| a.last_scale_time.clone());
+        next.autoscaling = autoscaled.map(|a| AutoscalingStatus {
+            desired: a.decision.desired,
+            reason: a.decision.reason.as_str().into(),
+            message: status::clip(a.decision.message, EVENT_NOTE_MAX),
+            last_scale_time: if a.scaled {
+                Some(Time(Timestamp::from_second(now.as_second()).unwrap_or(now)))
+            } else {
+                last_scale
+            },
+        });
+    }
     // A busy cluster's counters change at every refresh: alone, they are written at most
     // every COUNTERS_PERIOD.
     let change = status::Change::between(previous, &next);
@@ -462,6 +505,109 @@ async fn apply_children(
     Ok(applied)
 }
 
+/// What the autoscaler decided, and the writes it made to carry it out.
+struct Autoscaled {
+    decision: Decision,
+    writes: u32,
+    /// Whether the worker count was changed.
+    scaled: bool,
+}
+
+/// Decides the worker count from the load and writes it through the scale subresource, as
+/// an HPA would. Before a scale-in the worker pods get their deletion costs, so the
+/// ReplicaSet controller removes idle workers and leaves busy ones to finish their task.
+async fn autoscale_workers(
+    tc: &TaskCluster,
+    policy: &Policy,
+    reading: &ZkReading,
+    names: &Names,
+    reference: &ObjectReference,
+    key: &str,
+    ctx: &Context,
+) -> Result<Autoscaled, Error> {
+    let load = match reading {
+        ZkReading::Read(cluster) => Some(Load {
+            backlog: cluster.backlog,
+            running: cluster.running,
+            busy: cluster.workers_busy,
+            // Without a leader nobody assigns tasks, and the counters describe a past term.
+            fresh: cluster.counters_fresh && cluster.leader.is_some(),
+        }),
+        ZkReading::Skipped | ZkReading::Failed(_) => None,
+    };
+    let current = tc.spec.workers;
+    let mut decision = ctx.decide(key, policy, current, load.as_ref(), Instant::now());
+    if decision.desired == current {
+        return Ok(Autoscaled { decision, writes: 0, scaled: false });
+    }
+    let mut writes = 0;
+    if decision.desired < current {
+        match protect_busy_workers(tc, names, key, ctx).await {
+            Ok(patched) => writes += patched,
+            Err(why) => {
+                warn!(error = %why, "scale-in postponed: which workers are busy is unknown");
+                decision = Decision {
+                    desired: current,
+                    reason: Reason::WorkersUnknown,
+                    message: format!("{}; postponed: {why}", decision.message),
+                };
+                return Ok(Autoscaled { decision, writes, scaled: false });
+            },
+        }
+    }
+    let namespace = tc.namespace().unwrap_or_default();
+    let name = tc.name_any();
+    let api: Api<TaskCluster> = Api::namespaced(ctx.client.clone(), &namespace);
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    let patch = serde_json::json!({ "spec": { "replicas": decision.desired } });
+    api.patch_scale(&name, &params, &Patch::Merge(&patch)).await.map_err(|source| Error::Scale {
+        namespace: namespace.clone(),
+        name: name.clone(),
+        replicas: decision.desired,
+        source,
+    })?;
+    ctx.metrics.wrote("TaskCluster/scale");
+    writes += 1;
+    info!(from = current, to = decision.desired, reason = decision.reason.as_str(), "{}", decision.message);
+    ctx.publish(reference, EventType::Normal, decision.reason.as_str(), decision.message.clone()).await;
+    Ok(Autoscaled { decision, writes, scaled: true })
+}
+
+/// Sets `controller.kubernetes.io/pod-deletion-cost` on every registered worker pod from what
+/// its znode says: busy high, idle low. Returns the pods patched; an error (ZooKeeper or the
+/// API server) means the costs are not all in place and the scale-in must wait.
+async fn protect_busy_workers(tc: &TaskCluster, names: &Names, key: &str, ctx: &Context) -> Result<u32, String> {
+    let connect = connect_string(tc, names, ctx);
+    let workers = ctx.zookeeper.workers(key, &connect).await.map_err(|err| err.to_string())?;
+    let costs = cost::costs(&names.workers, workers.iter().map(|(id, state)| (id.as_str(), *state)));
+    let namespace = tc.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    let mut patched = 0;
+    for (pod, value) in costs {
+        let patch = serde_json::json!({ "metadata": { "annotations": { cost::ANNOTATION: value } } });
+        match pods.patch(&pod, &params, &Patch::Merge(&patch)).await {
+            Ok(_) => {
+                ctx.metrics.wrote("Pod");
+                patched += 1;
+            },
+            // Gone since it registered: nothing left to protect.
+            Err(kube::Error::Api(status)) if status.code == 404 => {},
+            Err(err) => {
+                return Err(format!(
+                    "cannot annotate worker pod {namespace}/{pod}: {err}; check that the operator's ClusterRole may patch pods"
+                ))
+            },
+        }
+    }
+    Ok(patched)
+}
+
+fn connect_string(tc: &TaskCluster, names: &Names, ctx: &Context) -> String {
+    let namespace = tc.namespace().unwrap_or_default();
+    format!("{}.{namespace}.svc.{}:2181", names.zookeeper, ctx.settings.cluster_domain)
+}
+
 /// Asks ZooKeeper for leader and counters, once a majority of its servers is ready.
 async fn read_cluster(
     tc: &TaskCluster,
@@ -475,8 +621,7 @@ async fn read_cluster(
         return ZkReading::Skipped;
     }
     ctx.metrics.zookeeper_reads.inc();
-    let namespace = tc.namespace().unwrap_or_default();
-    let connect = format!("{}.{namespace}.svc.{}:2181", names.zookeeper, ctx.settings.cluster_domain);
+    let connect = connect_string(tc, names, ctx);
     match ctx.zookeeper.read(key, &connect).await {
         Ok(cluster) => ZkReading::Read(cluster),
         Err(err) => {

@@ -40,6 +40,12 @@ impl TaskCluster {
         self
     }
 
+    /// Sets `spec.autoscaling` from its YAML.
+    pub fn with_autoscaling(mut self, yaml: &str) -> Self {
+        self.spec.autoscaling = Some(serde_yaml::from_str(yaml).expect("autoscaling fixture"));
+        self
+    }
+
     pub fn with_exec(mut self, exec: &str) -> Self {
         self.spec.exec = Some(exec.into());
         self

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use taskcluster::{ClusterStatus, LeaderInfo};
 
 use crate::apply::annotate;
+use crate::autoscale::cost::{WorkerState, ANNOTATION, BUSY_COST, IDLE_COST};
 use crate::build::{build, Children, Settings};
 use crate::controller::{reconcile, ChildStores, Context, REFRESH};
 use crate::crd::TaskCluster;
@@ -39,6 +40,9 @@ enum FakeReply {
 struct FakeZk {
     reply: Mutex<FakeReply>,
     reads: Mutex<Vec<String>>,
+    /// What `/workers` holds; `None`: that read fails.
+    workers: Mutex<Option<Vec<(String, WorkerState)>>>,
+    worker_reads: Mutex<u32>,
 }
 
 impl StatusSource for FakeZk {
@@ -57,6 +61,21 @@ impl StatusSource for FakeZk {
         })
     }
 
+    fn workers<'a>(
+        &'a self,
+        _key: &'a str,
+        connect: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, WorkerState)>, ZkStatusError>> {
+        *self.worker_reads.lock().unwrap() += 1;
+        let workers = self.workers.lock().unwrap().clone();
+        Box::pin(async move {
+            workers.ok_or_else(|| ZkStatusError::Timeout {
+                connect: connect.to_string(),
+                timeout: Duration::from_millis(1500),
+            })
+        })
+    }
+
     fn forget(&self, _key: &str) {}
 }
 
@@ -70,6 +89,7 @@ fn leader(id: &str, epoch: u64) -> ClusterStatus {
         workers_busy: 2,
         completed: 10,
         masters: 2,
+        counters_fresh: true,
         ..ClusterStatus::default()
     }
 }
@@ -167,7 +187,12 @@ struct Harness {
 fn harness(world: &World, reply: FakeReply) -> Harness {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
-    let zk = Arc::new(FakeZk { reply: Mutex::new(reply), reads: Mutex::new(vec![]) });
+    let zk = Arc::new(FakeZk {
+        reply: Mutex::new(reply),
+        reads: Mutex::new(vec![]),
+        workers: Mutex::new(Some(vec![])),
+        worker_reads: Mutex::new(0),
+    });
     let ctx = Context::new(client, Arc::new(Metrics::default()), Settings::default(), zk.clone(), world.stores());
     Harness { ctx: Arc::new(ctx), zk, server: ApiServer(handle) }
 }
@@ -590,4 +615,125 @@ async fn a_busy_cluster_writes_its_counters_at_most_every_few_seconds() {
     assert_eq!(event["reason"], "LeaderChanged");
     h.server.expect_nothing_more().await;
     reconciling.await.unwrap().unwrap();
+}
+
+const SCALE: &str = "/apis/taskcluster.dev/v1alpha1/namespaces/default/taskclusters/demo/scale";
+
+fn scale_reply(replicas: i64) -> Reply {
+    Reply::Json(json!({
+        "apiVersion": "autoscaling/v1", "kind": "Scale",
+        "metadata": {"name": "demo", "namespace": "default"},
+        "spec": {"replicas": replicas}, "status": {"replicas": 3}
+    }))
+}
+
+/// A running cluster of 3 workers that scales itself.
+fn autoscaled(autoscaling: &str, cluster: &ClusterStatus) -> (TaskCluster, World) {
+    let base = fixtures::example().with_autoscaling(autoscaling);
+    let world = World::running(&base);
+    (settled(base, &world, cluster), world)
+}
+
+fn load(backlog: u64, running: u64, busy: u64) -> ClusterStatus {
+    ClusterStatus { backlog, running, workers_busy: busy, ..leader("demo-master-abc", 3) }
+}
+
+#[tokio::test]
+async fn a_burst_scales_the_workers_up_through_the_scale_subresource() {
+    let cluster = load(9, 2, 2);
+    let (tc, world) = autoscaled("{maxWorkers: 10, tasksPerWorker: 2}", &cluster);
+    let mut h = harness(&world, FakeReply::Status(cluster));
+    let ctx = h.ctx.clone();
+    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+    let scale = h.server.expect(Method::PATCH, SCALE, scale_reply(6)).await;
+    assert_eq!(scale["spec"]["replicas"], 6, "(9 + 2) / 2 rounded up");
+    let event = h.server.expect(Method::POST, EVENTS, Reply::Echo).await;
+    assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Normal"), Some("ScaledUp")));
+    let note = event["note"].as_str().unwrap_or_default();
+    assert!(note.contains("backlog 9, running 2") && note.contains("from 3 to 6"), "{note}");
+    let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(Box::new(fixtures::example()))).await;
+    let autoscaling = &status["status"]["autoscaling"];
+    assert_eq!((autoscaling["desired"].as_i64(), autoscaling["reason"].as_str()), (Some(6), Some("ScaledUp")));
+    assert!(autoscaling["lastScaleTime"].is_string(), "{autoscaling}");
+    h.server.expect_nothing_more().await;
+    assert_eq!(
+        reconciling.await.unwrap().unwrap(),
+        Action::requeue(REFRESH),
+        "the next decision comes within a second"
+    );
+    assert_eq!(*h.zk.worker_reads.lock().unwrap(), 0, "a scale-up reads no worker znodes");
+}
+
+#[tokio::test]
+async fn an_unreachable_zookeeper_or_a_new_leaders_zeros_scale_nothing() {
+    let idle = load(0, 0, 0);
+    let (tc, world) = autoscaled("{minWorkers: 0, maxWorkers: 10, scaleDownStabilization: 0s}", &idle);
+    let takeover = ClusterStatus { counters_fresh: false, ..leader("demo-master-def", 4) };
+    let takeover = ClusterStatus { backlog: 0, running: 0, workers_busy: 0, ..takeover };
+    for (reply, reason) in [(FakeReply::Unreachable, "NoReading"), (FakeReply::Status(takeover), "CountersNotFresh")] {
+        let mut h = harness(&world, reply);
+        let (ctx, tc) = (h.ctx.clone(), tc.clone());
+        let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+        h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+        // No scale, no pod annotated: the status (and a LeaderChanged event) only.
+        let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(Box::new(fixtures::example()))).await;
+        let autoscaling = &status["status"]["autoscaling"];
+        assert_eq!((autoscaling["desired"].as_i64(), autoscaling["reason"].as_str()), (Some(3), Some(reason)));
+        if reason == "CountersNotFresh" {
+            let event = h.server.expect(Method::POST, EVENTS, Reply::Echo).await;
+            assert_eq!(event["reason"], "LeaderChanged");
+        }
+        h.server.expect_nothing_more().await;
+        reconciling.await.unwrap().unwrap();
+        assert_eq!(*h.zk.worker_reads.lock().unwrap(), 0);
+    }
+}
+
+#[tokio::test]
+async fn a_scale_in_marks_busy_workers_costly_before_lowering_the_count() {
+    let cluster = load(0, 1, 1);
+    let (tc, world) = autoscaled("{minWorkers: 0, maxWorkers: 10, scaleDownStabilization: 0s}", &cluster);
+    let mut h = harness(&world, FakeReply::Status(cluster));
+    *h.zk.workers.lock().unwrap() = Some(vec![
+        ("demo-worker-5f7c-aaaaa".into(), WorkerState::Idle),
+        ("demo-worker-5f7c-bbbbb".into(), WorkerState::Busy),
+        ("demo-worker-5f7c-ccccc".into(), WorkerState::Draining),
+        ("somebody-elses-worker".into(), WorkerState::Busy),
+    ]);
+    let ctx = h.ctx.clone();
+    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+    for (pod, cost) in [("aaaaa", IDLE_COST), ("bbbbb", BUSY_COST), ("ccccc", IDLE_COST)] {
+        let path = format!("/api/v1/namespaces/default/pods/demo-worker-5f7c-{pod}");
+        let reply = if pod == "ccccc" { Reply::NotFound } else { Reply::Echo };
+        let body = h.server.expect(Method::PATCH, &path, reply).await;
+        assert_eq!(body["metadata"]["annotations"][ANNOTATION], cost, "{pod}");
+    }
+    let scale = h.server.expect(Method::PATCH, SCALE, scale_reply(1)).await;
+    assert_eq!(scale["spec"]["replicas"], 1, "the busy worker stays");
+    let event = h.server.expect(Method::POST, EVENTS, Reply::Echo).await;
+    assert_eq!(event["reason"], "ScaledDown");
+    assert!(event["note"].as_str().unwrap_or_default().contains("running 1"), "{event}");
+    let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(Box::new(fixtures::example()))).await;
+    assert_eq!(status["status"]["autoscaling"]["reason"], "ScaledDown");
+    h.server.expect_nothing_more().await;
+    reconciling.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_scale_in_waits_while_the_busy_workers_cannot_be_told() {
+    let cluster = load(0, 0, 0);
+    let (tc, world) = autoscaled("{minWorkers: 0, maxWorkers: 10, scaleDownStabilization: 0s}", &cluster);
+    let mut h = harness(&world, FakeReply::Status(cluster));
+    *h.zk.workers.lock().unwrap() = None;
+    let ctx = h.ctx.clone();
+    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+    let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(Box::new(fixtures::example()))).await;
+    let autoscaling = &status["status"]["autoscaling"];
+    assert_eq!((autoscaling["desired"].as_i64(), autoscaling["reason"].as_str()), (Some(3), Some("WorkersUnknown")));
+    h.server.expect_nothing_more().await;
+    reconciling.await.unwrap().unwrap();
+    assert_eq!(*h.zk.worker_reads.lock().unwrap(), 1);
 }

@@ -218,6 +218,10 @@ fn without_counters(status: &TaskClusterStatus) -> TaskClusterStatus {
     let mut status = status.clone();
     (status.backlog, status.running, status.completed, status.failed, status.dead_lettered) = (0, 0, 0, 0, 0);
     status.workers.busy = 0;
+    // The autoscaler's message quotes the counters.
+    if let Some(autoscaling) = status.autoscaling.as_mut() {
+        autoscaling.message.clear();
+    }
     status
 }
 

@@ -43,7 +43,9 @@ pub enum SpecError {
     EphemeralWithClass,
     #[error("{field} must not be empty")]
     Empty { field: &'static str },
-    #[error("autoscaling.minWorkers is {min}, above autoscaling.maxWorkers {max}; lower minWorkers or raise maxWorkers")]
+    #[error(
+        "autoscaling.minWorkers is {min}, above autoscaling.maxWorkers {max}; lower minWorkers or raise maxWorkers"
+    )]
     MinAboveMax { min: i32, max: i32 },
 }
 
@@ -138,7 +140,12 @@ fn autoscaling_policy(a: &crate::crd::AutoscalingSpec) -> Result<Policy, SpecErr
         min_workers: a.min_workers,
         max_workers: a.max_workers,
         tasks_per_worker: a.tasks_per_worker,
-        scale_up_window: duration_in("autoscaling.scaleUpStabilization", &a.scale_up_stabilization, Duration::ZERO, hour)?,
+        scale_up_window: duration_in(
+            "autoscaling.scaleUpStabilization",
+            &a.scale_up_stabilization,
+            Duration::ZERO,
+            hour,
+        )?,
         scale_down_window: duration_in(
             "autoscaling.scaleDownStabilization",
             &a.scale_down_stabilization,
@@ -187,8 +194,14 @@ mod tests {
             (|tc| tc.spec.autoscaling = Some(autoscaling("maxWorkers: 0")), "OutOfRange"),
             (|tc| tc.spec.autoscaling = Some(autoscaling("minWorkers: 5\nmaxWorkers: 3")), "InvalidAutoscaling"),
             (|tc| tc.spec.autoscaling = Some(autoscaling("maxWorkers: 1001")), "OutOfRange"),
-            (|tc| tc.spec.autoscaling = Some(autoscaling("maxWorkers: 3\nscaleDownStabilization: 2h")), "InvalidDuration"),
-            (|tc| tc.spec.autoscaling = Some(autoscaling("maxWorkers: 3\nscaleUpStabilization: soon")), "InvalidDuration"),
+            (
+                |tc| tc.spec.autoscaling = Some(autoscaling("maxWorkers: 3\nscaleDownStabilization: 2h")),
+                "InvalidDuration",
+            ),
+            (
+                |tc| tc.spec.autoscaling = Some(autoscaling("maxWorkers: 3\nscaleUpStabilization: soon")),
+                "InvalidDuration",
+            ),
             (
                 |tc| {
                     tc.spec.zookeeper.storage.ephemeral = true;

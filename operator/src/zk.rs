@@ -6,8 +6,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use taskcluster::{ClusterStatus, ConnectError, StatusError, ZkTarget};
-use zookeeper_client::{Client, SessionState};
+use taskcluster::{paths, ClusterStatus, ConnectError, StatusError, ZkTarget};
+use zookeeper_client::{Client, Error as ZkError, SessionState};
+
+use crate::autoscale::cost::WorkerState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ZkStatusError {
@@ -35,6 +37,14 @@ impl ZkStatusError {
 pub trait StatusSource: Send + Sync {
     /// Reads the status of the cluster `key` (`namespace/name`) from `connect`.
     fn read<'a>(&'a self, key: &'a str, connect: &'a str) -> BoxFuture<'a, Result<ClusterStatus, ZkStatusError>>;
+    /// What each registered worker of the cluster `key` is doing, by worker id (its pod
+    /// name): one getChildren of `/workers` and one getData per worker, so it is asked only
+    /// before a scale-in.
+    fn workers<'a>(
+        &'a self,
+        key: &'a str,
+        connect: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, WorkerState)>, ZkStatusError>>;
     /// Drops whatever is kept for `key` (the TaskCluster is gone).
     fn forget(&self, key: &str);
     /// Sessions currently open.
@@ -85,18 +95,51 @@ impl ZkStatusReader {
         }
     }
 
+    async fn session(&self, key: &str, connect: &str) -> Result<Client, ZkStatusError> {
+        if let Some(client) = self.cached(key, connect) {
+            return Ok(client);
+        }
+        // Read-only: the task tree is world-readable, so no credentials are needed.
+        let target = ZkTarget::new(connect).with_session_timeout(Duration::from_secs(10));
+        let client = tokio::time::timeout(self.timeout, target.connect())
+            .await
+            .map_err(|_| ZkStatusError::Timeout { connect: connect.to_string(), timeout: self.timeout })??;
+        self.store(key, connect, client.clone());
+        Ok(client)
+    }
+
+    async fn workers_inner(&self, key: &str, connect: &str) -> Result<Vec<(String, WorkerState)>, ZkStatusError> {
+        let client = self.session(key, connect).await?;
+        let read = async {
+            let read_err = |source| ZkStatusError::Read(StatusError::Read { path: paths::WORKERS, source });
+            let ids = client.list_children(paths::WORKERS).await.map_err(read_err)?;
+            let mut workers = Vec::with_capacity(ids.len());
+            for id in ids {
+                match client.get_data(&paths::worker(&id)).await {
+                    Ok((data, _)) => workers.push((id, WorkerState::of(&data))),
+                    // Left between the listing and the read: nothing to protect.
+                    Err(ZkError::NoNode) => {},
+                    Err(source) => return Err(read_err(source)),
+                }
+            }
+            Ok(workers)
+        };
+        match tokio::time::timeout(self.timeout, read).await {
+            Ok(Ok(workers)) => Ok(workers),
+            Ok(Err(err)) => {
+                self.forget(key);
+                Err(err)
+            },
+            Err(_) => {
+                self.forget(key);
+                Err(ZkStatusError::Timeout { connect: connect.to_string(), timeout: self.timeout })
+            },
+        }
+    }
+
     async fn read_inner(&self, key: &str, connect: &str) -> Result<ClusterStatus, ZkStatusError> {
         let timeout = || ZkStatusError::Timeout { connect: connect.to_string(), timeout: self.timeout };
-        let client = match self.cached(key, connect) {
-            Some(client) => client,
-            None => {
-                // Read-only: the task tree is world-readable, so no credentials are needed.
-                let target = ZkTarget::new(connect).with_session_timeout(Duration::from_secs(10));
-                let client = tokio::time::timeout(self.timeout, target.connect()).await.map_err(|_| timeout())??;
-                self.store(key, connect, client.clone());
-                client
-            },
-        };
+        let client = self.session(key, connect).await?;
         let result = tokio::time::timeout(self.timeout, taskcluster::read_status(&client)).await;
         match result {
             Ok(Ok(status)) => Ok(status),
@@ -116,6 +159,14 @@ impl ZkStatusReader {
 impl StatusSource for ZkStatusReader {
     fn read<'a>(&'a self, key: &'a str, connect: &'a str) -> BoxFuture<'a, Result<ClusterStatus, ZkStatusError>> {
         Box::pin(self.read_inner(key, connect))
+    }
+
+    fn workers<'a>(
+        &'a self,
+        key: &'a str,
+        connect: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, WorkerState)>, ZkStatusError>> {
+        Box::pin(self.workers_inner(key, connect))
     }
 
     fn forget(&self, key: &str) {

@@ -147,17 +147,23 @@ impl Recommendations {
             load.backlog, load.running, load.busy, policy.tasks_per_worker
         );
         let (reason, message) = match desired.cmp(&current) {
-            std::cmp::Ordering::Greater => (Reason::ScaledUp, format!("{numbers}; scaling from {current} to {desired}")),
-            std::cmp::Ordering::Less if busy_floor => {
-                (Reason::ScaledDown, format!("{numbers}; scaling from {current} to {desired}, keeping every busy worker"))
+            std::cmp::Ordering::Greater => {
+                (Reason::ScaledUp, format!("{numbers}; scaling from {current} to {desired}"))
             },
+            std::cmp::Ordering::Less if busy_floor => (
+                Reason::ScaledDown,
+                format!("{numbers}; scaling from {current} to {desired}, keeping every busy worker"),
+            ),
             std::cmp::Ordering::Less => (Reason::ScaledDown, format!("{numbers}; scaling from {current} to {desired}")),
             std::cmp::Ordering::Equal if busy_floor => {
                 (Reason::BusyWorkers, format!("{numbers}; holding {current}: every worker is busy"))
             },
             std::cmp::Ordering::Equal if wanted != current => {
                 let window = if wanted > current { policy.scale_up_window } else { policy.scale_down_window };
-                (Reason::Stabilizing, format!("{numbers}; holding {current} within the {window:?} stabilization window"))
+                (
+                    Reason::Stabilizing,
+                    format!("{numbers}; holding {current} within the {window:?} stabilization window"),
+                )
             },
             std::cmp::Ordering::Equal => (Reason::AtTarget, format!("{numbers}; holding {current}")),
         };
@@ -342,7 +348,8 @@ mod tests {
 
     #[test]
     fn huge_counters_do_not_overflow() {
-        let d = Recommendations::default().decide(&policy(), 1, Some(&load(u64::MAX, u64::MAX, u64::MAX)), Instant::now());
+        let d =
+            Recommendations::default().decide(&policy(), 1, Some(&load(u64::MAX, u64::MAX, u64::MAX)), Instant::now());
         assert_eq!(d.desired, 20);
     }
 }
