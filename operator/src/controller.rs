@@ -224,8 +224,12 @@ impl Context {
         if let Ok(mut written) = self.counters_written.lock() {
             written.remove(&key);
         }
+        self.forget_autoscaler(&key);
+    }
+
+    fn forget_autoscaler(&self, key: &str) {
         if let Ok(mut autoscalers) = self.autoscalers.lock() {
-            autoscalers.remove(&key);
+            autoscalers.remove(key);
         }
     }
 
@@ -355,7 +359,11 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
     let policy = valid.as_ref().ok().and_then(|v| v.autoscaling);
     let autoscaled = match &policy {
         Some(policy) => Some(autoscale_workers(tc, policy, &reading, &names, &reference, &key, ctx).await?),
-        None => None,
+        None => {
+            // Turned off: a later spec.autoscaling starts from a clean history.
+            ctx.forget_autoscaler(&key);
+            None
+        },
     };
     writes += autoscaled.as_ref().map_or(0, |a| a.writes);
     let masters = cached(&ctx.stores.deployments, &namespace, &names.masters);

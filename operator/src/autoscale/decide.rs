@@ -352,4 +352,66 @@ mod tests {
             Recommendations::default().decide(&policy(), 1, Some(&load(u64::MAX, u64::MAX, u64::MAX)), Instant::now());
         assert_eq!(d.desired, 20);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One reconcile: seconds since the last, and what ZooKeeper said (None: nothing).
+        fn step() -> impl Strategy<Value = (u64, Option<Load>)> {
+            let load = (0u64..60, 0u64..30, 0u64..30, proptest::bool::weighted(0.8))
+                .prop_map(|(backlog, running, busy, fresh)| Load { backlog, running, busy: busy.min(running), fresh });
+            (0u64..20, proptest::option::weighted(0.9, load))
+        }
+
+        fn any_policy() -> impl Strategy<Value = Policy> {
+            (0i32..5, 1i32..30, 1i32..5, 0u64..40, 0u64..120).prop_map(|(min, extra, per, up, down)| Policy {
+                min_workers: min,
+                max_workers: min + extra,
+                tasks_per_worker: per,
+                scale_up_window: secs(up),
+                scale_down_window: secs(down),
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn invariants_hold_after_every_decision(
+                policy in any_policy(),
+                start in 0i32..40,
+                steps in proptest::collection::vec(step(), 1..80),
+            ) {
+                let t0 = Instant::now();
+                let mut history = Recommendations::starting(t0, start);
+                let (mut now, mut workers) = (t0, start);
+                for (elapsed, load) in steps {
+                    now += secs(elapsed);
+                    let d = history.decide(&policy, workers, load.as_ref(), now);
+                    let trusted = load.filter(|l| l.fresh);
+                    prop_assert!(d.desired >= policy.min_workers, "below minWorkers: {d:?}");
+                    if d.desired < workers {
+                        let l = trusted.expect("a scale-in without fresh counters");
+                        prop_assert!(d.desired as u64 >= l.busy.min(workers as u64), "a busy worker removed: {d:?} {l:?}");
+                        prop_assert_eq!(d.reason, Reason::ScaledDown);
+                    }
+                    if d.desired > workers {
+                        prop_assert!(d.desired <= policy.max_workers, "above maxWorkers: {d:?}");
+                        prop_assert_eq!(d.reason, Reason::ScaledUp);
+                    }
+                    if d.desired == 0 && workers > 0 {
+                        let l = trusted.expect("scaled to zero without fresh counters");
+                        prop_assert!(l.backlog == 0 && l.running == 0, "scaled to zero under load: {l:?}");
+                    }
+                    if let Some(l) = trusted {
+                        // With no scale-up window a burst is met at once.
+                        let wanted = i32::try_from((l.backlog + l.running).div_ceil(policy.tasks_per_worker as u64)).unwrap();
+                        if policy.scale_up_window.is_zero() {
+                            prop_assert!(d.desired >= wanted.clamp(policy.min_workers, policy.max_workers), "{d:?}");
+                        }
+                    }
+                    workers = d.desired;
+                }
+            }
+        }
+    }
 }
