@@ -232,6 +232,22 @@ mod tests {
     }
 
     #[test]
+    fn the_examples_autoscaling_block_is_valid_once_uncommented() {
+        let uncommented: String = fixtures::EXAMPLE
+            .lines()
+            .map(|line| match line.strip_prefix("  # ") {
+                Some(rest) if rest.starts_with("autoscaling:") || rest.starts_with("  ") => format!("  {rest}"),
+                _ => line.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let tc = fixtures::from_yaml(&uncommented).test();
+        let policy = validate(&tc, Observed::default()).unwrap().autoscaling.expect("the block is read");
+        assert_eq!((policy.min_workers, policy.max_workers), (0, 20));
+        assert_eq!(policy.scale_down_window, Duration::from_secs(300));
+    }
+
+    #[test]
     fn the_ensemble_size_is_fixed_once_it_runs() {
         let mut tc = fixtures::example();
         tc.spec.zookeeper.replicas = 5;
