@@ -339,6 +339,21 @@ mod tests {
     }
 
     #[test]
+    fn a_manual_scale_is_overwritten_at_the_next_decision() {
+        let t0 = Instant::now();
+        let mut history = Recommendations::starting(t0, 3);
+        for s in 1..=10 {
+            assert_eq!(history.decide(&policy(), 3, Some(&load(6, 0, 0)), t0 + secs(s)).desired, 3);
+        }
+        // `kubectl scale --replicas=9`: the load asked for 3 all along, so back to 3 at once.
+        let d = history.decide(&policy(), 9, Some(&load(6, 0, 0)), t0 + secs(11));
+        assert_eq!((d.desired, d.reason), (3, Reason::ScaledDown), "{}", d.message);
+        // `kubectl scale --replicas=1`: below what the load asks for, back up at once.
+        let d = history.decide(&policy(), 1, Some(&load(6, 0, 0)), t0 + secs(12));
+        assert_eq!((d.desired, d.reason), (3, Reason::ScaledUp), "{}", d.message);
+    }
+
+    #[test]
     fn a_restart_does_not_skip_the_scale_down_window() {
         let t0 = Instant::now();
         let mut history = Recommendations::starting(t0, 8);
