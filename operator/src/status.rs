@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use taskcluster::ClusterStatus;
 
+use crate::autoscale::Reason;
 use crate::build::labels::{self, Component};
 use crate::build::zookeeper::quorum;
 use crate::crd::{MastersStatus, TaskCluster, TaskClusterStatus, WorkersStatus, ZooKeeperStatus};
@@ -218,9 +219,14 @@ fn without_counters(status: &TaskClusterStatus) -> TaskClusterStatus {
     let mut status = status.clone();
     (status.backlog, status.running, status.completed, status.failed, status.dead_lettered) = (0, 0, 0, 0, 0);
     status.workers.busy = 0;
-    // The autoscaler's message quotes the counters.
+    // The autoscaler's message quotes the counters, and which of its holds with good data
+    // applies moves with the load just as much; a scale or a loss of data does not wait.
     if let Some(autoscaling) = status.autoscaling.as_mut() {
         autoscaling.message.clear();
+        let steady = [Reason::AtTarget, Reason::Stabilizing, Reason::BusyWorkers];
+        if steady.iter().any(|r| r.as_str() == autoscaling.reason) {
+            autoscaling.reason.clear();
+        }
     }
     status
 }
@@ -284,6 +290,7 @@ mod tests {
     use taskcluster::LeaderInfo;
 
     use super::*;
+    use crate::crd::AutoscalingStatus;
     use crate::fixtures;
 
     fn sts(ready: i32) -> StatefulSet {
@@ -519,6 +526,25 @@ mod tests {
             let mut other = busier.clone();
             change(&mut other);
             assert_eq!(Change::between(Some(&written), &other), Change::Other, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn the_autoscalers_holds_wait_like_counters_but_its_scales_do_not() {
+        let held = |reason: &str, desired: i32| TaskClusterStatus {
+            autoscaling: Some(AutoscalingStatus {
+                desired,
+                reason: reason.into(),
+                message: format!("backlog {desired}"),
+                last_scale_time: None,
+            }),
+            ..TaskClusterStatus::default()
+        };
+        let at_target = held("AtTarget", 4);
+        assert_eq!(Change::between(Some(&at_target), &held("Stabilizing", 4)), Change::Counters);
+        assert_eq!(Change::between(Some(&at_target), &held("BusyWorkers", 4)), Change::Counters);
+        for other in [held("ScaledUp", 5), held("NoReading", 4), held("CountersNotFresh", 4), held("AtTarget", 5)] {
+            assert_eq!(Change::between(Some(&at_target), &other), Change::Other, "{other:?}");
         }
     }
 
