@@ -737,3 +737,27 @@ async fn a_scale_in_waits_while_the_busy_workers_cannot_be_told() {
     reconciling.await.unwrap().unwrap();
     assert_eq!(*h.zk.worker_reads.lock().unwrap(), 1);
 }
+
+#[tokio::test]
+async fn a_settled_autoscaled_cluster_costs_no_writes() {
+    // 3 workers for 3 tasks: the load asks for what runs.
+    let cluster = load(1, 2, 2);
+    let (tc, world) = autoscaled("{maxWorkers: 10}", &cluster);
+    let mut h = harness(&world, FakeReply::Status(cluster));
+    let (ctx, first) = (h.ctx.clone(), tc.clone());
+    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(first))), ctx).await });
+    h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+    let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(Box::new(fixtures::example()))).await;
+    let autoscaling = &status["status"]["autoscaling"];
+    assert_eq!((autoscaling["desired"].as_i64(), autoscaling["reason"].as_str()), (Some(3), Some("AtTarget")));
+    assert!(autoscaling.get("lastScaleTime").is_none(), "{autoscaling}");
+    h.server.expect_nothing_more().await;
+    reconciling.await.unwrap().unwrap();
+
+    let mut again = tc;
+    again.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
+    let ctx = h.ctx.clone();
+    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(again))), ctx).await });
+    h.server.expect_nothing_more().await;
+    assert_eq!(reconciling.await.unwrap().unwrap(), Action::requeue(REFRESH));
+}
