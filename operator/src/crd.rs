@@ -371,8 +371,9 @@ pub struct AutoscalingStatus {
     /// Workers the autoscaler asks for.
     pub desired: i32,
     /// `ScaledUp`, `ScaledDown`, or why the count was held: `AtTarget`, `Stabilizing`,
-    /// `NoReading` (ZooKeeper cannot be read), `CountersNotFresh` (a new leader has not
-    /// published yet), `WorkersUnknown` (who is busy cannot be read, so no scale-in).
+    /// `BusyWorkers` (every remaining worker executes a task), `NoReading` (ZooKeeper cannot
+    /// be read), `CountersNotFresh` (a new leader has not published yet), `WorkersUnknown`
+    /// (which workers are busy cannot be read, so no scale-in yet).
     pub reason: String,
     /// The decision with the numbers behind it.
     pub message: String,
