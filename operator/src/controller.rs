@@ -567,13 +567,26 @@ async fn autoscale_workers(
     let name = tc.name_any();
     let api: Api<TaskCluster> = Api::namespaced(ctx.client.clone(), &namespace);
     let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-    let patch = serde_json::json!({ "spec": { "replicas": decision.desired } });
-    api.patch_scale(&name, &params, &Patch::Merge(&patch)).await.map_err(|source| Error::Scale {
-        namespace: namespace.clone(),
-        name: name.clone(),
-        replicas: decision.desired,
-        source,
-    })?;
+    // Guarded by the resourceVersion the decision was made from: a `kubectl scale` or spec
+    // edit in between makes it fail instead of being overwritten by a stale decision.
+    let patch = serde_json::json!({
+        "metadata": { "resourceVersion": tc.resource_version() },
+        "spec": { "replicas": decision.desired },
+    });
+    match api.patch_scale(&name, &params, &Patch::Merge(&patch)).await {
+        Ok(_) => {},
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            // The watch brings the newer object, and with it the next decision, at once.
+            debug!("the TaskCluster changed since the autoscaler's decision");
+            let message =
+                format!("{}; superseded: the TaskCluster changed meanwhile, deciding again", decision.message);
+            let decision = Decision { desired: current, reason: Reason::Superseded, message };
+            return Ok(Autoscaled { decision, writes, scaled: false });
+        },
+        Err(source) => {
+            return Err(Error::Scale { namespace, name, replicas: decision.desired, source });
+        },
+    }
     ctx.metrics.wrote("TaskCluster/scale");
     writes += 1;
     info!(from = current, to = decision.desired, reason = decision.reason.as_str(), "{}", decision.message);

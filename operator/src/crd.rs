@@ -373,7 +373,8 @@ pub struct AutoscalingStatus {
     /// `ScaledUp`, `ScaledDown`, or why the count was held: `AtTarget`, `Stabilizing`,
     /// `BusyWorkers` (every remaining worker executes a task), `NoReading` (ZooKeeper cannot
     /// be read), `CountersNotFresh` (a new leader has not published yet), `WorkersUnknown`
-    /// (which workers are busy cannot be read, so no scale-in yet).
+    /// (which workers are busy cannot be read, so no scale-in yet), `Superseded` (the
+    /// TaskCluster changed while deciding; the next decision follows).
     pub reason: String,
     /// The decision with the numbers behind it.
     pub message: String,

@@ -204,6 +204,8 @@ enum Reply {
     NotFound,
     /// 422, as the API server rejects an invalid object, with this message.
     Invalid(&'static str),
+    /// 409, as a write whose resourceVersion precondition no longer holds.
+    Conflict,
     Json(Value),
     /// `tc` carrying the status from the request body, as a status patch answers.
     StatusOf(Box<TaskCluster>),
@@ -232,6 +234,10 @@ impl ApiServer {
             Reply::NotFound => (
                 404,
                 json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+            ),
+            Reply::Conflict => (
+                409,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "the object has been modified"}),
             ),
             Reply::Invalid(message) => (
                 422,
@@ -648,6 +654,7 @@ async fn a_burst_scales_the_workers_up_through_the_scale_subresource() {
     h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
     let scale = h.server.expect(Method::PATCH, SCALE, scale_reply(6)).await;
     assert_eq!(scale["spec"]["replicas"], 6, "(9 + 2) / 2 rounded up");
+    assert_eq!(scale["metadata"]["resourceVersion"], "100", "guarded by the object decided from");
     let event = h.server.expect(Method::POST, EVENTS, Reply::Echo).await;
     assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Normal"), Some("ScaledUp")));
     let note = event["note"].as_str().unwrap_or_default();
@@ -760,4 +767,21 @@ async fn a_settled_autoscaled_cluster_costs_no_writes() {
     let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(again))), ctx).await });
     h.server.expect_nothing_more().await;
     assert_eq!(reconciling.await.unwrap().unwrap(), Action::requeue(REFRESH));
+}
+
+#[tokio::test]
+async fn a_decision_made_from_an_older_object_is_not_written() {
+    let cluster = load(9, 2, 2);
+    let (tc, world) = autoscaled("{maxWorkers: 10}", &cluster);
+    let mut h = harness(&world, FakeReply::Status(cluster));
+    let ctx = h.ctx.clone();
+    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+    // Somebody ran `kubectl scale` after the object was read.
+    h.server.expect(Method::PATCH, SCALE, Reply::Conflict).await;
+    let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(Box::new(fixtures::example()))).await;
+    let autoscaling = &status["status"]["autoscaling"];
+    assert_eq!((autoscaling["desired"].as_i64(), autoscaling["reason"].as_str()), (Some(3), Some("Superseded")));
+    h.server.expect_nothing_more().await;
+    assert_eq!(reconciling.await.unwrap().unwrap(), Action::requeue(REFRESH), "not a failure");
 }

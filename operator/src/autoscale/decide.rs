@@ -47,6 +47,9 @@ pub enum Reason {
     CountersNotFresh,
     /// A scale-in was due but which workers are busy could not be read; set by the caller.
     WorkersUnknown,
+    /// The TaskCluster changed after the decision was made, so it was not written; set by
+    /// the caller. The next decision follows at once.
+    Superseded,
 }
 
 impl Reason {
@@ -60,6 +63,7 @@ impl Reason {
             Reason::NoReading => "NoReading",
             Reason::CountersNotFresh => "CountersNotFresh",
             Reason::WorkersUnknown => "WorkersUnknown",
+            Reason::Superseded => "Superseded",
         }
     }
 }
