@@ -20,6 +20,8 @@ pub const CRD_NAME: &str = "taskclusters.taskcluster.dev";
 /// Where the suite installs the operator with the Helm chart.
 pub const OPERATOR_NAMESPACE: &str = "taskcluster-system";
 pub const OPERATOR_RELEASE: &str = "taskcluster-operator";
+/// Where masters and workers serve /metrics and the probes (operator/src/build/nodes.rs).
+pub const NODE_HTTP_PORT: u16 = 9090;
 
 /// Label on every namespace the suite creates, so a human can find and delete leftovers.
 pub const E2E_LABEL: &str = "taskcluster.dev/e2e";

@@ -704,3 +704,115 @@ async fn work_survives_deleted_workers_and_a_deleted_zookeeper_server() {
     })
     .await;
 }
+
+/// A counter of the master pod `pod`'s own Prometheus metrics (0 when not exported yet).
+async fn master_counter(e2e: &E2e, ns: &str, pod: &str, metric: &str) -> Result<f64> {
+    let url = format!("http://127.0.0.1:{}/metrics", taskcluster::NODE_HTTP_PORT);
+    let metrics = e2e.tools.kubectl(&["exec", "-n", ns, pod, "--", "wget", "-q", "-O", "-", &url]).await?;
+    let value = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(metric)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    Ok(value)
+}
+
+/// Events of `reason` about the TaskCluster `name`.
+async fn events(e2e: &E2e, ns: &str, name: &str, reason: &str) -> Result<Vec<String>> {
+    let selector = format!("involvedObject.kind={},involvedObject.name={name},reason={reason}", taskcluster::KIND);
+    let out = e2e
+        .tools
+        .kubectl(&[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            &selector,
+            "-o",
+            "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
+        ])
+        .await?;
+    Ok(out.lines().filter(|l| !l.is_empty()).map(str::to_string).collect())
+}
+
+// Scenario 7: the built-in autoscaler follows a burst: workers rise within the bound, the
+// backlog drains, workers fall back to the minimum, and the scale-in interrupts no task:
+// every task was assigned exactly once and no attempt failed.
+#[tokio::test]
+async fn workers_follow_a_burst_and_scale_in_interrupts_no_task() {
+    scenario("autoscaling", |e2e, ns| async move {
+        let name = "elastic";
+        let mut object: Value = serde_yaml::from_str(&taskcluster_manifest(&e2e, &ns, name, 1, 1, 1))
+            .map_err(|err| Error::Invalid { context: "manifest".into(), message: err.to_string() })?;
+        // Tasks of a second each, so the burst outlasts the scale-up and every worker has work.
+        object["spec"]["exec"] = json!("sleep 1; cat");
+        object["spec"]["autoscaling"] =
+            json!({"minWorkers": 1, "maxWorkers": 6, "tasksPerWorker": 4, "scaleDownStabilization": "15s"});
+        let manifest = serde_yaml::to_string(&object).unwrap_or_default();
+        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &manifest).await?;
+        let ready = wait_ready(&e2e, &ns, name).await?;
+        follow(&e2e, &ns, name, "workers", 1).await?;
+        let master = leader(&ready).unwrap_or_default();
+        let assigned_before = master_counter(&e2e, &ns, &master, "taskcluster_master_assignments_total").await?;
+        let failed_before = master_counter(&e2e, &ns, &master, "taskcluster_tasks_failed_attempts_total").await?;
+
+        const TASKS: usize = 120;
+        let count = TASKS.to_string();
+        submit_job(&e2e, &ns, name, "burst", &["--count", &count, "--inflight", &count, "--wait"]).await?;
+        let burst = Instant::now();
+        let workers = component_selector(name, "worker");
+        let (first_new_ready, peak) = (std::cell::Cell::new(None), std::cell::Cell::new(0usize));
+        let succeeded =
+            wait::until("the burst Job to finish", Duration::from_secs(600), Duration::from_secs(1), || async {
+                let ready = ready_pod_names(&e2e, &ns, &workers).await?.len();
+                peak.set(peak.get().max(ready));
+                if ready > 1 && first_new_ready.get().is_none() {
+                    first_new_ready.set(Some(burst.elapsed()));
+                }
+                Ok(match job_outcome(&e2e, &ns, "burst").await? {
+                    Some(outcome) => Poll::Done(outcome),
+                    None => Poll::NotYet(format!("{ready} ready workers, peak {}", peak.get())),
+                })
+            })
+            .await?;
+        let (first_new_ready, peak) = (first_new_ready.get(), peak.get());
+        let drained = burst.elapsed();
+        let logs = job_logs(&e2e, &ns, "burst").await;
+        ensure(succeeded, || format!("the burst's tasks did not all succeed: {logs}"))?;
+        let summary_line = format!("{TASKS} submitted, {TASKS} succeeded, 0 failed");
+        ensure(logs.lines().any(|l| l.trim() == summary_line), || format!("expected {summary_line:?}: {logs}"))?;
+        ensure(peak > 1 && peak <= 6, || {
+            format!("workers peaked at {peak}: they should rise above 1 and stay within 6")
+        })?;
+
+        // Back to the minimum once the load is gone and the scale-down window has passed.
+        let scaled_in = Instant::now();
+        follow(&e2e, &ns, name, "workers", 1).await?;
+        let fell_back = scaled_in.elapsed();
+
+        let assigned =
+            master_counter(&e2e, &ns, &master, "taskcluster_master_assignments_total").await? - assigned_before;
+        let failed =
+            master_counter(&e2e, &ns, &master, "taskcluster_tasks_failed_attempts_total").await? - failed_before;
+        eprintln!(
+            "autoscaling: {TASKS} tasks of 1 s; first new worker Ready {:?} after the burst, drained in {drained:?}, \
+             peak {peak} workers, back to 1 in {fell_back:?}; {} assignments, {failed} failed attempts, {} interrupted",
+            first_new_ready.unwrap_or_default(),
+            assigned,
+            assigned - TASKS as f64
+        );
+        ensure(assigned == TASKS as f64 && failed == 0.0, || {
+            format!("{assigned} assignments and {failed} failed attempts for {TASKS} tasks: scaling interrupted a task")
+        })?;
+        let up = events(&e2e, &ns, name, "ScaledUp").await?;
+        let down = events(&e2e, &ns, name, "ScaledDown").await?;
+        ensure(!up.is_empty() && !down.is_empty(), || {
+            format!("expected ScaledUp and ScaledDown events, found up {up:?}, down {down:?}")
+        })?;
+        let object = get(&e2e, &ns, name).await?;
+        let desired = status(&object)["autoscaling"]["desired"].as_i64().unwrap_or(-1);
+        ensure(desired == 1, || format!("status.autoscaling.desired is {desired}, not 1: {}", status(&object)))?;
+        Ok(())
+    })
+    .await;
+}
