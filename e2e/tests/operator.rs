@@ -736,16 +736,20 @@ async fn events(e2e: &E2e, ns: &str, name: &str, reason: &str) -> Result<Vec<Str
 }
 
 // Scenario 7: the built-in autoscaler follows a burst: workers rise within the bound, the
-// backlog drains, workers fall back to the minimum, and the scale-in interrupts no task:
-// every task was assigned exactly once and no attempt failed.
+// backlog drains, and the scale-in interrupts no task: two long tasks, queued behind the
+// burst so that they land on any of the workers (the ReplicaSet alone would remove the
+// newest pods first), still run when the workers are scaled in to the two busy ones, then
+// back to the minimum; every task was assigned exactly once and no attempt failed.
 #[tokio::test]
 async fn workers_follow_a_burst_and_scale_in_interrupts_no_task() {
     scenario("autoscaling", |e2e, ns| async move {
         let name = "elastic";
         let mut object: Value = serde_yaml::from_str(&taskcluster_manifest(&e2e, &ns, name, 1, 1, 1))
             .map_err(|err| Error::Invalid { context: "manifest".into(), message: err.to_string() })?;
-        // Tasks of a second each, so the burst outlasts the scale-up and every worker has work.
-        object["spec"]["exec"] = json!("sleep 1; cat");
+        // Burst tasks take a second each, so the burst outlasts the scale-up; tasks named
+        // `long…` take 90 s, so they run on through the scale-in after the burst.
+        object["spec"]["exec"] = json!(r#"read -r p; case "$p" in long*) sleep 90;; *) sleep 1;; esac; echo "$p""#);
+        object["spec"]["tasks"] = json!({"timeout": "180s"});
         object["spec"]["autoscaling"] =
             json!({"minWorkers": 1, "maxWorkers": 6, "tasksPerWorker": 4, "scaleDownStabilization": "15s"});
         let manifest = serde_yaml::to_string(&object).unwrap_or_default();
@@ -756,18 +760,25 @@ async fn workers_follow_a_burst_and_scale_in_interrupts_no_task() {
         let assigned_before = master_counter(&e2e, &ns, &master, "taskcluster_master_assignments_total").await?;
         let failed_before = master_counter(&e2e, &ns, &master, "taskcluster_tasks_failed_attempts_total").await?;
 
-        const TASKS: usize = 120;
-        let count = TASKS.to_string();
+        const BURST: usize = 120;
+        const LONG: usize = 2;
+        let count = BURST.to_string();
         submit_job(&e2e, &ns, name, "burst", &["--count", &count, "--inflight", &count, "--wait"]).await?;
         let burst = Instant::now();
         let workers = component_selector(name, "worker");
         let (first_new_ready, peak) = (std::cell::Cell::new(None), std::cell::Cell::new(0usize));
+        let long_submitted = std::cell::Cell::new(false);
         let succeeded =
             wait::until("the burst Job to finish", Duration::from_secs(600), Duration::from_secs(1), || async {
                 let ready = ready_pod_names(&e2e, &ns, &workers).await?.len();
                 peak.set(peak.get().max(ready));
                 if ready > 1 && first_new_ready.get().is_none() {
                     first_new_ready.set(Some(burst.elapsed()));
+                }
+                if ready >= 4 && !long_submitted.get() {
+                    submit_job(&e2e, &ns, name, "long", &["--wait", "--timeout", "600s", "long one", "long two"])
+                        .await?;
+                    long_submitted.set(true);
                 }
                 Ok(match job_outcome(&e2e, &ns, "burst").await? {
                     Some(outcome) => Poll::Done(outcome),
@@ -777,32 +788,46 @@ async fn workers_follow_a_burst_and_scale_in_interrupts_no_task() {
             .await?;
         let (first_new_ready, peak) = (first_new_ready.get(), peak.get());
         let drained = burst.elapsed();
+        ensure(long_submitted.get(), || format!("workers peaked at {peak}: the long tasks were never submitted"))?;
         let logs = job_logs(&e2e, &ns, "burst").await;
         ensure(succeeded, || format!("the burst's tasks did not all succeed: {logs}"))?;
-        let summary_line = format!("{TASKS} submitted, {TASKS} succeeded, 0 failed");
+        let summary_line = format!("{BURST} submitted, {BURST} succeeded, 0 failed");
         ensure(logs.lines().any(|l| l.trim() == summary_line), || format!("expected {summary_line:?}: {logs}"))?;
-        ensure(peak > 1 && peak <= 6, || {
-            format!("workers peaked at {peak}: they should rise above 1 and stay within 6")
+        ensure(peak > LONG && peak <= 6, || {
+            format!("workers peaked at {peak}: they should rise above {LONG} and stay within 6")
         })?;
 
+        // The burst is over, the long tasks run: the scale-in goes down to the busy workers
+        // only, and the long tasks go on where they run.
+        follow(&e2e, &ns, name, "workers", LONG as i64).await?;
+        ensure(job_outcome(&e2e, &ns, "long").await?.is_none(), || {
+            "the long tasks ended before the scale-in: it removed no worker while tasks ran".into()
+        })?;
+        let long_done = job_succeeded(&e2e, &ns, "long", Duration::from_secs(300)).await?;
+        let logs = job_logs(&e2e, &ns, "long").await;
+        let summary_line = format!("{LONG} submitted, {LONG} succeeded, 0 failed");
+        ensure(long_done && logs.lines().any(|l| l.trim() == summary_line), || {
+            format!("the long tasks did not all succeed once: {logs}")
+        })?;
         // Back to the minimum once the load is gone and the scale-down window has passed.
         let scaled_in = Instant::now();
         follow(&e2e, &ns, name, "workers", 1).await?;
         let fell_back = scaled_in.elapsed();
 
+        let tasks = (BURST + LONG) as f64;
         let assigned =
             master_counter(&e2e, &ns, &master, "taskcluster_master_assignments_total").await? - assigned_before;
         let failed =
             master_counter(&e2e, &ns, &master, "taskcluster_tasks_failed_attempts_total").await? - failed_before;
         eprintln!(
-            "autoscaling: {TASKS} tasks of 1 s; first new worker Ready {:?} after the burst, drained in {drained:?}, \
-             peak {peak} workers, back to 1 in {fell_back:?}; {} assignments, {failed} failed attempts, {} interrupted",
+            "autoscaling: {BURST} tasks of 1 s and {LONG} of 90 s; first new worker Ready {:?} after the burst, \
+             burst drained in {drained:?}, peak {peak} workers, scaled in to the {LONG} busy workers, 1 worker \
+             {fell_back:?} after the long Job ended; {assigned} assignments, {failed} failed attempts, {} interrupted",
             first_new_ready.unwrap_or_default(),
-            assigned,
-            assigned - TASKS as f64
+            assigned - tasks
         );
-        ensure(assigned == TASKS as f64 && failed == 0.0, || {
-            format!("{assigned} assignments and {failed} failed attempts for {TASKS} tasks: scaling interrupted a task")
+        ensure(assigned == tasks && failed == 0.0, || {
+            format!("{assigned} assignments and {failed} failed attempts for {tasks} tasks: scaling interrupted a task")
         })?;
         let up = events(&e2e, &ns, name, "ScaledUp").await?;
         let down = events(&e2e, &ns, name, "ScaledDown").await?;
