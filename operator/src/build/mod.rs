@@ -3,6 +3,7 @@
 
 pub mod labels;
 pub mod nodes;
+pub mod placement;
 pub mod security;
 pub mod zookeeper;
 
@@ -170,6 +171,26 @@ mod tests {
 
     fn pod(d: &Deployment) -> &PodSpec {
         d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+    }
+
+    /// The preferred anti-affinity of a pod spec: the selector it spreads from, and over what.
+    fn spread_of(spec: &PodSpec) -> Option<(BTreeMap<String, String>, String)> {
+        let anti = spec.affinity.as_ref()?.pod_anti_affinity.as_ref()?;
+        let [term] = anti.preferred_during_scheduling_ignored_during_execution.as_deref()? else { return None };
+        let selector = term.pod_affinity_term.label_selector.as_ref()?.match_labels.clone()?;
+        Some((selector, term.pod_affinity_term.topology_key.clone()))
+    }
+
+    #[test]
+    fn masters_and_zookeeper_servers_prefer_distinct_nodes_and_workers_go_anywhere() {
+        let c = children(&fixtures::example());
+        let zookeeper = c.stateful_set.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        for (spec, component) in [(pod(&c.masters), Component::Master), (zookeeper, Component::ZooKeeper)] {
+            let (selector, topology) = spread_of(spec).unwrap_or_else(|| panic!("{component:?} pods do not spread"));
+            assert_eq!(selector, labels::selector("demo", component), "{component:?} spread from its own pods");
+            assert_eq!(topology, placement::NODE_TOPOLOGY);
+        }
+        assert!(pod(&c.workers).affinity.is_none(), "workers have no placement preference");
     }
 
     #[test]

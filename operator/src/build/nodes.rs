@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::labels::{self, Component, Names, CONFIG_HASH};
-use super::{container_security, pod_security, Owner, Settings};
+use super::{container_security, placement, pod_security, Owner, Settings};
 use crate::validate::ValidSpec;
 
 pub const BINARY: &str = "/usr/local/bin/taskcluster";
@@ -128,6 +128,9 @@ struct Role {
     grace_seconds: i64,
     strategy: DeploymentStrategy,
     resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    /// Replicas prefer distinct nodes (the masters: a node's loss takes one, the standby
+    /// takes over).
+    spread: bool,
 }
 
 fn deployment(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &Settings, role: Role) -> Deployment {
@@ -152,6 +155,7 @@ fn deployment(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &Settin
     annotations.insert("prometheus.io/scrape".into(), "true".into());
     annotations.insert("prometheus.io/port".into(), HTTP_PORT.to_string());
     let selector = labels::selector(&names.instance, role.component);
+    let affinity = role.spread.then(|| placement::spread_across_nodes(selector.clone()));
     Deployment {
         metadata: owner.meta(&role.name, role.component),
         spec: Some(DeploymentSpec {
@@ -176,6 +180,7 @@ fn deployment(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &Settin
                     enable_service_links: Some(false),
                     termination_grace_period_seconds: Some(role.grace_seconds),
                     image_pull_secrets: settings.image_pull_secrets(),
+                    affinity,
                     ..Default::default()
                 }),
             },
@@ -202,6 +207,7 @@ pub fn masters(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &Setti
             }),
         },
         resources: valid.spec.master_resources.clone(),
+        spread: true,
     };
     deployment(owner, names, valid, settings, role)
 }
@@ -221,6 +227,8 @@ pub fn workers(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &Setti
             }),
         },
         resources: valid.spec.worker_resources.clone(),
+        // Workers are interchangeable and many: the scheduler's own spreading is enough.
+        spread: false,
     };
     deployment(owner, names, valid, settings, role)
 }

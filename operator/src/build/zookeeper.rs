@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, ExecAction,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec,
-    Probe, Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, ExecAction,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::labels::{self, Component, Names, CONFIG_HASH};
-use super::{container_security, pod_security, Owner, Settings};
+use super::{container_security, placement, pod_security, Owner, Settings};
 use crate::validate::ValidSpec;
 
 pub const CLIENT_PORT: i32 = 2181;
@@ -202,14 +202,7 @@ pub fn stateful_set(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &
         ]),
         ..Default::default()
     };
-    let spread = WeightedPodAffinityTerm {
-        weight: 100,
-        pod_affinity_term: PodAffinityTerm {
-            label_selector: Some(LabelSelector { match_labels: Some(selector.clone()), ..Default::default() }),
-            topology_key: "kubernetes.io/hostname".into(),
-            ..Default::default()
-        },
-    };
+    let affinity = placement::spread_across_nodes(selector.clone());
     StatefulSet {
         metadata: owner.meta(&names.zookeeper, Component::ZooKeeper),
         spec: Some(StatefulSetSpec {
@@ -240,13 +233,7 @@ pub fn stateful_set(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     termination_grace_period_seconds: Some(30),
-                    affinity: Some(Affinity {
-                        pod_anti_affinity: Some(PodAntiAffinity {
-                            preferred_during_scheduling_ignored_during_execution: Some(vec![spread]),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
+                    affinity: Some(affinity),
                     image_pull_secrets: settings.image_pull_secrets(),
                     ..Default::default()
                 }),
