@@ -490,6 +490,8 @@ async fn apply_children(
     let ensemble_applied =
         applied.count(ctx, "StatefulSet", applier.apply(&s.stateful_sets, children.stateful_set).await);
     let masters_applied = applied.count(ctx, "Deployment", applier.apply(&s.deployments, children.masters).await);
+    let budget = applier.apply(&s.disruption_budgets, children.master_disruption_budget).await;
+    applied.count(ctx, "PodDisruptionBudget", budget);
     let workers_applied = applied.count(ctx, "Deployment", applier.apply(&s.deployments, children.workers).await);
 
     if !ensemble_existed && ensemble_applied == Some(Applied::Created) {

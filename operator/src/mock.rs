@@ -127,6 +127,7 @@ impl World {
             mut disruption_budget,
             mut network_policy,
             mut masters,
+            mut master_disruption_budget,
             mut workers,
         } = build(tc, &valid, &Settings::default()).unwrap();
         annotate(&mut headless_service).unwrap();
@@ -136,6 +137,7 @@ impl World {
         annotate(&mut disruption_budget).unwrap();
         annotate(&mut network_policy).unwrap();
         annotate(&mut masters).unwrap();
+        annotate(&mut master_disruption_budget).unwrap();
         annotate(&mut workers).unwrap();
         let zk = tc.spec.zookeeper.replicas;
         stateful_set.status = Some(StatefulSetStatus { replicas: zk, ready_replicas: Some(zk), ..Default::default() });
@@ -147,7 +149,7 @@ impl World {
             services: vec![headless_service, client_service],
             config_maps: vec![config_map],
             stateful_sets: vec![stateful_set],
-            pdbs: vec![disruption_budget],
+            pdbs: vec![disruption_budget, master_disruption_budget],
             policies: vec![network_policy],
             deployments: vec![masters, workers],
         }
@@ -306,6 +308,7 @@ async fn a_new_cluster_gets_credentials_then_every_child_then_status() {
         ("/apis/policy/v1/namespaces/default/poddisruptionbudgets/demo-zookeeper", "PodDisruptionBudget"),
         ("/apis/apps/v1/namespaces/default/statefulsets/demo-zookeeper", "StatefulSet"),
         ("/apis/apps/v1/namespaces/default/deployments/demo-master", "Deployment"),
+        ("/apis/policy/v1/namespaces/default/poddisruptionbudgets/demo-master", "PodDisruptionBudget"),
         ("/apis/apps/v1/namespaces/default/deployments/demo-worker", "Deployment"),
     ];
     for (path, kind) in children {

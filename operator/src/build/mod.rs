@@ -121,6 +121,7 @@ pub struct Children {
     pub disruption_budget: PodDisruptionBudget,
     pub network_policy: NetworkPolicy,
     pub masters: Deployment,
+    pub master_disruption_budget: PodDisruptionBudget,
     pub workers: Deployment,
 }
 
@@ -136,6 +137,7 @@ pub fn build(tc: &TaskCluster, valid: &ValidSpec, settings: &Settings) -> Result
         disruption_budget: zookeeper::disruption_budget(&owner, &names),
         network_policy: security::network_policy(&owner, &names, settings),
         masters: nodes::masters(&owner, &names, valid, settings),
+        master_disruption_budget: nodes::master_disruption_budget(&owner, &names),
         workers: nodes::workers(&owner, &names, valid, settings),
     })
 }
@@ -165,6 +167,7 @@ mod tests {
             &c.disruption_budget.metadata,
             &c.network_policy.metadata,
             &c.masters.metadata,
+            &c.master_disruption_budget.metadata,
             &c.workers.metadata,
         ]
     }
@@ -490,6 +493,21 @@ mod tests {
             assert_eq!(pdb.min_available, None, "{replicas} servers: the API server takes only one of the two");
             let selector = pdb.selector.unwrap().match_labels.unwrap();
             assert_eq!(selector, labels::selector("demo", Component::ZooKeeper));
+        }
+    }
+
+    #[test]
+    fn a_drain_takes_one_master_at_a_time() {
+        // With two or more, a standby stays ready while the other moves; one may go as well.
+        for masters in [1, 2, 5] {
+            let mut tc = fixtures::example();
+            tc.spec.masters = masters;
+            let c = children(&tc);
+            assert_eq!(c.master_disruption_budget.metadata.name.as_deref(), Some("demo-master"));
+            let pdb = c.master_disruption_budget.spec.unwrap();
+            assert_eq!(pdb.max_unavailable, Some(IntOrString::Int(1)), "{masters} masters");
+            let selector = pdb.selector.unwrap().match_labels.unwrap();
+            assert_eq!(selector, labels::selector("demo", Component::Master), "{masters} masters");
         }
     }
 

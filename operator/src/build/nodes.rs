@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec,
     PodTemplateSpec, Probe, SecretKeySelector, Volume, VolumeMount,
 };
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -210,6 +211,13 @@ pub fn masters(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &Setti
         spread: true,
     };
     deployment(owner, names, valid, settings, role)
+}
+
+/// A drain takes one master at a time, and only while the others are ready: a standby is
+/// ready to take over whenever the leader is evicted (with one master, it may go; the
+/// cluster assigns nothing until it runs again elsewhere).
+pub fn master_disruption_budget(owner: &Owner, names: &Names) -> PodDisruptionBudget {
+    placement::one_at_a_time(owner, &names.masters, &names.instance, Component::Master)
 }
 
 pub fn workers(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &Settings) -> Deployment {

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, Service, ServicePort,
     ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
-use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -264,18 +264,7 @@ pub fn keep_claim_labels(desired: &mut StatefulSet, running: Option<&StatefulSet
 /// the size: three or five keep their majority, and a single server may still be evicted,
 /// so a drain never hangs on it (its ensemble is down until the server runs again elsewhere).
 pub fn disruption_budget(owner: &Owner, names: &Names) -> PodDisruptionBudget {
-    PodDisruptionBudget {
-        metadata: owner.meta(&names.zookeeper, Component::ZooKeeper),
-        spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(1)),
-            selector: Some(LabelSelector {
-                match_labels: Some(labels::selector(&names.instance, Component::ZooKeeper)),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    placement::one_at_a_time(owner, &names.zookeeper, &names.instance, Component::ZooKeeper)
 }
 
 /// Servers needed for a majority.
