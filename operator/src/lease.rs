@@ -2,17 +2,22 @@
 //! than one replica can run and only one reconciles.
 //!
 //! Every write is conditional on the Lease's resourceVersion, so two replicas can never both
-//! believe they took it. A leader that cannot renew within `renew_deadline` (shorter than
-//! the lease duration) steps down before anyone else may take over.
+//! believe they took it. Another replica's Lease counts as expired only once this replica has
+//! seen it unchanged for the whole lease duration by its own clock (client-go's rule): the
+//! renew time written by another machine is never compared with this one's clock, so a clock
+//! skew cannot make two replicas lead. A leader that cannot renew within `renew_deadline`
+//! (shorter than the lease duration) steps down before anyone else may take over, and every
+//! attempt is bounded by that deadline, so a hung API call cannot outlive it.
 
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::core::ObjectMeta;
 use kube::{Api, Client};
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 #[derive(Clone, Debug)]
@@ -49,12 +54,39 @@ pub enum Holder {
     Other(String),
 }
 
+/// The Lease as this replica last saw it, and since when (by this replica's clock): a
+/// Lease that changes (any write changes its resourceVersion) is alive.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    seen: Option<(String, Instant)>,
+}
+
+impl Observed {
+    /// Records the Lease's `version` at `now`; returns how long it has stayed unchanged.
+    fn unchanged_for(&mut self, version: &str, now: Instant) -> Duration {
+        match &self.seen {
+            Some((seen, since)) if seen == version => now.saturating_duration_since(*since),
+            _ => {
+                self.seen = Some((version.to_string(), now));
+                Duration::ZERO
+            },
+        }
+    }
+}
+
 fn conflict(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(status) if status.code == 409)
 }
 
-/// One attempt to take or renew the Lease at time `now`.
-pub async fn try_acquire(api: &Api<Lease>, settings: &LeaseSettings, now: Timestamp) -> Result<Holder, kube::Error> {
+/// One attempt to take or renew the Lease. `wall` is only written (acquire and renew
+/// times, for people and other tools); `now` decides expiry with `observed`.
+pub async fn try_acquire(
+    api: &Api<Lease>,
+    settings: &LeaseSettings,
+    observed: &mut Observed,
+    wall: Timestamp,
+    now: Instant,
+) -> Result<Holder, kube::Error> {
     let duration_seconds = i32::try_from(settings.duration.as_secs()).unwrap_or(i32::MAX);
     let Some(mut lease) = api.get_opt(&settings.name).await? else {
         let lease = Lease {
@@ -62,8 +94,8 @@ pub async fn try_acquire(api: &Api<Lease>, settings: &LeaseSettings, now: Timest
             spec: Some(LeaseSpec {
                 holder_identity: Some(settings.identity.clone()),
                 lease_duration_seconds: Some(duration_seconds),
-                acquire_time: Some(MicroTime(now)),
-                renew_time: Some(MicroTime(now)),
+                acquire_time: Some(MicroTime(wall)),
+                renew_time: Some(MicroTime(wall)),
                 lease_transitions: Some(0),
                 ..LeaseSpec::default()
             }),
@@ -74,20 +106,24 @@ pub async fn try_acquire(api: &Api<Lease>, settings: &LeaseSettings, now: Timest
             Err(err) => Err(err),
         };
     };
+    let version = lease.metadata.resource_version.clone().unwrap_or_default();
+    let unchanged = observed.unchanged_for(&version, now);
     let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
     let holder = spec.holder_identity.clone().unwrap_or_default();
     if holder != settings.identity && !holder.is_empty() {
-        let valid_for = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(duration_seconds)));
-        let expires = spec.renew_time.as_ref().map(|t| t.0).unwrap_or(now).checked_add(valid_for).unwrap_or(now);
-        if expires > now {
+        let valid_for = spec
+            .lease_duration_seconds
+            .and_then(|s| u64::try_from(s).ok())
+            .map_or(settings.duration, Duration::from_secs);
+        if unchanged <= valid_for {
             return Ok(Holder::Other(holder));
         }
         spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
-        spec.acquire_time = Some(MicroTime(now));
+        spec.acquire_time = Some(MicroTime(wall));
     }
     spec.holder_identity = Some(settings.identity.clone());
     spec.lease_duration_seconds = Some(duration_seconds);
-    spec.renew_time = Some(MicroTime(now));
+    spec.renew_time = Some(MicroTime(wall));
     // The resourceVersion read above makes this write fail if anyone wrote in between.
     match api.replace(&settings.name, &PostParams::default(), &lease).await {
         Ok(_) => Ok(Holder::Us),
@@ -96,12 +132,36 @@ pub async fn try_acquire(api: &Api<Lease>, settings: &LeaseSettings, now: Timest
     }
 }
 
+/// Why an attempt did not tell who holds the Lease.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    #[error("the API server did not answer within {0:?}")]
+    TimedOut(Duration),
+}
+
+/// [`try_acquire`] within `limit`.
+async fn attempt(
+    api: &Api<Lease>,
+    settings: &LeaseSettings,
+    observed: &mut Observed,
+    limit: Duration,
+) -> Result<Holder, AttemptError> {
+    let now = Instant::now();
+    match tokio::time::timeout(limit, try_acquire(api, settings, observed, Timestamp::now(), now)).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(AttemptError::TimedOut(limit)),
+    }
+}
+
 /// Waits until this replica holds the Lease.
 pub async fn acquire(client: &Client, settings: &LeaseSettings) {
     let api: Api<Lease> = Api::namespaced(client.clone(), &settings.namespace);
+    let mut observed = Observed::default();
     let mut last_holder = None;
     loop {
-        match try_acquire(&api, settings, Timestamp::now()).await {
+        match attempt(&api, settings, &mut observed, settings.renew_deadline).await {
             Ok(Holder::Us) => {
                 info!(lease = %settings.name, identity = %settings.identity, "leading");
                 return;
@@ -118,21 +178,24 @@ pub async fn acquire(client: &Client, settings: &LeaseSettings) {
     }
 }
 
-/// Renews the Lease until a renewal is overdue, then returns: the caller must stop.
+/// Renews the Lease until a renewal is overdue, then returns: the caller must stop. No
+/// renewal attempt outlasts the deadline.
 pub async fn hold(client: &Client, settings: &LeaseSettings) {
     let api: Api<Lease> = Api::namespaced(client.clone(), &settings.namespace);
-    let mut renewed = tokio::time::Instant::now();
+    let mut observed = Observed::default();
+    let mut renewed = Instant::now();
     loop {
         tokio::time::sleep(settings.retry).await;
-        match try_acquire(&api, settings, Timestamp::now()).await {
-            Ok(Holder::Us) => renewed = tokio::time::Instant::now(),
+        let left = settings.renew_deadline.saturating_sub(renewed.elapsed());
+        match attempt(&api, settings, &mut observed, left).await {
+            Ok(Holder::Us) => renewed = Instant::now(),
             Ok(Holder::Other(holder)) => {
                 warn!(lease = %settings.name, %holder, "another replica took the Lease");
                 return;
             },
             Err(err) => warn!(lease = %settings.name, error = %err, "cannot renew the Lease"),
         }
-        if renewed.elapsed() > settings.renew_deadline {
+        if renewed.elapsed() >= settings.renew_deadline {
             warn!(lease = %settings.name, deadline = ?settings.renew_deadline, "the Lease was not renewed in time");
             return;
         }
@@ -143,9 +206,13 @@ pub async fn hold(client: &Client, settings: &LeaseSettings) {
 /// after the lease duration.
 pub async fn release(client: &Client, settings: &LeaseSettings) {
     let api: Api<Lease> = Api::namespaced(client.clone(), &settings.namespace);
-    if let Err(err) = release_with(&api, settings).await {
-        warn!(lease = %settings.name, error = %err, "cannot release the Lease; a standby takes over when it expires");
-    }
+    let released = tokio::time::timeout(settings.renew_deadline, release_with(&api, settings)).await;
+    let error = match released {
+        Ok(Ok(())) => return,
+        Ok(Err(err)) => AttemptError::Api(err),
+        Err(_) => AttemptError::TimedOut(settings.renew_deadline),
+    };
+    warn!(lease = %settings.name, %error, "cannot release the Lease; a standby takes over when it expires");
 }
 
 async fn release_with(api: &Api<Lease>, settings: &LeaseSettings) -> Result<(), kube::Error> {
@@ -217,11 +284,21 @@ mod tests {
         bodies
     }
 
-    async fn attempt(script: Vec<(Method, &'static str, (u16, Value))>, now: i64) -> (Holder, Vec<Value>) {
+    /// One attempt at wall time `now`, the Lease first seen `seen_for` before it.
+    async fn one_try(
+        script: Vec<(Method, &'static str, (u16, Value))>,
+        now: i64,
+        seen_for: Option<(&str, Duration)>,
+    ) -> (Holder, Vec<Value>) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let api: Api<Lease> = Api::namespaced(Client::new(service, "default"), "taskcluster-system");
         let server = tokio::spawn(serve(handle, script));
-        let holder = try_acquire(&api, &settings(), at(now)).await.unwrap();
+        let local = Instant::now() + Duration::from_secs(3600);
+        let mut observed = Observed::default();
+        if let Some((version, ago)) = seen_for {
+            observed.unchanged_for(version, local - ago);
+        }
+        let holder = try_acquire(&api, &settings(), &mut observed, at(now), local).await.unwrap();
         (holder, server.await.unwrap())
     }
 
@@ -229,7 +306,8 @@ mod tests {
     async fn the_first_replica_creates_the_lease() {
         let collection = "/apis/coordination.k8s.io/v1/namespaces/taskcluster-system/leases";
         let (holder, bodies) =
-            attempt(vec![(Method::GET, PATH, not_found()), (Method::POST, collection, (201, Value::Null))], 1000).await;
+            one_try(vec![(Method::GET, PATH, not_found()), (Method::POST, collection, (201, Value::Null))], 1000, None)
+                .await;
         assert_eq!(holder, Holder::Us);
         assert_eq!(bodies[1]["spec"]["holderIdentity"], "operator-a");
         assert_eq!(bodies[1]["spec"]["leaseDurationSeconds"], 15);
@@ -237,16 +315,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_fresh_lease_of_another_replica_is_left_alone() {
-        let (holder, bodies) = attempt(vec![(Method::GET, PATH, (200, lease("operator-b", 995, 0)))], 1000).await;
+        let (holder, bodies) = one_try(vec![(Method::GET, PATH, (200, lease("operator-b", 995, 0)))], 1000, None).await;
         assert_eq!(holder, Holder::Other("operator-b".into()));
         assert_eq!(bodies.len(), 1, "no write");
     }
 
     #[tokio::test]
-    async fn an_expired_lease_is_taken_over_conditionally() {
-        let (holder, bodies) = attempt(
+    async fn a_lease_seen_unchanged_for_its_duration_is_taken_over_conditionally() {
+        let (holder, bodies) = one_try(
             vec![(Method::GET, PATH, (200, lease("operator-b", 980, 2))), (Method::PUT, PATH, (200, Value::Null))],
             1000,
+            Some(("7", Duration::from_secs(20))),
         )
         .await;
         assert_eq!(holder, Holder::Us);
@@ -262,9 +341,12 @@ mod tests {
             409,
             json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409}),
         );
-        let (holder, _) =
-            attempt(vec![(Method::GET, PATH, (200, lease("operator-b", 980, 2))), (Method::PUT, PATH, conflict)], 1000)
-                .await;
+        let (holder, _) = one_try(
+            vec![(Method::GET, PATH, (200, lease("operator-b", 980, 2))), (Method::PUT, PATH, conflict)],
+            1000,
+            Some(("7", Duration::from_secs(20))),
+        )
+        .await;
         assert_eq!(holder, Holder::Other("operator-b".into()));
     }
 
@@ -289,18 +371,64 @@ mod tests {
             handle,
             vec![(Method::GET, PATH, (200, released)), (Method::PUT, PATH, (200, Value::Null))],
         ));
-        assert_eq!(try_acquire(&api, &other, at(1000)).await.unwrap(), Holder::Us, "no need to wait for expiry");
+        let mut observed = Observed::default();
+        let taken = try_acquire(&api, &other, &mut observed, at(1000), Instant::now()).await.unwrap();
+        assert_eq!(taken, Holder::Us, "no need to wait for expiry");
         assert_eq!(server.await.unwrap()[1]["spec"]["holderIdentity"], "operator-b");
     }
 
     #[tokio::test]
     async fn the_leader_renews_without_a_transition() {
-        let (holder, bodies) = attempt(
+        let (holder, bodies) = one_try(
             vec![(Method::GET, PATH, (200, lease("operator-a", 998, 4))), (Method::PUT, PATH, (200, Value::Null))],
             1000,
+            None,
         )
         .await;
         assert_eq!(holder, Holder::Us);
         assert_eq!(bodies[1]["spec"]["leaseTransitions"], 4);
+    }
+
+    #[tokio::test]
+    async fn a_renew_time_long_past_by_this_clock_is_no_expiry() {
+        // The holder's clock is behind ours (or ours ahead): its renew time looks an hour
+        // old, yet the Lease was just written. Only watching it stay unchanged tells.
+        let (holder, bodies) =
+            one_try(vec![(Method::GET, PATH, (200, lease("operator-b", -2600, 0)))], 1000, None).await;
+        assert_eq!(holder, Holder::Other("operator-b".into()));
+        assert_eq!(bodies.len(), 1, "no write");
+    }
+
+    #[tokio::test]
+    async fn a_lease_that_changed_since_last_seen_is_alive_again() {
+        // Seen 20 s ago at another resourceVersion: the holder renewed since, so the count
+        // starts again.
+        let (holder, bodies) = one_try(
+            vec![(Method::GET, PATH, (200, lease("operator-b", 980, 2)))],
+            1000,
+            Some(("6", Duration::from_secs(20))),
+        )
+        .await;
+        assert_eq!(holder, Holder::Other("operator-b".into()));
+        assert_eq!(bodies.len(), 1, "no write");
+    }
+
+    #[tokio::test]
+    async fn a_renewal_the_api_server_never_answers_ends_the_leadership_by_the_deadline() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "default");
+        let mut settings = settings();
+        settings.retry = Duration::from_millis(10);
+        settings.renew_deadline = Duration::from_millis(300);
+        // Every request is taken and never answered.
+        let server = tokio::spawn(async move {
+            let mut pending = Vec::new();
+            while let Some(request) = handle.next_request().await {
+                pending.push(request);
+            }
+        });
+        let held = tokio::time::timeout(Duration::from_secs(30), hold(&client, &settings)).await;
+        server.abort();
+        assert!(held.is_ok(), "hold must return once the deadline has passed, even with a request in flight");
     }
 }
