@@ -93,5 +93,7 @@ async fn status_follows_the_real_leader_and_survives_losing_zookeeper() {
         "unexpected reason {}: {err}",
         err.reason()
     );
-    assert_eq!(reader.sessions(), 0, "a failed session is dropped, the next read reconnects");
+    assert_eq!(reader.sessions(), 1, "the session is kept: its client reconnects by itself");
+    let again = reader.read(KEY, &connect).await.expect_err("still gone");
+    assert_eq!((again.reason(), again.to_string()), (err.reason(), err.to_string()), "backing off, the same failure");
 }

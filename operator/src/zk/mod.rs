@@ -1,5 +1,9 @@
 //! Reading leader and backlog from each TaskCluster's ZooKeeper, with one cached session
 //! per cluster and hard time limits so an unreachable ensemble never holds up a reconcile.
+//! A session is kept through failed reads (the client reconnects it by itself) and replaced
+//! only once ZooKeeper ended it; after a failure the cluster backs off (`backoff`).
+
+mod backoff;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -9,6 +13,7 @@ use futures::future::BoxFuture;
 use taskcluster::{paths, ClusterStatus, ConnectError, StatusError, ZkTarget};
 use zookeeper_client::{Client, Error as ZkError, SessionState};
 
+use self::backoff::{Backoffs, Failure};
 use crate::autoscale::cost::WorkerState;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +24,9 @@ pub enum ZkStatusError {
     Read(#[from] StatusError),
     #[error("ZooKeeper at {connect} did not answer within {timeout:?}")]
     Timeout { connect: String, timeout: Duration },
+    /// The last failure, repeated while the next attempt waits.
+    #[error("{message}")]
+    BackingOff { reason: &'static str, message: String },
 }
 
 impl ZkStatusError {
@@ -29,6 +37,7 @@ impl ZkStatusError {
             ZkStatusError::Connect(ConnectError::Auth { .. }) => "ZooKeeperAuthFailed",
             ZkStatusError::Connect(_) | ZkStatusError::Timeout { .. } => "ZooKeeperUnreachable",
             ZkStatusError::Read(_) => "ZooKeeperReadFailed",
+            ZkStatusError::BackingOff { reason, .. } => reason,
         }
     }
 }
@@ -59,9 +68,10 @@ struct Cached {
     last_used: Instant,
 }
 
-/// One ZooKeeper session per TaskCluster, reopened after any error.
+/// One ZooKeeper session per TaskCluster, reopened once ZooKeeper ended it.
 pub struct ZkStatusReader {
     sessions: Mutex<HashMap<String, Cached>>,
+    backoffs: Mutex<Backoffs>,
     /// Limit for connecting and for one status read each.
     timeout: Duration,
     /// Sessions unused this long are closed (their TaskCluster was probably deleted).
@@ -70,7 +80,39 @@ pub struct ZkStatusReader {
 
 impl ZkStatusReader {
     pub fn new(timeout: Duration) -> Self {
-        Self { sessions: Mutex::new(HashMap::new()), timeout, idle: Duration::from_secs(120) }
+        Self {
+            sessions: Mutex::new(HashMap::new()),
+            backoffs: Mutex::new(Backoffs::default()),
+            timeout,
+            idle: Duration::from_secs(120),
+        }
+    }
+
+    /// Runs `attempt` for `key` unless the cluster is backing off from its last failure, and
+    /// records the outcome.
+    async fn attempt<T>(
+        &self,
+        key: &str,
+        attempt: impl std::future::Future<Output = Result<T, ZkStatusError>>,
+    ) -> Result<T, ZkStatusError> {
+        let waiting = self.backoffs.lock().ok().and_then(|b| b.waiting(key, Instant::now()));
+        if let Some((failure, _)) = waiting {
+            return Err(ZkStatusError::BackingOff { reason: failure.reason, message: failure.message });
+        }
+        let result = attempt.await;
+        if let Ok(mut backoffs) = self.backoffs.lock() {
+            match &result {
+                Ok(_) => backoffs.succeeded(key),
+                // Not a failure of the ensemble: the tree is created by the first master.
+                Err(ZkStatusError::Read(StatusError::NotInitialised(_))) => backoffs.succeeded(key),
+                Err(err) => {
+                    let failure = Failure { reason: err.reason(), message: err.to_string() };
+                    let wait = backoffs.failed(key, failure, Instant::now());
+                    tracing::debug!(cluster = key, error = %err, ?wait, "backing off from ZooKeeper");
+                },
+            }
+        }
+        result
     }
 
     fn cached(&self, key: &str, connect: &str) -> Option<Client> {
@@ -125,40 +167,24 @@ impl ZkStatusReader {
             Ok(workers)
         };
         match tokio::time::timeout(self.timeout, read).await {
-            Ok(Ok(workers)) => Ok(workers),
-            Ok(Err(err)) => {
-                self.forget(key);
-                Err(err)
-            },
-            Err(_) => {
-                self.forget(key);
-                Err(ZkStatusError::Timeout { connect: connect.to_string(), timeout: self.timeout })
-            },
+            Ok(result) => result,
+            Err(_) => Err(ZkStatusError::Timeout { connect: connect.to_string(), timeout: self.timeout }),
         }
     }
 
     async fn read_inner(&self, key: &str, connect: &str) -> Result<ClusterStatus, ZkStatusError> {
         let timeout = || ZkStatusError::Timeout { connect: connect.to_string(), timeout: self.timeout };
         let client = self.session(key, connect).await?;
-        let result = tokio::time::timeout(self.timeout, taskcluster::read_status(&client)).await;
-        match result {
-            Ok(Ok(status)) => Ok(status),
-            Ok(Err(err @ StatusError::NotInitialised(_))) => Err(err.into()),
-            Ok(Err(err)) => {
-                self.forget(key);
-                Err(err.into())
-            },
-            Err(_) => {
-                self.forget(key);
-                Err(timeout())
-            },
+        match tokio::time::timeout(self.timeout, taskcluster::read_status(&client)).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(timeout()),
         }
     }
 }
 
 impl StatusSource for ZkStatusReader {
     fn read<'a>(&'a self, key: &'a str, connect: &'a str) -> BoxFuture<'a, Result<ClusterStatus, ZkStatusError>> {
-        Box::pin(self.read_inner(key, connect))
+        Box::pin(self.attempt(key, self.read_inner(key, connect)))
     }
 
     fn workers<'a>(
@@ -166,12 +192,15 @@ impl StatusSource for ZkStatusReader {
         key: &'a str,
         connect: &'a str,
     ) -> BoxFuture<'a, Result<Vec<(String, WorkerState)>, ZkStatusError>> {
-        Box::pin(self.workers_inner(key, connect))
+        Box::pin(self.attempt(key, self.workers_inner(key, connect)))
     }
 
     fn forget(&self, key: &str) {
         if let Ok(mut sessions) = self.sessions.lock() {
             sessions.remove(key);
+        }
+        if let Ok(mut backoffs) = self.backoffs.lock() {
+            backoffs.succeeded(key);
         }
     }
 
@@ -191,5 +220,36 @@ mod tests {
         let err = reader.read("default/demo", "127.0.0.1:1").await.unwrap_err();
         assert_eq!(err.reason(), "ZooKeeperUnreachable", "{err}");
         assert_eq!(reader.sessions(), 0);
+    }
+
+    /// Accepts connections, counts them and closes them at once: a ZooKeeper that never
+    /// answers.
+    async fn silent_ensemble() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(stream);
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_failing_ensemble_is_not_reconnected_at_every_reconcile() {
+        let (addr, accepted) = silent_ensemble().await;
+        let reader = ZkStatusReader::new(Duration::from_millis(300));
+        let first = reader.read("default/demo", &addr).await.unwrap_err();
+        let after_first = accepted.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(after_first > 0, "the first read tried");
+        // Reconciles every second or faster: none of these may open a connection.
+        for _ in 0..5 {
+            let again = reader.read("default/demo", &addr).await.unwrap_err();
+            assert_eq!((again.reason(), again.to_string()), (first.reason(), first.to_string()), "no flapping");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), after_first, "connections while backing off");
     }
 }
