@@ -205,7 +205,9 @@ impl Applier<'_> {
 }
 
 /// Makes sure the credentials Secret exists, creating it with `make` when it does not.
-/// It is never updated: the ACLs in ZooKeeper name the identity it holds.
+/// Its data is never updated: the ACLs in ZooKeeper name the identity it holds. Only its
+/// owner goes when `make` gives none (the data is retained): an existing Secret must then
+/// outlive the TaskCluster too.
 pub async fn ensure_secret(
     client: &Client,
     namespace: &str,
@@ -214,11 +216,18 @@ pub async fn ensure_secret(
 ) -> Result<Applied, ApplyError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let failed = |source| ApplyError::Credentials { namespace: namespace.into(), name: name.into(), source };
-    if api.get_metadata_opt(name).await.map_err(failed)?.is_some() {
-        return Ok(Applied::Unchanged);
+    let secret = make();
+    if let Some(existing) = api.get_metadata_opt(name).await.map_err(failed)? {
+        let owned = existing.metadata.owner_references.as_ref().is_some_and(|o| !o.is_empty());
+        if !owned || secret.metadata.owner_references.is_some() {
+            return Ok(Applied::Unchanged);
+        }
+        let release = serde_json::json!({"metadata": {"ownerReferences": null}});
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&release)).await.map_err(failed)?;
+        return Ok(Applied::Updated);
     }
     let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
-    match api.create(&params, &make()).await {
+    match api.create(&params, &secret).await {
         Ok(_) => Ok(Applied::Created),
         // Created concurrently by a previous operator instance: the existing one wins.
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(Applied::Unchanged),

@@ -140,7 +140,8 @@ pub struct Context {
     pub ledger: Ledger,
     /// When each TaskCluster's children were last applied unconditionally.
     last_resync: Mutex<HashMap<String, Instant>>,
-    /// TaskClusters (by uid) whose credentials Secret is known to exist.
+    /// TaskClusters (by `uid/retained`) whose credentials Secret is known to exist as the
+    /// retention asks.
     credentials: Mutex<HashSet<String>>,
     /// Consecutive failed reconciles per TaskCluster, for the retry backoff.
     failures: Mutex<HashMap<String, u32>>,
@@ -195,13 +196,13 @@ impl Context {
         }
     }
 
-    fn credentials_known(&self, uid: &str) -> bool {
-        self.credentials.lock().map(|known| known.contains(uid)).unwrap_or(false)
+    fn credentials_known(&self, key: &str) -> bool {
+        self.credentials.lock().map(|known| known.contains(key)).unwrap_or(false)
     }
 
-    fn remember_credentials(&self, uid: &str) {
+    fn remember_credentials(&self, key: &str) {
         if let Ok(mut known) = self.credentials.lock() {
-            known.insert(uid.to_string());
+            known.insert(key.to_string());
         }
     }
 
@@ -216,7 +217,7 @@ impl Context {
             last.remove(&key);
         }
         if let (Ok(mut known), Some(uid)) = (self.credentials.lock(), tc.uid()) {
-            known.remove(&uid);
+            known.retain(|k| k.split('/').next() != Some(uid.as_str()));
         }
         if let Ok(mut failures) = self.failures.lock() {
             failures.remove(&key);
@@ -465,15 +466,17 @@ async fn apply_children(
     let mut applied = ChildrenApplied::default();
 
     // Credentials first, since the pods refer to them (pods wait for a missing Secret).
-    let uid = tc.uid().unwrap_or_default();
-    if !ctx.credentials_known(&uid) {
+    // Known per retention: a switch to Retain releases the existing Secret from its owner.
+    let retained = valid.spec.zookeeper.storage.when_deleted.retains();
+    let known = format!("{}/{retained}", tc.uid().unwrap_or_default());
+    if !ctx.credentials_known(&known) {
         let owner = build::Owner::of(tc, &ctx.settings)?;
         let created = apply::ensure_secret(&ctx.client, &namespace, &names.credentials, || {
-            security::credentials(&owner, names, &security::generate_password())
+            security::credentials(&owner, names, &security::generate_password(), retained)
         })
         .await;
         if applied.count(ctx, "Secret", created).is_some() {
-            ctx.remember_credentials(&uid);
+            ctx.remember_credentials(&known);
         }
     }
 

@@ -285,11 +285,45 @@ pub struct ZooKeeperStorage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub storage_class_name: Option<String>,
+
+    /// What happens to the claims when the TaskCluster is deleted. `Delete` (the default)
+    /// removes them, and every task with them, together with the cluster. `Retain` keeps
+    /// them and the credentials Secret the tasks' ACLs name, so a TaskCluster created again
+    /// under the same name in the same namespace finds its tasks (a GitOps prune or a
+    /// mistaken delete loses nothing); remove the claims and the Secret by hand to free them.
+    #[serde(default)]
+    pub when_deleted: VolumeRetention,
 }
 
 impl Default for ZooKeeperStorage {
     fn default() -> Self {
-        Self { ephemeral: false, size: default_storage_size(), storage_class_name: None }
+        Self {
+            ephemeral: false,
+            size: default_storage_size(),
+            storage_class_name: None,
+            when_deleted: VolumeRetention::default(),
+        }
+    }
+}
+
+/// Whether the ZooKeeper data outlives its TaskCluster.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub enum VolumeRetention {
+    #[default]
+    Delete,
+    Retain,
+}
+
+impl VolumeRetention {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeRetention::Delete => "Delete",
+            VolumeRetention::Retain => "Retain",
+        }
+    }
+
+    pub fn retains(self) -> bool {
+        self == VolumeRetention::Retain
     }
 }
 
@@ -332,6 +366,12 @@ pub struct TaskClusterStatus {
     /// Tasks given up after their last attempt.
     #[serde(default)]
     pub dead_lettered: i64,
+
+    /// Set while ZooKeeper cannot be read: the counters above are the last ones read, as of
+    /// about this time (when the reads began to fail), and the leader is unknown. Absent
+    /// while the counters are current.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters_as_of: Option<Time>,
 
     /// Worker pods that exist (the scale subresource's current replicas).
     #[serde(default)]

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use kube::api::ListParams;
 use kube::{Api, Client};
+use std::io::IsTerminal;
 use taskcluster_operator::build::Settings;
 use taskcluster_operator::controller;
 use taskcluster_operator::crd::TaskCluster;
@@ -23,7 +24,8 @@ use tracing_subscriber::EnvFilter;
 
 fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour only on a terminal: a pod's log is read by collectors.
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stdout().is_terminal());
     if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();
     } else {

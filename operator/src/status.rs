@@ -61,6 +61,10 @@ fn millis_to_time(ms: u64) -> Option<Time> {
     Timestamp::from_second(seconds).ok().map(Time)
 }
 
+fn whole_seconds(t: Timestamp) -> Option<Time> {
+    Timestamp::from_second(t.as_second()).ok().map(Time)
+}
+
 fn as_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -129,6 +133,13 @@ pub fn compute(
         status.masters.contending = as_i64(cluster.masters);
         status.workers.registered = as_i64(cluster.workers_registered);
         status.workers.busy = as_i64(cluster.workers_busy);
+        status.counters_as_of = None;
+    } else {
+        // Unknown rather than the last one seen: a failover may happen meanwhile. The
+        // counters stay, dated from the first reading that could not be made (written once,
+        // so a lasting outage costs no writes).
+        (status.leader, status.leader_since) = (None, None);
+        status.counters_as_of = prev.counters_as_of.clone().or_else(|| whole_seconds(now));
     }
 
     let zookeeper_ready = if has_quorum {
@@ -203,7 +214,7 @@ fn condition(previous: &[Condition], v: Verdict, generation: Option<i64>, now: T
         .iter()
         .find(|c| c.type_ == v.type_ && c.status == status)
         .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| Time(Timestamp::from_second(now.as_second()).unwrap_or(now)));
+        .unwrap_or_else(|| whole_seconds(now).unwrap_or(Time(now)));
     Condition {
         type_: v.type_.into(),
         status: status.into(),
@@ -353,6 +364,39 @@ mod tests {
             assert_eq!(cond(&s, type_).status, expected, "{type_}");
             assert_eq!(cond(&s, type_).observed_generation, Some(1));
         }
+    }
+
+    #[test]
+    fn while_zookeeper_cannot_be_read_the_leader_is_unknown_and_the_counters_dated() {
+        let tc = fixtures::example();
+        let (m, w, z, elected) = (deployment(2, 2), deployment(3, 3), sts(3), led_by("demo-master-x"));
+        let failed = ZkReading::Failed(ZkStatusError::Timeout {
+            connect: "demo-zookeeper:2181".into(),
+            timeout: Duration::from_secs(2),
+        });
+        let observe = |reading| Observation {
+            spec_error: None,
+            masters: Some(&m),
+            workers: Some(&w),
+            zookeeper: Some(&z),
+            reading,
+            apply_failures: &[],
+        };
+        let read = compute(&tc, None, &observe(&elected), at(100));
+        assert_eq!(read.counters_as_of, None, "current counters carry no date");
+
+        let stale = compute(&tc, Some(&read), &observe(&failed), at(130));
+        assert_eq!((stale.leader.as_deref(), stale.leader_since.as_ref()), (None, None), "unknown, not the last seen");
+        assert_eq!(stale.backlog, 7, "the last counters stay on display");
+        assert_eq!(stale.counters_as_of, Some(Time(at(130))));
+        assert_eq!(compute(&tc, Some(&stale), &observe(&failed), at(160)), stale, "no write while it stays so");
+
+        let back = compute(&tc, Some(&stale), &observe(&elected), at(190));
+        assert_eq!((back.leader.as_deref(), back.counters_as_of.as_ref()), (Some("demo-master-x"), None));
+
+        let skipped = ZkReading::Skipped;
+        let no_quorum = compute(&tc, Some(&read), &observe(&skipped), at(200));
+        assert_eq!((no_quorum.leader.as_deref(), no_quorum.counters_as_of.clone()), (None, Some(Time(at(200)))));
     }
 
     #[test]

@@ -318,6 +318,16 @@ mod tests {
     }
 
     #[test]
+    fn masters_and_workers_log_json_lines() {
+        let c = children(&fixtures::example());
+        for d in [&c.masters, &c.workers] {
+            let env = pod(d).containers[0].env.clone().unwrap();
+            let format = env.iter().find(|e| e.name == "TASKCLUSTER_LOG_FORMAT").map(|e| e.value.as_deref());
+            assert_eq!(format, Some(Some("json")), "{env:?}");
+        }
+    }
+
+    #[test]
     fn nodes_read_their_credentials_from_the_generated_secret() {
         let c = children(&fixtures::example());
         for d in [&c.masters, &c.workers] {
@@ -534,10 +544,27 @@ mod tests {
         let password = security::generate_password();
         assert_eq!(password.len(), 32);
         assert_ne!(password, security::generate_password());
-        let secret = security::credentials(&owner, &Names::new("demo"), &password);
+        let secret = security::credentials(&owner, &Names::new("demo"), &password, false);
         assert_eq!(secret.immutable, Some(true));
         let digest = String::from_utf8(secret.data.unwrap()["digest"].0.clone()).unwrap();
         assert_eq!(digest, format!("taskcluster:{password}"));
+    }
+
+    #[test]
+    fn retained_data_outlives_the_taskcluster_with_the_credentials_its_acls_name() {
+        let mut tc = fixtures::example();
+        let owner = Owner::of(&tc, &Settings::default()).unwrap();
+        let policy = |tc: &TaskCluster| {
+            let policy = spec_of(&children(tc).stateful_set).persistent_volume_claim_retention_policy.clone().unwrap();
+            (policy.when_deleted.unwrap(), policy.when_scaled.unwrap())
+        };
+        assert_eq!(policy(&tc), ("Delete".to_string(), "Retain".to_string()), "the default");
+        assert!(security::credentials(&owner, &Names::new("demo"), "p", false).metadata.owner_references.is_some());
+
+        tc.spec.zookeeper.storage.when_deleted = crate::crd::VolumeRetention::Retain;
+        assert_eq!(policy(&tc), ("Retain".to_string(), "Retain".to_string()));
+        let secret = security::credentials(&owner, &Names::new("demo"), "p", true);
+        assert!(secret.metadata.owner_references.is_none(), "garbage collection would take it with the cluster");
     }
 
     #[test]

@@ -98,6 +98,8 @@ fn http_probe(path: &str, initial_delay: i32, period: i32, failures: i32) -> Pro
 
 fn env(names: &Names) -> Vec<EnvVar> {
     vec![
+        // A pod's log is read by collectors: one JSON object per line.
+        EnvVar { name: "TASKCLUSTER_LOG_FORMAT".into(), value: Some("json".into()), ..Default::default() },
         EnvVar {
             name: "POD_NAME".into(),
             value_from: Some(EnvVarSource {

@@ -25,10 +25,15 @@ pub fn generate_password() -> String {
 }
 
 /// The Secret masters and workers read `TASKCLUSTER_ZK_DIGEST` from. Immutable: the ACLs on
-/// the task tree name this identity, so it must never change under a running cluster.
-pub fn credentials(owner: &Owner, names: &Names, password: &str) -> Secret {
+/// the task tree name this identity, so it must never change under a running cluster. With
+/// `retained` data it has no owner: it must outlive the TaskCluster as the claims do.
+pub fn credentials(owner: &Owner, names: &Names, password: &str, retained: bool) -> Secret {
+    let mut metadata = owner.meta(&names.credentials, Component::ZooKeeper);
+    if retained {
+        metadata.owner_references = None;
+    }
     Secret {
-        metadata: owner.meta(&names.credentials, Component::ZooKeeper),
+        metadata,
         immutable: Some(true),
         type_: Some("Opaque".into()),
         data: Some(BTreeMap::from([(

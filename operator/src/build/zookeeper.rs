@@ -212,7 +212,7 @@ pub fn stateful_set(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &
             pod_management_policy: Some("Parallel".into()),
             selector: LabelSelector { match_labels: Some(selector), ..Default::default() },
             persistent_volume_claim_retention_policy: Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
-                when_deleted: Some("Delete".into()),
+                when_deleted: Some(zk.storage.when_deleted.as_str().into()),
                 when_scaled: Some("Retain".into()),
             }),
             template: PodTemplateSpec {
