@@ -203,6 +203,17 @@ async fn job_outcome(e2e: &E2e, namespace: &str, job: &str) -> Result<Option<boo
     })
 }
 
+/// Whether the Job's pod runs (ready; a submit container has no probe): a submit Job with
+/// `--wait` runs until its last result arrives, so its tasks are in flight.
+async fn job_running(e2e: &E2e, namespace: &str, job: &str) -> Result<bool> {
+    let found = Api::<Job>::namespaced(e2e.client.clone(), namespace)
+        .get(job)
+        .await
+        .context(|| format!("reading Job {job}"))?;
+    let status = found.status.unwrap_or_default();
+    Ok(status.ready.unwrap_or(0) > 0 && status.succeeded.unwrap_or(0) == 0 && status.failed.unwrap_or(0) == 0)
+}
+
 async fn job_logs(e2e: &E2e, namespace: &str, job: &str) -> String {
     e2e.tools
         .kubectl(&["logs", "-n", namespace, &format!("job/{job}"), "--tail=40"])
@@ -352,14 +363,18 @@ async fn thousand_tasks_all_complete_and_the_backlog_drains() {
 }
 
 // Scenario 3: deleting the leader's pod while tasks flow moves status.leader to the other
-// master within the bound, ten times in a row, and every task completes.
+// master within the bound, ten times in a row, and every task completes. Each deletion waits
+// for a running submit Job (a new one starts when the last has finished), so every failover
+// happens with tasks in flight.
 #[tokio::test]
 async fn leader_moves_within_the_bound_when_its_pod_is_deleted() {
     scenario("leader-failover", |e2e, ns| async move {
         let name = "failover";
         e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster_manifest(&e2e, &ns, name, 2, 2, 1)).await?;
         wait_ready(&e2e, &ns, name).await?;
-        submit_job(&e2e, &ns, name, "submit", &["--count", "3000", "--inflight", "32", "--wait"]).await?;
+        const SUBMIT: &[&str] = &["--count", "3000", "--inflight", "32", "--wait"];
+        submit_job(&e2e, &ns, name, "submit", SUBMIT).await?;
+        let mut jobs = vec!["submit".to_string()];
 
         let pods_api = Api::<Pod>::namespaced(e2e.client.clone(), &ns);
         let masters = component_selector(name, "master");
@@ -376,6 +391,32 @@ async fn leader_moves_within_the_bound_when_its_pod_is_deleted() {
                     }
                 })
                 .await?;
+            let current = jobs.last().cloned().unwrap_or_default();
+            if !job_running(&e2e, &ns, &current).await? {
+                let job = format!("submit-{round}");
+                submit_job(&e2e, &ns, name, &job, SUBMIT).await?;
+                jobs.push(job);
+            }
+            let flowing = jobs.last().cloned().unwrap_or_default();
+            wait::until(
+                &format!("round {round}: tasks in flight (Job {flowing} running)"),
+                READY_TIMEOUT,
+                POLL,
+                || {
+                    let (e2e, ns, job) = (&e2e, &ns, &flowing);
+                    async move {
+                        Ok(match (job_running(e2e, ns, job).await?, job_outcome(e2e, ns, job).await?) {
+                            (true, _) => Poll::Done(()),
+                            (false, Some(outcome)) => {
+                                let message = format!("Job {job} ended (succeeded: {outcome}) before the deletion");
+                                return Err(Error::Invalid { context: "tasks in flight".into(), message });
+                            },
+                            (false, None) => Poll::NotYet("its pod is starting".into()),
+                        })
+                    }
+                },
+            )
+            .await?;
             pods_api.delete(&old, &DeleteParams::default()).await.context(|| format!("deleting leader pod {old}"))?;
             let deleted_at = Instant::now();
             let new = wait::until(
@@ -398,8 +439,11 @@ async fn leader_moves_within_the_bound_when_its_pod_is_deleted() {
             eprintln!("round {round}: leader {old} -> {new} in {:?}", deleted_at.elapsed());
         }
 
-        let succeeded = job_succeeded(&e2e, &ns, "submit", Duration::from_secs(900)).await?;
-        ensure(succeeded, || "some task did not complete across ten leader failovers".into())?;
+        eprintln!("{} submit Jobs ran across the ten failovers", jobs.len());
+        for job in &jobs {
+            let succeeded = job_succeeded(&e2e, &ns, job, Duration::from_secs(900)).await?;
+            ensure(succeeded, || format!("Job {job}: some task did not complete across the leader failovers"))?;
+        }
         Ok(())
     })
     .await;
@@ -616,6 +660,74 @@ async fn invalid_specs_are_rejected_and_deletion_removes_every_owned_object() {
             }
         })
         .await
+    })
+    .await;
+}
+
+// Scenario 6b: with `zookeeper.storage.whenDeleted: Retain`, deleting a TaskCluster keeps its
+// ZooKeeper claims and credentials Secret; created again under the same name it finds its
+// data (the leader's counters live in ZooKeeper) and takes new tasks (the task tree's ACLs
+// still match the credentials).
+#[tokio::test]
+async fn retained_data_survives_deleting_and_recreating_the_taskcluster() {
+    scenario("retain", |e2e, ns| async move {
+        if e2e.ephemeral_storage {
+            eprintln!("skipped: this cluster has no volumes to retain");
+            return Ok(());
+        }
+        let name = "kept";
+        let mut object: Value = serde_yaml::from_str(&taskcluster_manifest(&e2e, &ns, name, 1, 1, 1))
+            .map_err(|e| Error::Invalid { context: "manifest".into(), message: e.to_string() })?;
+        object["spec"]["zookeeper"]["storage"]["whenDeleted"] = json!("Retain");
+        let manifest = serde_yaml::to_string(&object).unwrap_or_default();
+        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &manifest).await?;
+        wait_ready(&e2e, &ns, name).await?;
+        submit_job(&e2e, &ns, name, "before", &["--count", "200", "--inflight", "16", "--wait"]).await?;
+        ensure(job_succeeded(&e2e, &ns, "before", Duration::from_secs(300)).await?, || "Job before failed".into())?;
+        let completed = |want: i64| {
+            let (e2e, ns) = (&e2e, &ns);
+            async move {
+                wait::until(&format!("status.completed to reach {want}"), READY_TIMEOUT, POLL, || async {
+                    let object = get(e2e, ns, name).await?;
+                    Ok(if status_i64(&object, "completed") >= want {
+                        Poll::Done(())
+                    } else {
+                        Poll::NotYet(summary(&object))
+                    })
+                })
+                .await
+            }
+        };
+        completed(200).await?;
+
+        taskcluster::api(&e2e, &ns)
+            .delete(name, &DeleteParams::foreground())
+            .await
+            .context(|| format!("deleting {name}"))?;
+        let selector = format!("app.kubernetes.io/instance={name}");
+        let workloads = "statefulsets,deployments,pods";
+        wait::until("the TaskCluster and its workloads to be deleted", Duration::from_secs(180), POLL, || async {
+            let left = e2e.tools.kubectl(&["get", workloads, "-n", &ns, "-l", &selector, "-o", "name"]).await?;
+            let tc = taskcluster::api(&e2e, &ns).get_opt(name).await.context(|| format!("reading {name}"))?;
+            Ok(if left.trim().is_empty() && tc.is_none() { Poll::Done(()) } else { Poll::NotYet(left) })
+        })
+        .await?;
+        let kept = e2e
+            .tools
+            .kubectl(&["get", "persistentvolumeclaims,secrets", "-n", &ns, "-l", &selector, "-o", "name"])
+            .await?;
+        ensure(kept.lines().any(|l| l.starts_with("persistentvolumeclaim/")), || format!("the claim went: {kept}"))?;
+        let secret = format!("secret/{name}-zookeeper-credentials");
+        ensure(kept.lines().any(|l| l.trim() == secret), || format!("the credentials went: {kept}"))?;
+
+        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &manifest).await?;
+        wait_ready(&e2e, &ns, name).await?;
+        completed(200).await?;
+        submit_job(&e2e, &ns, name, "after", &["--count", "50", "--inflight", "8", "--wait"]).await?;
+        let succeeded = job_succeeded(&e2e, &ns, "after", Duration::from_secs(300)).await?;
+        let logs = if succeeded { String::new() } else { job_logs(&e2e, &ns, "after").await };
+        ensure(succeeded, || format!("the re-created cluster did not take new tasks:\n{logs}"))?;
+        completed(250).await
     })
     .await;
 }
