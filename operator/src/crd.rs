@@ -3,10 +3,15 @@
 //! Doc comments on fields become the `kubectl explain` text; schema bounds and CEL rules let
 //! the API server reject a bad spec with a message before the operator ever sees it.
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::core::{Message, Rule};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
+
+use crate::build::labels::{self, Component};
 
 /// Version of this operator; the default node image carries the same tag.
 pub const OPERATOR_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -122,6 +127,95 @@ pub struct TaskClusterSpec {
     /// to scale by hand or with an HPA or KEDA instead; never combine both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingSpec>,
+
+    /// Where the pods of each role are scheduled, and the labels and annotations they carry
+    /// besides the operator's own.
+    #[serde(default, skip_serializing_if = "PodsSpec::is_empty")]
+    pub pods: PodsSpec,
+}
+
+/// Scheduling and extra metadata of the masters', workers' and ZooKeeper servers' pods.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodsSpec {
+    /// The master pods.
+    #[serde(default, skip_serializing_if = "PodPlacement::is_empty")]
+    pub masters: PodPlacement,
+
+    /// The worker pods.
+    #[serde(default, skip_serializing_if = "PodPlacement::is_empty")]
+    pub workers: PodPlacement,
+
+    /// The ZooKeeper server pods.
+    #[serde(default, skip_serializing_if = "PodPlacement::is_empty")]
+    pub zookeeper: PodPlacement,
+}
+
+impl PodsSpec {
+    pub fn is_empty(&self) -> bool {
+        self.masters.is_empty() && self.workers.is_empty() && self.zookeeper.is_empty()
+    }
+}
+
+/// Where one role's pods may run and what they carry. Each field is the Pod field of the same
+/// name (labels and annotations: of its metadata); changing any of them rolls that role's pods.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodPlacement {
+    /// Only nodes carrying all these labels run the pods, e.g. a dedicated node pool.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Taints the pods tolerate, e.g. those of dedicated or spot nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// Node affinity, pod affinity and pod anti-affinity. `podAntiAffinity` terms are added to
+    /// the operator's own preference that masters, and ZooKeeper servers, run on distinct
+    /// nodes, which stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// How the pods spread over topology domains such as zones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+
+    /// PriorityClass of the pods: which pods the scheduler preempts first when nodes are full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
+
+    /// Extra labels of the pods, e.g. for cost allocation or policy engines. The operator's own
+    /// keys (`app.kubernetes.io/name`, `instance`, `component`, `managed-by`) identify its pods
+    /// (Services and selectors rely on them) and cannot be set here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[x_kube(validation = own_labels_rule())]
+    pub labels: BTreeMap<String, String>,
+
+    /// Extra annotations of the pods. The operator's own (`taskcluster.dev/config-hash`,
+    /// `prometheus.io/scrape`, `prometheus.io/port`) take precedence over these.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl PodPlacement {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The label keys the operator sets on every pod (the same for each role): a user's pod label
+/// may not name them.
+fn own_label_keys() -> Vec<String> {
+    labels::stable_labels("", Component::Worker).into_keys().collect()
+}
+
+/// Refuses a `labels` map naming one of [`own_label_keys`] (a constant-cost check per key).
+fn own_labels_rule() -> Rule {
+    let rule = own_label_keys().iter().map(|key| format!("!('{key}' in self)")).collect::<Vec<_>>().join(" && ");
+    let message =
+        format!("labels must not set {}: the operator sets them to identify its pods", own_label_keys().join(", "));
+    Rule::new(rule).message(Message::Message(message))
 }
 
 /// Workers that follow the backlog: the target is (backlog + running) / tasksPerWorker,

@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use crate::autoscale::Policy;
-use crate::crd::{TaskCluster, TaskClusterSpec};
+use crate::build::labels::{self, Component};
+use crate::crd::{PodPlacement, TaskCluster, TaskClusterSpec};
 use crate::duration;
 
 /// Longest TaskCluster name: `<name>-zookeeper-headless` must stay a 63-character DNS label.
@@ -47,6 +48,8 @@ pub enum SpecError {
         "autoscaling.minWorkers is {min}, above autoscaling.maxWorkers {max}; lower minWorkers or raise maxWorkers"
     )]
     MinAboveMax { min: i32, max: i32 },
+    #[error("{field} sets {key:?}, a label the operator sets itself to identify the pods; remove it (extra labels may use any other key)")]
+    OwnLabel { field: &'static str, key: String },
 }
 
 impl SpecError {
@@ -61,6 +64,7 @@ impl SpecError {
             SpecError::EphemeralWithClass => "InvalidStorage",
             SpecError::Empty { .. } => "EmptyField",
             SpecError::MinAboveMax { .. } => "InvalidAutoscaling",
+            SpecError::OwnLabel { .. } => "InvalidPodLabels",
         }
     }
 }
@@ -94,6 +98,20 @@ fn not_empty(field: &'static str, value: Option<&String>) -> Result<(), SpecErro
     }
 }
 
+/// Refuses extra pod labels that would replace the operator's own labels of `component`'s pods.
+fn no_own_labels(
+    field: &'static str,
+    placement: &PodPlacement,
+    instance: &str,
+    component: Component,
+) -> Result<(), SpecError> {
+    let own = labels::stable_labels(instance, component);
+    match placement.labels.keys().find(|key| own.contains_key(*key)) {
+        Some(key) => Err(SpecError::OwnLabel { field, key: key.clone() }),
+        None => Ok(()),
+    }
+}
+
 /// Checks the spec against the rules of the schema and against what already runs.
 pub fn validate(tc: &TaskCluster, observed: Observed) -> Result<ValidSpec, SpecError> {
     let name = tc.metadata.name.clone().unwrap_or_default();
@@ -124,6 +142,9 @@ pub fn validate(tc: &TaskCluster, observed: Observed) -> Result<ValidSpec, SpecE
     if spec.zookeeper.storage.ephemeral && spec.zookeeper.storage.storage_class_name.is_some() {
         return Err(SpecError::EphemeralWithClass);
     }
+    no_own_labels("pods.masters.labels", &spec.pods.masters, &name, Component::Master)?;
+    no_own_labels("pods.workers.labels", &spec.pods.workers, &name, Component::Worker)?;
+    no_own_labels("pods.zookeeper.labels", &spec.pods.zookeeper, &name, Component::ZooKeeper)?;
     let autoscaling = spec.autoscaling.as_ref().map(autoscaling_policy).transpose()?;
     Ok(ValidSpec { spec: spec.clone(), session_timeout, task_timeout, autoscaling })
 }
@@ -209,6 +230,10 @@ mod tests {
                 },
                 "InvalidStorage",
             ),
+            (|tc| own_label(&mut tc.spec.pods.masters, "app.kubernetes.io/component"), "InvalidPodLabels"),
+            (|tc| own_label(&mut tc.spec.pods.workers, "app.kubernetes.io/instance"), "InvalidPodLabels"),
+            (|tc| own_label(&mut tc.spec.pods.zookeeper, "app.kubernetes.io/managed-by"), "InvalidPodLabels"),
+            (|tc| own_label(&mut tc.spec.pods.workers, "app.kubernetes.io/name"), "InvalidPodLabels"),
         ];
         for (mutate, reason) in cases {
             let mut tc = fixtures::example();
@@ -216,6 +241,26 @@ mod tests {
             let err = validate(&tc, Observed::default()).unwrap_err();
             assert_eq!(err.reason(), reason, "{err}");
         }
+    }
+
+    fn own_label(placement: &mut PodPlacement, key: &str) {
+        placement.labels.insert(key.into(), "mine".into());
+    }
+
+    #[test]
+    fn extra_pod_labels_may_not_replace_the_operators() {
+        let mut tc = fixtures::example();
+        tc.spec.pods.workers.labels.insert("team".into(), "batch".into());
+        tc.spec.pods.workers.labels.insert("app.kubernetes.io/part-of".into(), "platform".into());
+        assert!(validate(&tc, Observed::default()).is_ok(), "other keys, app.kubernetes.io/ ones too, are fine");
+
+        tc.spec.pods.zookeeper.labels.insert("app.kubernetes.io/component".into(), "db".into());
+        let err = validate(&tc, Observed::default()).unwrap_err();
+        assert_eq!(
+            err,
+            SpecError::OwnLabel { field: "pods.zookeeper.labels", key: "app.kubernetes.io/component".into() }
+        );
+        assert!(err.to_string().contains("pods.zookeeper.labels sets \"app.kubernetes.io/component\""), "{err}");
     }
 
     fn autoscaling(yaml: &str) -> crate::crd::AutoscalingSpec {

@@ -89,6 +89,8 @@ fn the_schema_carries_the_rules_users_hit() {
         "autoscaling.minWorkers must not be greater than autoscaling.maxWorkers",
         "autoscaling.scaleUpStabilization must be between 0s and 1h",
         "autoscaling.scaleDownStabilization must be between 0s and 1h",
+        "labels must not set app.kubernetes.io/component, app.kubernetes.io/instance, \
+         app.kubernetes.io/managed-by, app.kubernetes.io/name: the operator sets them to identify its pods",
     ] {
         assert!(text.contains(rule), "rule {rule:?} missing from the schema");
     }
@@ -102,4 +104,28 @@ fn the_schema_carries_the_rules_users_hit() {
     assert_eq!(autoscaling["minWorkers"]["minimum"], 0.0, "scale to zero is allowed");
     assert_eq!(autoscaling["scaleUpStabilization"]["default"], "0s");
     assert_eq!(autoscaling["scaleDownStabilization"]["default"], "300s");
+}
+
+#[test]
+fn each_role_takes_the_pod_placement_fields_as_kubernetes_spells_them() {
+    let pods = &schema()["properties"]["spec"]["properties"]["pods"]["properties"];
+    for role in ["masters", "workers", "zookeeper"] {
+        let fields = pods[role]["properties"].as_object().unwrap_or_else(|| panic!("spec.pods.{role} missing"));
+        let names: Vec<&str> = fields.keys().map(String::as_str).collect();
+        let expected = [
+            "affinity",
+            "annotations",
+            "labels",
+            "nodeSelector",
+            "priorityClassName",
+            "tolerations",
+            "topologySpreadConstraints",
+        ];
+        assert_eq!(names, expected, "spec.pods.{role}");
+        // The embedded Kubernetes types, inlined: a structural schema has no references.
+        let anti = &fields["affinity"]["properties"]["podAntiAffinity"]["properties"];
+        assert!(anti["preferredDuringSchedulingIgnoredDuringExecution"]["items"].is_object(), "{role}");
+        assert_eq!(fields["tolerations"]["items"]["properties"]["effect"]["type"], "string");
+    }
+    assert!(!serde_json::to_string(&schema()).unwrap().contains("$ref"), "no $ref in a CRD schema");
 }
