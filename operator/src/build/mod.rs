@@ -146,10 +146,11 @@ pub fn build(tc: &TaskCluster, valid: &ValidSpec, settings: &Settings) -> Result
 mod tests {
     use std::collections::BTreeMap;
 
-    use k8s_openapi::api::core::v1::PodSpec;
+    use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
     use super::*;
+    use crate::crd::{PodPlacement, PodsSpec};
     use crate::fixtures;
     use crate::validate::{validate, Observed};
 
@@ -548,6 +549,167 @@ mod tests {
         assert_eq!(secret.immutable, Some(true));
         let digest = String::from_utf8(secret.data.unwrap()["digest"].0.clone()).unwrap();
         assert_eq!(digest, format!("taskcluster:{password}"));
+    }
+
+    /// A placement using every field, each value naming `role`.
+    fn placement_for(role: &str) -> PodPlacement {
+        serde_yaml::from_str(&format!(
+            "nodeSelector: {{pool: {role}}}
+tolerations: [{{key: dedicated, operator: Equal, value: {role}, effect: NoSchedule}}]
+affinity:
+  nodeAffinity:
+    requiredDuringSchedulingIgnoredDuringExecution:
+      nodeSelectorTerms: [{{matchExpressions: [{{key: class, operator: In, values: [{role}]}}]}}]
+  podAffinity:
+    preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 10
+      podAffinityTerm: {{topologyKey: topology.kubernetes.io/zone, labelSelector: {{matchLabels: {{near: {role}}}}}}}
+  podAntiAffinity:
+    preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 50
+      podAffinityTerm: {{topologyKey: topology.kubernetes.io/zone, labelSelector: {{matchLabels: {{avoid: {role}}}}}}}
+    requiredDuringSchedulingIgnoredDuringExecution:
+    - {{topologyKey: kubernetes.io/hostname, labelSelector: {{matchLabels: {{never-with: {role}}}}}}}
+topologySpreadConstraints:
+- {{maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: ScheduleAnyway, labelSelector: {{matchLabels: {{spread: {role}}}}}}}
+priorityClassName: {role}-critical
+labels: {{team: {role}}}
+annotations: {{note: {role}}}
+"
+        ))
+        .expect("placement fixture")
+    }
+
+    /// The example with a distinct placement for each role.
+    fn placed() -> TaskCluster {
+        let mut tc = fixtures::example();
+        tc.spec.pods = PodsSpec {
+            masters: placement_for("master"),
+            workers: placement_for("worker"),
+            zookeeper: placement_for("zookeeper"),
+        };
+        tc
+    }
+
+    /// The pod template of each role.
+    fn templates(c: &Children) -> [(Component, &PodTemplateSpec); 3] {
+        [
+            (Component::Master, &c.masters.spec.as_ref().unwrap().template),
+            (Component::Worker, &c.workers.spec.as_ref().unwrap().template),
+            (Component::ZooKeeper, &spec_of(&c.stateful_set).template),
+        ]
+    }
+
+    #[test]
+    fn each_placement_field_reaches_its_roles_pods() {
+        let c = children(&placed());
+        for (component, template) in templates(&c) {
+            // Built from the role's own entry: every value names the role.
+            let placement = placement_for(component.as_str());
+            let spec = template.spec.as_ref().unwrap();
+            assert_eq!(spec.node_selector.as_ref(), Some(&placement.node_selector), "{component:?}");
+            assert_eq!(spec.tolerations.as_ref(), Some(&placement.tolerations), "{component:?}");
+            let spread = spec.topology_spread_constraints.as_ref();
+            assert_eq!(spread, Some(&placement.topology_spread_constraints), "{component:?}");
+            assert_eq!(spec.priority_class_name, placement.priority_class_name, "{component:?}");
+            let (affinity, wanted) = (spec.affinity.as_ref().unwrap(), placement.affinity.as_ref().unwrap());
+            assert_eq!(affinity.node_affinity, wanted.node_affinity, "{component:?}");
+            assert_eq!(affinity.pod_affinity, wanted.pod_affinity, "{component:?}");
+            let meta = template.metadata.as_ref().unwrap();
+            assert_eq!(meta.labels.as_ref().unwrap().get("team"), Some(&component.as_str().to_string()));
+            assert_eq!(meta.annotations.as_ref().unwrap().get("note"), Some(&component.as_str().to_string()));
+        }
+    }
+
+    #[test]
+    fn a_users_pod_anti_affinity_joins_the_operators_spread_preference() {
+        let c = children(&placed());
+        for (component, template) in templates(&c) {
+            let anti = template.spec.as_ref().unwrap().affinity.as_ref().unwrap().pod_anti_affinity.clone().unwrap();
+            let user = placement_for(component.as_str()).affinity.unwrap().pod_anti_affinity.unwrap();
+            let preferred = anti.preferred_during_scheduling_ignored_during_execution.unwrap();
+            let users = user.preferred_during_scheduling_ignored_during_execution.unwrap();
+            if component == Component::Worker {
+                assert_eq!(preferred, users, "workers have no preference of their own");
+            } else {
+                let ours = placement::spread_across_nodes(labels::selector("demo", component)).pod_anti_affinity;
+                let ours = ours.unwrap().preferred_during_scheduling_ignored_during_execution.unwrap();
+                assert_eq!(preferred, [ours, users].concat(), "{component:?}: the operator's term, then the user's");
+            }
+            let required = anti.required_during_scheduling_ignored_during_execution;
+            assert_eq!(required, user.required_during_scheduling_ignored_during_execution, "{component:?}");
+        }
+    }
+
+    #[test]
+    fn the_operators_pod_labels_and_annotations_win() {
+        // Validation refuses such labels; the build keeps the operator's values regardless.
+        let tc = fixtures::example();
+        let mut valid = validate(&tc, Observed::default()).unwrap();
+        let pods = &mut valid.spec.pods;
+        for placement in [&mut pods.masters, &mut pods.workers, &mut pods.zookeeper] {
+            placement.labels.insert("app.kubernetes.io/component".into(), "other".into());
+            placement.labels.insert("app.kubernetes.io/instance".into(), "other".into());
+            placement.labels.insert("team".into(), "batch".into());
+            for key in [labels::CONFIG_HASH, "prometheus.io/scrape", "prometheus.io/port"] {
+                placement.annotations.insert(key.into(), "users".into());
+            }
+            placement.annotations.insert("prometheus.io/path".into(), "/metrics".into());
+        }
+        let (placed, plain) = (build(&tc, &valid, &Settings::default()).unwrap(), children(&tc));
+        for ((component, template), (_, before)) in templates(&placed).into_iter().zip(templates(&plain)) {
+            let meta = template.metadata.as_ref().unwrap();
+            let mut expected = labels::stable_labels("demo", component);
+            expected.insert("team".into(), "batch".into());
+            assert_eq!(meta.labels.as_ref(), Some(&expected), "{component:?}: the selector still matches");
+            let mut expected = before.metadata.as_ref().unwrap().annotations.clone().unwrap();
+            expected.insert("prometheus.io/path".into(), "/metrics".into());
+            assert_eq!(meta.annotations.as_ref(), Some(&expected), "{component:?}");
+        }
+    }
+
+    #[test]
+    fn user_pod_labels_never_reach_the_zookeeper_claim_templates() {
+        let (placed, plain) = (children(&placed()), children(&fixtures::example()));
+        let claims = spec_of(&placed.stateful_set).volume_claim_templates.clone();
+        assert!(claims.is_some());
+        assert_eq!(claims, spec_of(&plain.stateful_set).volume_claim_templates, "claim templates are immutable");
+    }
+
+    #[test]
+    fn an_empty_placement_changes_no_pod_template() {
+        // What the operator built before `spec.pods` existed, field by field: an upgrade to a
+        // release with placement restarts no pod.
+        let tc = fixtures::example();
+        assert!(tc.spec.pods.is_empty());
+        let c = children(&tc);
+        for (component, template) in templates(&c) {
+            let meta = template.metadata.as_ref().unwrap();
+            assert_eq!(meta.labels, Some(labels::stable_labels("demo", component)), "{component:?}");
+            let annotations: Vec<_> = meta.annotations.as_ref().unwrap().keys().map(String::as_str).collect();
+            assert_eq!(annotations, ["prometheus.io/port", "prometheus.io/scrape", labels::CONFIG_HASH]);
+            let spec = serde_json::to_value(template.spec.as_ref().unwrap()).unwrap();
+            for field in ["nodeSelector", "tolerations", "topologySpreadConstraints", "priorityClassName"] {
+                assert!(spec.get(field).is_none(), "{component:?} pods got {field}: {}", spec[field]);
+            }
+            let spread = (component != Component::Worker)
+                .then(|| placement::spread_across_nodes(labels::selector("demo", component)));
+            assert_eq!(template.spec.as_ref().unwrap().affinity, spread, "{component:?}");
+            // Applying an empty placement once more is a no-op, and so is `pods: {}` in YAML.
+            let mut again = template.clone();
+            placement::apply(&mut again, &PodPlacement::default());
+            assert_eq!(&again, template, "{component:?}");
+        }
+        let written: TaskCluster =
+            fixtures::from_yaml(&fixtures::EXAMPLE.replace(
+                "spec:\n",
+                "spec:\n  pods: {masters: {}, workers: {labels: {}}, zookeeper: {tolerations: []}}\n",
+            ));
+        let with_empty = children(&written.test());
+        for ((component, a), (_, b)) in templates(&with_empty).into_iter().zip(templates(&c)) {
+            assert_eq!(a, b, "{component:?}");
+        }
+        assert!(serde_json::to_value(&tc.spec).unwrap().get("pods").is_none(), "the stored spec gains no field");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::labels::{self, Component, Names, CONFIG_HASH};
 use super::{container_security, placement, pod_security, Owner, Settings};
+use crate::crd::PodPlacement;
 use crate::validate::ValidSpec;
 
 pub const BINARY: &str = "/usr/local/bin/taskcluster";
@@ -123,7 +124,7 @@ fn env(names: &Names) -> Vec<EnvVar> {
     ]
 }
 
-struct Role {
+struct Role<'a> {
     component: Component,
     name: String,
     replicas: i32,
@@ -134,6 +135,8 @@ struct Role {
     /// Replicas prefer distinct nodes (the masters: a node's loss takes one, the standby
     /// takes over).
     spread: bool,
+    /// The user's `spec.pods` entry of the role.
+    placement: &'a PodPlacement,
 }
 
 fn deployment(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &Settings, role: Role) -> Deployment {
@@ -159,34 +162,36 @@ fn deployment(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &Settin
     annotations.insert("prometheus.io/port".into(), HTTP_PORT.to_string());
     let selector = labels::selector(&names.instance, role.component);
     let affinity = role.spread.then(|| placement::spread_across_nodes(selector.clone()));
+    let mut template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels::stable_labels(&names.instance, role.component)),
+            annotations: Some(annotations),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            volumes: Some(vec![Volume {
+                name: "tmp".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Default::default()
+            }]),
+            security_context: Some(pod_security(NODE_UID)),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            termination_grace_period_seconds: Some(role.grace_seconds),
+            image_pull_secrets: settings.image_pull_secrets(),
+            affinity,
+            ..Default::default()
+        }),
+    };
+    placement::apply(&mut template, role.placement);
     Deployment {
         metadata: owner.meta(&role.name, role.component),
         spec: Some(DeploymentSpec {
             replicas: Some(role.replicas),
             selector: LabelSelector { match_labels: Some(selector), ..Default::default() },
             strategy: Some(role.strategy),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels::stable_labels(&names.instance, role.component)),
-                    annotations: Some(annotations),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    volumes: Some(vec![Volume {
-                        name: "tmp".into(),
-                        empty_dir: Some(EmptyDirVolumeSource::default()),
-                        ..Default::default()
-                    }]),
-                    security_context: Some(pod_security(NODE_UID)),
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    termination_grace_period_seconds: Some(role.grace_seconds),
-                    image_pull_secrets: settings.image_pull_secrets(),
-                    affinity,
-                    ..Default::default()
-                }),
-            },
+            template,
             ..Default::default()
         }),
         ..Default::default()
@@ -211,6 +216,7 @@ pub fn masters(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &Setti
         },
         resources: valid.spec.master_resources.clone(),
         spread: true,
+        placement: &valid.spec.pods.masters,
     };
     deployment(owner, names, valid, settings, role)
 }
@@ -239,6 +245,7 @@ pub fn workers(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &Setti
         resources: valid.spec.worker_resources.clone(),
         // Workers are interchangeable and many: the scheduler's own spreading is enough.
         spread: false,
+        placement: &valid.spec.pods.workers,
     };
     deployment(owner, names, valid, settings, role)
 }

@@ -202,7 +202,31 @@ pub fn stateful_set(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &
         ]),
         ..Default::default()
     };
-    let affinity = placement::spread_across_nodes(selector.clone());
+    let mut template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels::stable_labels(&names.instance, Component::ZooKeeper)),
+            // Scraped like the masters and workers (nodes.rs).
+            annotations: Some(BTreeMap::from([
+                (CONFIG_HASH.to_string(), labels::stable_hash(cfg.as_bytes())),
+                ("prometheus.io/scrape".to_string(), "true".to_string()),
+                ("prometheus.io/port".to_string(), METRICS_PORT.to_string()),
+            ])),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            volumes: Some(volumes),
+            security_context: Some(pod_security(ZOOKEEPER_UID)),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            termination_grace_period_seconds: Some(30),
+            affinity: Some(placement::spread_across_nodes(selector.clone())),
+            image_pull_secrets: settings.image_pull_secrets(),
+            ..Default::default()
+        }),
+    };
+    // The pods only: the claim templates keep the operator's labels (they are immutable).
+    placement::apply(&mut template, &valid.spec.pods.zookeeper);
     StatefulSet {
         metadata: owner.meta(&names.zookeeper, Component::ZooKeeper),
         spec: Some(StatefulSetSpec {
@@ -215,29 +239,7 @@ pub fn stateful_set(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &
                 when_deleted: Some(zk.storage.when_deleted.as_str().into()),
                 when_scaled: Some("Retain".into()),
             }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels::stable_labels(&names.instance, Component::ZooKeeper)),
-                    // Scraped like the masters and workers (nodes.rs).
-                    annotations: Some(BTreeMap::from([
-                        (CONFIG_HASH.to_string(), labels::stable_hash(cfg.as_bytes())),
-                        ("prometheus.io/scrape".to_string(), "true".to_string()),
-                        ("prometheus.io/port".to_string(), METRICS_PORT.to_string()),
-                    ])),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    volumes: Some(volumes),
-                    security_context: Some(pod_security(ZOOKEEPER_UID)),
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    termination_grace_period_seconds: Some(30),
-                    affinity: Some(affinity),
-                    image_pull_secrets: settings.image_pull_secrets(),
-                    ..Default::default()
-                }),
-            },
+            template,
             volume_claim_templates: claims,
             ..Default::default()
         }),
