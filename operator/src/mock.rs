@@ -444,8 +444,31 @@ async fn an_unreachable_zookeeper_is_a_condition_and_keeps_the_last_counters() {
     let degraded = conditions.iter().find(|c| c["type"] == "Degraded").unwrap();
     assert_eq!(degraded["status"], "True");
     assert_eq!(status["status"]["backlog"], 4, "last known backlog kept");
+    assert!(status["status"].get("leader").is_none(), "the leader is unknown, not the last seen: {status}");
+    assert!(status["status"]["countersAsOf"].is_string(), "the kept counters are dated: {status}");
     h.server.expect_nothing_more().await;
     reconciling.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn retained_data_releases_its_credentials_from_the_taskcluster() {
+    let mut base = fixtures::example();
+    base.spec.zookeeper.storage.when_deleted = crate::crd::VolumeRetention::Retain;
+    let world = World::running(&base);
+    let cluster = leader("demo-master-abc", 3);
+    let tc = settled(base, &world, &cluster);
+    let mut h = harness(&world, FakeReply::Status(cluster));
+    let ctx = h.ctx.clone();
+    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    // Created while the cluster deleted its data: owned by the TaskCluster.
+    let mut owned = secret_metadata();
+    owned["metadata"]["ownerReferences"] =
+        json!([{"apiVersion": "taskcluster.dev/v1alpha1", "kind": "TaskCluster", "name": "demo", "uid": "u"}]);
+    h.server.expect(Method::GET, SECRET, Reply::Json(owned.clone())).await;
+    let released = h.server.expect(Method::PATCH, SECRET, Reply::Json(secret_metadata())).await;
+    assert_eq!(released, json!({"metadata": {"ownerReferences": null}}), "only the owner goes, never the data");
+    h.server.expect_nothing_more().await;
+    assert_eq!(reconciling.await.unwrap().unwrap(), Action::requeue(REFRESH));
 }
 
 #[tokio::test]
