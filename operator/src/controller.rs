@@ -212,6 +212,7 @@ impl Context {
         let name = tc.name_any();
         let key = format!("{namespace}/{name}");
         self.zookeeper.forget(&key);
+        self.metrics.forget_cluster(&namespace, &name);
         self.ledger.forget_instance(&namespace, &name);
         if let Ok(mut last) = self.last_resync.lock() {
             last.remove(&key);
@@ -357,6 +358,11 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
     // Status, from the cached children and ZooKeeper.
     let zookeeper = cached(&ctx.stores.stateful_sets, &namespace, &names.zookeeper);
     let reading = read_cluster(tc, &names, zookeeper.as_deref(), &key, ctx).await;
+    let read = match &reading {
+        ZkReading::Read(cluster) => Some(cluster),
+        ZkReading::Skipped | ZkReading::Failed(_) => None,
+    };
+    ctx.metrics.cluster_read(&namespace, &name, read);
     let policy = valid.as_ref().ok().and_then(|v| v.autoscaling);
     let autoscaled = match &policy {
         Some(policy) => Some(autoscale_workers(tc, policy, &reading, &names, &reference, &key, ctx).await?),

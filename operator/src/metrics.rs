@@ -8,6 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use taskcluster::ClusterStatus;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -19,6 +20,30 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+/// One TaskCluster's series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabel {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// One TaskCluster's tasks in one state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TasksLabel {
+    pub namespace: String,
+    pub name: String,
+    pub state: &'static str,
+}
+
+/// The task states exported per cluster, with where each count comes from.
+const TASK_STATES: [(&str, fn(&ClusterStatus) -> u64); 5] = [
+    ("backlog", |s| s.backlog),
+    ("running", |s| s.running),
+    ("completed", |s| s.completed),
+    ("failed", |s| s.failed),
+    ("dead_lettered", |s| s.dead_lettered),
+];
+
 pub struct Metrics {
     pub reconciliations: Counter,
     pub failures: Family<ReasonLabel, Counter>,
@@ -28,6 +53,11 @@ pub struct Metrics {
     pub zookeeper_failures: Family<ReasonLabel, Counter>,
     pub invalid_objects: Counter,
     pub zookeeper_sessions: Gauge,
+    /// Per TaskCluster, refreshed at every reconcile (each second while it has a quorum):
+    /// the live feed the status is not.
+    cluster_tasks: Family<TasksLabel, Gauge>,
+    cluster_workers_busy: Family<ClusterLabel, Gauge>,
+    cluster_readable: Family<ClusterLabel, Gauge>,
     registry: Registry,
 }
 
@@ -54,6 +84,25 @@ impl Default for Metrics {
         registry.register("invalid_objects", "TaskClusters that could not be decoded", invalid_objects.clone());
         let zookeeper_sessions = Gauge::default();
         registry.register("zookeeper_sessions", "Open ZooKeeper sessions", zookeeper_sessions.clone());
+        let cluster_tasks = Family::<TasksLabel, Gauge>::default();
+        registry.register(
+            "cluster_tasks",
+            "Tasks of a TaskCluster by state: backlog and running now, completed, failed (attempts) \
+             and dead_lettered since its ensemble was created, as its leader last published them",
+            cluster_tasks.clone(),
+        );
+        let cluster_workers_busy = Family::<ClusterLabel, Gauge>::default();
+        registry.register(
+            "cluster_workers_busy",
+            "Workers of a TaskCluster executing a task",
+            cluster_workers_busy.clone(),
+        );
+        let cluster_readable = Family::<ClusterLabel, Gauge>::default();
+        registry.register(
+            "cluster_zookeeper_readable",
+            "1 when the last read of a TaskCluster's ZooKeeper succeeded, else 0 (its other series are then stale)",
+            cluster_readable.clone(),
+        );
         Self {
             reconciliations,
             failures,
@@ -63,6 +112,9 @@ impl Default for Metrics {
             zookeeper_failures,
             invalid_objects,
             zookeeper_sessions,
+            cluster_tasks,
+            cluster_workers_busy,
+            cluster_readable,
             registry,
         }
     }
@@ -81,10 +133,43 @@ impl Metrics {
         self.duration.observe(elapsed.as_secs_f64());
     }
 
+    /// What the last reading of a TaskCluster's ZooKeeper said (`None`: it failed or was not
+    /// made). Counts a new leader has not published yet are left as they were: its zeros
+    /// would not be true.
+    pub fn cluster_read(&self, namespace: &str, name: &str, reading: Option<&ClusterStatus>) {
+        let cluster = ClusterLabel { namespace: namespace.into(), name: name.into() };
+        self.cluster_readable.get_or_create(&cluster).set(i64::from(reading.is_some()));
+        let Some(status) = reading else { return };
+        let fresh_only = ["backlog", "running"];
+        for (state, count) in TASK_STATES {
+            if status.counters_fresh || !fresh_only.contains(&state) {
+                let label = TasksLabel { namespace: namespace.into(), name: name.into(), state };
+                self.cluster_tasks.get_or_create(&label).set(gauge_value(count(status)));
+            }
+        }
+        if status.counters_fresh {
+            self.cluster_workers_busy.get_or_create(&cluster).set(gauge_value(status.workers_busy));
+        }
+    }
+
+    /// Drops a deleted TaskCluster's series.
+    pub fn forget_cluster(&self, namespace: &str, name: &str) {
+        let cluster = ClusterLabel { namespace: namespace.into(), name: name.into() };
+        self.cluster_readable.remove(&cluster);
+        self.cluster_workers_busy.remove(&cluster);
+        for (state, _) in TASK_STATES {
+            self.cluster_tasks.remove(&TasksLabel { namespace: namespace.into(), name: name.into(), state });
+        }
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
     }
+}
+
+fn gauge_value(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
 }

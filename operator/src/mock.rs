@@ -364,6 +364,36 @@ async fn a_settled_cluster_costs_no_writes() {
 }
 
 #[tokio::test]
+async fn each_clusters_tasks_are_exported_as_metrics_until_it_is_deleted() {
+    let base = fixtures::example();
+    let world = World::running(&base);
+    let cluster = leader("demo-master-abc", 3);
+    let tc = settled(base, &world, &cluster);
+    let mut h = harness(&world, FakeReply::Status(cluster));
+    let ctx = h.ctx.clone();
+    let object = tc.clone();
+    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(object))), ctx).await });
+    h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+    reconciling.await.unwrap().unwrap();
+    let text = h.ctx.metrics.render().unwrap();
+    let series = |state: &str| {
+        format!("taskcluster_operator_cluster_tasks{{namespace=\"default\",name=\"demo\",state=\"{state}\"}}")
+    };
+    for (state, value) in [("backlog", 4), ("running", 2), ("completed", 10), ("dead_lettered", 0)] {
+        assert!(text.contains(&format!("{} {value}\n", series(state))), "{state} = {value}:\n{text}");
+    }
+    assert!(
+        text.contains("taskcluster_operator_cluster_workers_busy{namespace=\"default\",name=\"demo\"} 2\n"),
+        "{text}"
+    );
+    assert!(text.contains("taskcluster_operator_cluster_zookeeper_readable{namespace=\"default\",name=\"demo\"} 1\n"));
+
+    h.ctx.forget(&tc);
+    let text = h.ctx.metrics.render().unwrap();
+    assert!(!text.contains("name=\"demo\""), "a deleted cluster's series stay:\n{text}");
+}
+
+#[tokio::test]
 async fn a_new_leader_is_written_to_status_and_announced() {
     let base = fixtures::example();
     let world = World::running(&base);
