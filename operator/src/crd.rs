@@ -91,11 +91,13 @@ pub struct TaskClusterSpec {
     #[serde(default)]
     pub image_pull_policy: PullPolicy,
 
-    /// CPU and memory requests and limits of each master container.
+    /// CPU and memory requests and limits of each master container. Unset: requests of 50m CPU
+    /// and 32Mi memory, no limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub master_resources: Option<ResourceRequirements>,
 
-    /// CPU and memory requests and limits of each worker container.
+    /// CPU and memory requests and limits of each worker container. Unset: requests of 50m CPU
+    /// and 32Mi memory, no limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_resources: Option<ResourceRequirements>,
 
@@ -330,7 +332,8 @@ pub struct ZooKeeperSpec {
     #[schemars(length(min = 1, max = 512), description = zookeeper_image_description())]
     pub image: Option<String>,
 
-    /// Java heap of each server, e.g. `256m` or `1g`. Keep it below the memory limit.
+    /// Java heap of each server, e.g. `256m` or `1g`. At most 75% of the memory limit, when one
+    /// is set: the JVM needs the rest.
     #[serde(default = "default_heap")]
     #[schemars(regex(pattern = r"^[0-9]+[kmgKMG]$"))]
     pub heap: String,
@@ -342,7 +345,8 @@ pub struct ZooKeeperSpec {
     ))]
     pub storage: ZooKeeperStorage,
 
-    /// CPU and memory requests and limits of each ZooKeeper container.
+    /// CPU and memory requests and limits of each ZooKeeper container. Unset: requests of 100m
+    /// CPU and the heap plus 128Mi of memory, no limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 }

@@ -16,5 +16,6 @@ pub mod lease;
 pub mod metrics;
 #[cfg(test)]
 mod mock;
+pub mod quantity;
 pub mod status;
 pub mod zk;

@@ -11,6 +11,7 @@ use crate::autoscale::Policy;
 use crate::build::labels::{self, Component};
 use crate::crd::{PodPlacement, TaskCluster, TaskClusterSpec};
 use crate::duration;
+use crate::quantity;
 
 /// Longest TaskCluster name: `<name>-zookeeper-headless` must stay a 63-character DNS label.
 pub const MAX_NAME_LEN: usize = 40;
@@ -48,6 +49,10 @@ pub enum SpecError {
         "autoscaling.minWorkers is {min}, above autoscaling.maxWorkers {max}; lower minWorkers or raise maxWorkers"
     )]
     MinAboveMax { min: i32, max: i32 },
+    #[error("{field} is {value:?}; it must be a size such as 256m or 1g")]
+    BadSize { field: &'static str, value: String },
+    #[error("zookeeper.heap {heap} is more than {MAX_HEAP_PERCENT}% of the memory limit {limit}: the JVM needs memory beyond its heap and would be killed; lower zookeeper.heap or raise zookeeper.resources.limits.memory")]
+    HeapAboveLimit { heap: String, limit: String },
     #[error("{field} sets {key:?}, a label the operator sets itself to identify the pods; remove it (extra labels may use any other key)")]
     OwnLabel { field: &'static str, key: String },
 }
@@ -65,6 +70,8 @@ impl SpecError {
             SpecError::Empty { .. } => "EmptyField",
             SpecError::MinAboveMax { .. } => "InvalidAutoscaling",
             SpecError::OwnLabel { .. } => "InvalidPodLabels",
+            SpecError::BadSize { .. } => "InvalidSize",
+            SpecError::HeapAboveLimit { .. } => "HeapAboveMemoryLimit",
         }
     }
 }
@@ -87,6 +94,25 @@ fn duration_in(field: &'static str, value: &str, min: Duration, max: Duration) -
 fn range(field: &'static str, value: i64, min: i64, max: i64) -> Result<(), SpecError> {
     if value < min || value > max {
         return Err(SpecError::OutOfRange { field, value, min, max });
+    }
+    Ok(())
+}
+
+/// The JVM needs memory beyond its heap (metaspace, threads, network buffers): at most this
+/// share of a ZooKeeper container's memory limit may be heap.
+pub const MAX_HEAP_PERCENT: u128 = 75;
+
+/// Refuses a heap the memory limit (when one is set) cannot hold with the JVM's own memory.
+fn heap_fits(zk: &crate::crd::ZooKeeperSpec) -> Result<(), SpecError> {
+    let heap = quantity::jvm_bytes(&zk.heap)
+        .ok_or_else(|| SpecError::BadSize { field: "zookeeper.heap", value: zk.heap.clone() })?;
+    let limit = zk.resources.as_ref().and_then(|r| r.limits.as_ref()?.get("memory"));
+    // The API server has checked the quantity; one this check cannot read is left to it.
+    let Some((limit, bytes)) = limit.and_then(|l| Some((l, quantity::quantity_bytes(&l.0)?))) else {
+        return Ok(());
+    };
+    if heap.saturating_mul(100) > bytes.saturating_mul(MAX_HEAP_PERCENT) {
+        return Err(SpecError::HeapAboveLimit { heap: zk.heap.clone(), limit: limit.0.clone() });
     }
     Ok(())
 }
@@ -142,6 +168,7 @@ pub fn validate(tc: &TaskCluster, observed: Observed) -> Result<ValidSpec, SpecE
     if spec.zookeeper.storage.ephemeral && spec.zookeeper.storage.storage_class_name.is_some() {
         return Err(SpecError::EphemeralWithClass);
     }
+    heap_fits(&spec.zookeeper)?;
     no_own_labels("pods.masters.labels", &spec.pods.masters, &name, Component::Master)?;
     no_own_labels("pods.workers.labels", &spec.pods.workers, &name, Component::Worker)?;
     no_own_labels("pods.zookeeper.labels", &spec.pods.zookeeper, &name, Component::ZooKeeper)?;
@@ -180,6 +207,33 @@ fn autoscaling_policy(a: &crate::crd::AutoscalingSpec) -> Result<Policy, SpecErr
 mod tests {
     use super::*;
     use crate::fixtures;
+
+    fn memory_limit(tc: &mut TaskCluster, heap: &str, limit: &str) {
+        use k8s_openapi::api::core::v1::ResourceRequirements;
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        tc.spec.zookeeper.heap = heap.into();
+        let limits = [("memory".to_string(), Quantity(limit.into()))].into();
+        tc.spec.zookeeper.resources = Some(ResourceRequirements { limits: Some(limits), ..Default::default() });
+    }
+
+    #[test]
+    fn a_heap_within_three_quarters_of_the_memory_limit_or_without_one_is_valid() {
+        for (heap, limit) in [("384m", Some("512Mi")), ("256m", Some("512Mi")), ("1g", Some("2G")), ("4g", None)] {
+            let mut tc = fixtures::example();
+            match limit {
+                Some(limit) => memory_limit(&mut tc, heap, limit),
+                None => {
+                    tc.spec.zookeeper.heap = heap.into();
+                    tc.spec.zookeeper.resources = None;
+                },
+            }
+            assert!(validate(&tc, Observed::default()).is_ok(), "{heap} within {limit:?}");
+        }
+        let mut tc = fixtures::example();
+        memory_limit(&mut tc, "512m", "512Mi");
+        let message = validate(&tc, Observed::default()).unwrap_err().to_string();
+        assert!(message.contains("512m") && message.contains("512Mi") && message.contains("75%"), "{message}");
+    }
 
     #[test]
     fn the_example_is_valid() {
@@ -234,6 +288,9 @@ mod tests {
             (|tc| own_label(&mut tc.spec.pods.workers, "app.kubernetes.io/instance"), "InvalidPodLabels"),
             (|tc| own_label(&mut tc.spec.pods.zookeeper, "app.kubernetes.io/managed-by"), "InvalidPodLabels"),
             (|tc| own_label(&mut tc.spec.pods.workers, "app.kubernetes.io/name"), "InvalidPodLabels"),
+            (|tc| tc.spec.zookeeper.heap = "lots".into(), "InvalidSize"),
+            (|tc| memory_limit(tc, "512m", "512Mi"), "HeapAboveMemoryLimit"),
+            (|tc| memory_limit(tc, "400m", "512Mi"), "HeapAboveMemoryLimit"),
         ];
         for (mutate, reason) in cases {
             let mut tc = fixtures::example();

@@ -4,6 +4,7 @@
 pub mod labels;
 pub mod nodes;
 pub mod placement;
+pub mod resources;
 pub mod security;
 pub mod zookeeper;
 
@@ -727,6 +728,31 @@ annotations: {{note: {role}}}
         assert_eq!(policy(&tc), ("Retain".to_string(), "Retain".to_string()));
         let secret = security::credentials(&owner, &Names::new("demo"), "p", true);
         assert!(secret.metadata.owner_references.is_none(), "garbage collection would take it with the cluster");
+    }
+
+    #[test]
+    fn pods_without_resources_get_requests_and_no_limits_and_given_ones_are_kept() {
+        let mut tc = fixtures::example();
+        (tc.spec.master_resources, tc.spec.worker_resources, tc.spec.zookeeper.resources) = (None, None, None);
+        tc.spec.zookeeper.heap = "512m".into();
+        let c = children(&tc);
+        let requested = |resources: &Option<k8s_openapi::api::core::v1::ResourceRequirements>| {
+            let r = resources.clone().expect("requests by default");
+            assert!(r.limits.is_none(), "no limit by default: {r:?}");
+            let requests = r.requests.unwrap();
+            (requests["cpu"].0.clone(), requests["memory"].0.clone())
+        };
+        for d in [&c.masters, &c.workers] {
+            assert_eq!(requested(&pod(d).containers[0].resources), ("50m".to_string(), "32Mi".to_string()));
+        }
+        let zookeeper = &spec_of(&c.stateful_set).template.spec.as_ref().unwrap().containers[0];
+        assert_eq!(requested(&zookeeper.resources), ("100m".to_string(), "640Mi".to_string()), "heap + 128Mi");
+
+        let given = children(&fixtures::example());
+        let example = fixtures::example();
+        assert_eq!(pod(&given.workers).containers[0].resources, example.spec.worker_resources);
+        let zookeeper = &spec_of(&given.stateful_set).template.spec.as_ref().unwrap().containers[0];
+        assert_eq!(zookeeper.resources, example.spec.zookeeper.resources);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::labels::{self, Component, Names, CONFIG_HASH};
-use super::{container_security, placement, pod_security, Owner, Settings};
+use super::{container_security, placement, pod_security, resources, Owner, Settings};
 use crate::crd::PodPlacement;
 use crate::validate::ValidSpec;
 
@@ -131,7 +131,7 @@ struct Role<'a> {
     args: Vec<String>,
     grace_seconds: i64,
     strategy: DeploymentStrategy,
-    resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    resources: k8s_openapi::api::core::v1::ResourceRequirements,
     /// Replicas prefer distinct nodes (the masters: a node's loss takes one, the standby
     /// takes over).
     spread: bool,
@@ -150,7 +150,7 @@ fn deployment(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &Settin
         ports: Some(vec![ContainerPort { name: Some("http".into()), container_port: HTTP_PORT, ..Default::default() }]),
         readiness_probe: Some(http_probe("/readyz", 2, 5, 2)),
         liveness_probe: Some(http_probe("/healthz", 10, 10, 3)),
-        resources: role.resources,
+        resources: Some(role.resources),
         security_context: Some(container_security()),
         volume_mounts: Some(vec![VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() }]),
         ..Default::default()
@@ -214,7 +214,7 @@ pub fn masters(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &Setti
                 max_unavailable: Some(IntOrString::Int(0)),
             }),
         },
-        resources: valid.spec.master_resources.clone(),
+        resources: resources::node(valid.spec.master_resources.as_ref()),
         spread: true,
         placement: &valid.spec.pods.masters,
     };
@@ -242,7 +242,7 @@ pub fn workers(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &Setti
                 max_unavailable: Some(IntOrString::String("25%".into())),
             }),
         },
-        resources: valid.spec.worker_resources.clone(),
+        resources: resources::node(valid.spec.worker_resources.as_ref()),
         // Workers are interchangeable and many: the scheduler's own spreading is enough.
         spread: false,
         placement: &valid.spec.pods.workers,

@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::labels::{self, Component, Names, CONFIG_HASH};
-use super::{container_security, placement, pod_security, Owner, Settings};
+use super::{container_security, placement, pod_security, resources, Owner, Settings};
 use crate::validate::ValidSpec;
 
 pub const CLIENT_PORT: i32 = 2181;
@@ -188,7 +188,7 @@ pub fn stateful_set(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &
         readiness_probe: Some(probe(&["--serving"], 5, 5, 3)),
         // `ruok` answers while the server runs, quorum or not: restarts only a hung JVM.
         liveness_probe: Some(probe(&[], 30, 10, 6)),
-        resources: zk.resources.clone(),
+        resources: Some(resources::zookeeper(zk.resources.as_ref(), &zk.heap)),
         security_context: Some(container_security()),
         volume_mounts: Some(vec![
             VolumeMount {
