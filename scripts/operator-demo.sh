@@ -53,7 +53,14 @@ helm=("$HELM_BIN/helm")
 
 step "the operator, from charts/taskcluster-operator"
 "${kubectl[@]}" apply --server-side --force-conflicts -f crds/taskcluster.yaml >/dev/null
-"${kubectl[@]}" wait --for=condition=Established crd/taskclusters.taskcluster.dev --timeout=60s >/dev/null
+# `kubectl wait` fails outright while the new CRD has no conditions yet: poll.
+for _ in $(seq 1 120); do
+	established=$("${kubectl[@]}" get crd taskclusters.taskcluster.dev \
+		-o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>/dev/null || true)
+	[[ $established == True ]] && break
+	sleep 0.5
+done
+[[ $established == True ]] || fail "the TaskCluster CRD did not become established"
 "${helm[@]}" upgrade --install taskcluster-operator charts/taskcluster-operator \
 	--namespace taskcluster-system --create-namespace --set image.pullPolicy=Never --wait --timeout 5m
 

@@ -3,6 +3,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, PostParams};
 use kube::core::ObjectMeta;
 use serde_json::Value;
@@ -85,9 +86,23 @@ impl E2e {
         // a changed schema reaches a long-lived cluster too.
         let crd = self.repo_root.join("crds/taskcluster.yaml");
         self.tools.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", &path_str(&crd)?]).await?;
-        self.tools
-            .kubectl(&["wait", "--for=condition=Established", &format!("crd/{CRD_NAME}"), "--timeout=60s"])
-            .await?;
+        // Polled rather than `kubectl wait`, which fails outright while the new CRD has no
+        // conditions yet (a large schema takes the API server a moment).
+        let crds = Api::<CustomResourceDefinition>::all(self.client.clone());
+        crate::wait::until(
+            "the CRD to be established",
+            Duration::from_secs(60),
+            Duration::from_millis(250),
+            || async {
+                let crd = crds.get(CRD_NAME).await.context(|| format!("reading crd/{CRD_NAME}"))?;
+                let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
+                Ok(match conditions.iter().find(|c| c.type_ == "Established") {
+                    Some(c) if c.status == "True" => crate::wait::Poll::Done(()),
+                    other => crate::wait::Poll::NotYet(format!("Established: {:?}", other.map(|c| &c.status))),
+                })
+            },
+        )
+        .await?;
         let chart = self.repo_root.join("charts/taskcluster-operator");
         self.tools
             .helm(&[
