@@ -32,7 +32,7 @@ pub enum ApplyError {
     Apply { kind: String, namespace: String, name: String, source: kube::Error },
     #[error("cannot serialize {kind} {name}: {source}")]
     Serialize { kind: String, name: String, source: serde_json::Error },
-    #[error("cannot read or create Secret {namespace}/{name}: {}", api_message(.source))]
+    #[error("cannot create or release Secret {namespace}/{name}: {}", api_message(.source))]
     Credentials { namespace: String, name: String, source: kube::Error },
 }
 
@@ -204,10 +204,11 @@ impl Applier<'_> {
     }
 }
 
-/// Makes sure the credentials Secret exists, creating it with `make` when it does not.
-/// Its data is never updated: the ACLs in ZooKeeper name the identity it holds. Only its
-/// owner goes when `make` gives none (the data is retained): an existing Secret must then
-/// outlive the TaskCluster too.
+/// Makes sure the credentials Secret exists, creating it with `make`. Its data is never
+/// updated: the ACLs in ZooKeeper name the identity it holds, so an existing Secret wins.
+/// It is created rather than read first, so the operator needs no `get` on Secrets. When
+/// `make` gives no owner (the data is retained) an existing Secret must outlive the
+/// TaskCluster too: its owner goes, by a merge patch that changes nothing when it has none.
 pub async fn ensure_secret(
     client: &Client,
     namespace: &str,
@@ -217,20 +218,16 @@ pub async fn ensure_secret(
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let failed = |source| ApplyError::Credentials { namespace: namespace.into(), name: name.into(), source };
     let secret = make();
-    if let Some(existing) = api.get_metadata_opt(name).await.map_err(failed)? {
-        let owned = existing.metadata.owner_references.as_ref().is_some_and(|o| !o.is_empty());
-        if !owned || secret.metadata.owner_references.is_some() {
-            return Ok(Applied::Unchanged);
-        }
-        let release = serde_json::json!({"metadata": {"ownerReferences": null}});
-        api.patch(name, &PatchParams::default(), &Patch::Merge(&release)).await.map_err(failed)?;
-        return Ok(Applied::Updated);
-    }
     let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
     match api.create(&params, &secret).await {
-        Ok(_) => Ok(Applied::Created),
-        // Created concurrently by a previous operator instance: the existing one wins.
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(Applied::Unchanged),
-        Err(source) => Err(failed(source)),
+        Ok(_) => return Ok(Applied::Created),
+        Err(kube::Error::Api(status)) if status.code == 409 && status.reason == "AlreadyExists" => {},
+        Err(source) => return Err(failed(source)),
     }
+    if secret.metadata.owner_references.is_some() {
+        return Ok(Applied::Unchanged);
+    }
+    let release = serde_json::json!({"metadata": {"ownerReferences": null}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&release)).await.map_err(failed)?;
+    Ok(Applied::Updated)
 }

@@ -208,6 +208,8 @@ enum Reply {
     Invalid(&'static str),
     /// 409, as a write whose resourceVersion precondition no longer holds.
     Conflict,
+    /// 409, as a create of an object that exists.
+    AlreadyExists,
     Json(Value),
     /// `tc` carrying the status from the request body, as a status patch answers.
     StatusOf(Box<TaskCluster>),
@@ -241,6 +243,10 @@ impl ApiServer {
                 409,
                 json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "the object has been modified"}),
             ),
+            Reply::AlreadyExists => (
+                409,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409, "message": "already exists"}),
+            ),
             Reply::Invalid(message) => (
                 422,
                 json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid", "code": 422, "message": message}),
@@ -260,6 +266,7 @@ impl ApiServer {
     }
 }
 
+const SECRETS: &str = "/api/v1/namespaces/default/secrets";
 const SECRET: &str = "/api/v1/namespaces/default/secrets/demo-zookeeper-credentials";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
 const STATUS: &str = "/apis/taskcluster.dev/v1alpha1/namespaces/default/taskclusters/demo/status";
@@ -293,8 +300,7 @@ async fn a_new_cluster_gets_credentials_then_every_child_then_status() {
         async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), h_ctx).await }
     });
     let s = &mut h.server;
-    s.expect(Method::GET, SECRET, Reply::NotFound).await;
-    let secret = s.expect(Method::POST, "/api/v1/namespaces/default/secrets", Reply::Echo).await;
+    let secret = s.expect(Method::POST, SECRETS, Reply::Echo).await;
     assert_eq!(secret["immutable"], true);
     assert_eq!(secret["metadata"]["ownerReferences"][0]["controller"], true);
     let digest = secret["data"]["digest"].as_str().unwrap();
@@ -356,8 +362,9 @@ async fn a_settled_cluster_costs_no_writes() {
     let mut h = harness(&world, FakeReply::Status(cluster));
     let ctx = h.ctx.clone();
     let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
-    // The credentials are looked up once per operator start: a read, not a write.
-    h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+    // The credentials are made sure of once per operator start: a create that the API
+    // server refuses, since they exist.
+    h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
     h.server.expect_nothing_more().await;
     assert_eq!(reconciling.await.unwrap().unwrap(), Action::requeue(REFRESH));
     assert_eq!(h.zk.reads.lock().unwrap().as_slice(), ["demo-zookeeper.default.svc.cluster.local:2181"]);
@@ -401,7 +408,7 @@ async fn a_new_leader_is_written_to_status_and_announced() {
     let mut h = harness(&world, FakeReply::Status(leader("demo-master-def", 4)));
     let ctx = h.ctx.clone();
     let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
-    h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+    h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
     let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(Box::new(fixtures::example()))).await;
     assert_eq!(status["status"]["leader"], "demo-master-def");
     assert_eq!(status["status"]["epoch"], 4);
@@ -421,7 +428,7 @@ async fn scaling_workers_rewrites_only_their_deployment() {
     let mut h = harness(&world, FakeReply::Status(cluster));
     let ctx = h.ctx.clone();
     let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
-    h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+    h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
     let workers =
         h.server.expect(Method::PATCH, "/apis/apps/v1/namespaces/default/deployments/demo-worker", Reply::Echo).await;
     assert_eq!(workers["spec"]["replicas"], 50);
@@ -466,7 +473,7 @@ async fn an_unreachable_zookeeper_is_a_condition_and_keeps_the_last_counters() {
     let mut h = harness(&world, FakeReply::Unreachable);
     let ctx = h.ctx.clone();
     let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
-    h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+    h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
     let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(Box::new(fixtures::example()))).await;
     let conditions = status["status"]["conditions"].as_array().unwrap();
     let elected = conditions.iter().find(|c| c["type"] == "LeaderElected").unwrap();
@@ -488,17 +495,21 @@ async fn retained_data_releases_its_credentials_from_the_taskcluster() {
     let cluster = leader("demo-master-abc", 3);
     let tc = settled(base, &world, &cluster);
     let mut h = harness(&world, FakeReply::Status(cluster));
-    let ctx = h.ctx.clone();
-    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
-    // Created while the cluster deleted its data: owned by the TaskCluster.
-    let mut owned = secret_metadata();
-    owned["metadata"]["ownerReferences"] =
-        json!([{"apiVersion": "taskcluster.dev/v1alpha1", "kind": "TaskCluster", "name": "demo", "uid": "u"}]);
-    h.server.expect(Method::GET, SECRET, Reply::Json(owned.clone())).await;
+    let (ctx, first) = (h.ctx.clone(), tc.clone());
+    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(first))), ctx).await });
+    // Created while the cluster deleted its data: it exists, owned by the TaskCluster.
+    let created = h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
+    assert!(created["metadata"].get("ownerReferences").is_none(), "a retained Secret has no owner: {created}");
     let released = h.server.expect(Method::PATCH, SECRET, Reply::Json(secret_metadata())).await;
     assert_eq!(released, json!({"metadata": {"ownerReferences": null}}), "only the owner goes, never the data");
     h.server.expect_nothing_more().await;
     assert_eq!(reconciling.await.unwrap().unwrap(), Action::requeue(REFRESH));
+
+    // Released once per operator start, not at every reconcile.
+    let ctx = h.ctx.clone();
+    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    h.server.expect_nothing_more().await;
+    reconciling.await.unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -516,7 +527,7 @@ async fn a_hand_edited_deployment_is_put_back() {
     h.ctx.ledger.record(key, "hash of an older spec".into(), &ours);
     let ctx = h.ctx.clone();
     let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
-    h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+    h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
     let workers =
         h.server.expect(Method::PATCH, "/apis/apps/v1/namespaces/default/deployments/demo-worker", Reply::Echo).await;
     assert_eq!(workers["spec"]["replicas"], 3);
@@ -567,7 +578,7 @@ async fn a_hand_edited_service_is_put_back_but_not_one_nobody_touched() {
     }
     let ctx = h.ctx.clone();
     let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
-    h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+    h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
     h.server.expect(Method::PATCH, "/api/v1/namespaces/default/services/demo-zookeeper-headless", Reply::Echo).await;
     h.server.expect_nothing_more().await;
     reconciling.await.unwrap().unwrap();
@@ -596,7 +607,7 @@ async fn a_rejected_child_does_not_stop_the_others_and_is_reported() {
     let first = tc.clone();
     let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(first))), ctx).await });
     let s = &mut h.server;
-    s.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+    s.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
     s.expect(Method::PATCH, "/apis/apps/v1/namespaces/default/statefulsets/demo-zookeeper", Reply::Invalid(FORBIDDEN))
         .await;
     for name in ["demo-master", "demo-worker"] {
@@ -646,7 +657,7 @@ async fn a_busy_cluster_writes_its_counters_at_most_every_few_seconds() {
     // The first change after a quiet spell is written at once.
     let ctx = h.ctx.clone();
     let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
-    h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+    h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
     let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(Box::new(fixtures::example()))).await;
     assert_eq!(status["status"]["backlog"], 40);
     h.server.expect_nothing_more().await;
@@ -707,7 +718,7 @@ async fn a_burst_scales_the_workers_up_through_the_scale_subresource() {
     let mut h = harness(&world, FakeReply::Status(cluster));
     let ctx = h.ctx.clone();
     let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
-    h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+    h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
     let scale = h.server.expect(Method::PATCH, SCALE, scale_reply(6)).await;
     assert_eq!(scale["spec"]["replicas"], 6, "(9 + 2) / 2 rounded up");
     assert_eq!(scale["metadata"]["resourceVersion"], "100", "guarded by the object decided from");
@@ -738,7 +749,7 @@ async fn an_unreachable_zookeeper_or_a_new_leaders_zeros_scale_nothing() {
         let mut h = harness(&world, reply);
         let (ctx, tc) = (h.ctx.clone(), tc.clone());
         let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
-        h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+        h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
         // No scale, no pod annotated: the status (and a LeaderChanged event) only.
         let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(Box::new(fixtures::example()))).await;
         let autoscaling = &status["status"]["autoscaling"];
@@ -766,7 +777,7 @@ async fn a_scale_in_marks_busy_workers_costly_before_lowering_the_count() {
     ]);
     let ctx = h.ctx.clone();
     let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
-    h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+    h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
     for (pod, cost) in [("aaaaa", IDLE_COST), ("bbbbb", BUSY_COST), ("ccccc", IDLE_COST)] {
         let path = format!("/api/v1/namespaces/default/pods/demo-worker-5f7c-{pod}");
         let reply = if pod == "ccccc" { Reply::NotFound } else { Reply::Echo };
@@ -792,7 +803,7 @@ async fn a_scale_in_waits_while_the_busy_workers_cannot_be_told() {
     *h.zk.workers.lock().unwrap() = None;
     let ctx = h.ctx.clone();
     let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
-    h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+    h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
     let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(Box::new(fixtures::example()))).await;
     let autoscaling = &status["status"]["autoscaling"];
     assert_eq!((autoscaling["desired"].as_i64(), autoscaling["reason"].as_str()), (Some(3), Some("WorkersUnknown")));
@@ -809,7 +820,7 @@ async fn a_settled_autoscaled_cluster_costs_no_writes() {
     let mut h = harness(&world, FakeReply::Status(cluster));
     let (ctx, first) = (h.ctx.clone(), tc.clone());
     let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(first))), ctx).await });
-    h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+    h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
     let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(Box::new(fixtures::example()))).await;
     let autoscaling = &status["status"]["autoscaling"];
     assert_eq!((autoscaling["desired"].as_i64(), autoscaling["reason"].as_str()), (Some(3), Some("AtTarget")));
@@ -832,7 +843,7 @@ async fn a_decision_made_from_an_older_object_is_not_written() {
     let mut h = harness(&world, FakeReply::Status(cluster));
     let ctx = h.ctx.clone();
     let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
-    h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+    h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
     // Somebody ran `kubectl scale` after the object was read.
     h.server.expect(Method::PATCH, SCALE, Reply::Conflict).await;
     let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(Box::new(fixtures::example()))).await;
