@@ -11,6 +11,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Patch, PatchParams};
 use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
 use kube::runtime::controller::{Action, Controller};
@@ -27,6 +28,7 @@ use crate::build::labels::{Names, MANAGED_BY};
 use crate::build::{self, security, BuildError, Settings};
 use crate::crd::{AutoscalingStatus, TaskCluster, TaskClusterStatus};
 use crate::metrics::{Metrics, ReasonLabel};
+use crate::scope::Scope;
 use crate::status::{self, Observation, ZkReading};
 use crate::validate::{self, Observed, ValidSpec};
 use crate::zk::StatusSource;
@@ -57,7 +59,7 @@ pub enum Error {
     Apply(#[from] ApplyFailures),
     #[error("cannot write the status of TaskCluster {namespace}/{name}: {source}")]
     Status { namespace: String, name: String, source: kube::Error },
-    #[error("cannot set the workers of TaskCluster {namespace}/{name} to {replicas} through its scale subresource: {source}; check that the operator's ClusterRole may patch taskclusters/scale")]
+    #[error("cannot set the workers of TaskCluster {namespace}/{name} to {replicas} through its scale subresource: {source}; check that the operator's ClusterRole (or Role) may patch taskclusters/scale")]
     Scale { namespace: String, name: String, replicas: i32, source: kube::Error },
 }
 
@@ -627,7 +629,7 @@ async fn protect_busy_workers(tc: &TaskCluster, names: &Names, key: &str, ctx: &
             Err(kube::Error::Api(status)) if status.code == 404 => {},
             Err(err) => {
                 return Err(format!(
-                    "cannot annotate worker pod {namespace}/{pod}: {err}; check that the operator's ClusterRole may patch pods"
+                    "cannot annotate worker pod {namespace}/{pod}: {err}; check that the operator's ClusterRole (or Role) may patch pods"
                 ))
             },
         }
@@ -787,13 +789,21 @@ impl Slim for NetworkPolicy {
 
 fn child_stream<K>(
     client: &Client,
+    scope: &Scope,
 ) -> (Store<K>, impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static)
 where
-    K: Resource<DynamicType = ()> + Slim + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Slim
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let (store, writer) = reflector::store();
     let config = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
-    let stream = watcher(Api::<K>::all(client.clone()), config)
+    let stream = watcher(scope.api::<K>(client.clone()), config)
         .default_backoff()
         .modify(|object: &mut K| {
             object.managed_fields_mut().clear();
@@ -804,21 +814,27 @@ where
     (store, stream)
 }
 
-/// Runs the controller until SIGTERM or SIGINT.
-pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, zookeeper: Arc<dyn StatusSource>) {
-    let (services, services_stream) = child_stream::<Service>(&client);
-    let (config_maps, config_maps_stream) = child_stream::<ConfigMap>(&client);
-    let (stateful_sets, stateful_sets_stream) = child_stream::<StatefulSet>(&client);
-    let (disruption_budgets, disruption_budgets_stream) = child_stream::<PodDisruptionBudget>(&client);
-    let (network_policies, network_policies_stream) = child_stream::<NetworkPolicy>(&client);
-    let (deployments, deployments_stream) = child_stream::<Deployment>(&client);
+/// Runs the controller over the TaskClusters of `scope` until SIGTERM or SIGINT.
+pub async fn run(
+    client: Client,
+    scope: Scope,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    zookeeper: Arc<dyn StatusSource>,
+) {
+    let (services, services_stream) = child_stream::<Service>(&client, &scope);
+    let (config_maps, config_maps_stream) = child_stream::<ConfigMap>(&client, &scope);
+    let (stateful_sets, stateful_sets_stream) = child_stream::<StatefulSet>(&client, &scope);
+    let (disruption_budgets, disruption_budgets_stream) = child_stream::<PodDisruptionBudget>(&client, &scope);
+    let (network_policies, network_policies_stream) = child_stream::<NetworkPolicy>(&client, &scope);
+    let (deployments, deployments_stream) = child_stream::<Deployment>(&client, &scope);
     let stores =
         ChildStores::new(services, config_maps, stateful_sets, disruption_budgets, network_policies, deployments);
     let ctx = Arc::new(Context::new(client.clone(), metrics, settings, zookeeper, stores));
     let (clusters, writer) = reflector::store();
     let on_delete = ctx.clone();
     let cluster_stream =
-        watcher(Api::<DeserializeGuard<TaskCluster>>::all(client), watcher::Config::default().any_semantic())
+        watcher(scope.api::<DeserializeGuard<TaskCluster>>(client), watcher::Config::default().any_semantic())
             .default_backoff()
             .modify(|object: &mut DeserializeGuard<TaskCluster>| object.managed_fields_mut().clear())
             .inspect_ok(move |event| {

@@ -17,5 +17,6 @@ pub mod metrics;
 #[cfg(test)]
 mod mock;
 pub mod quantity;
+pub mod scope;
 pub mod status;
 pub mod zk;

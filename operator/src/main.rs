@@ -1,7 +1,8 @@
 //! `taskcluster-operator`: reconciles TaskCluster resources. Configured by environment:
 //! `RUST_LOG` (log filter), `LOG_FORMAT` (`text` or `json`), `LISTEN` (metrics and probes
 //! address, default `0.0.0.0:8080`), `POD_NAMESPACE`, `POD_NAME`, `CLUSTER_DOMAIN`,
-//! `IMAGE_PULL_SECRETS`, `LEADER_ELECTION` (`true` when several replicas run).
+//! `IMAGE_PULL_SECRETS`, `LEADER_ELECTION` (`true` when several replicas run), `WATCH_NAMESPACE`
+//! (one namespace to watch instead of all).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -18,6 +19,7 @@ use taskcluster_operator::crd::TaskCluster;
 use taskcluster_operator::http::{self, Health};
 use taskcluster_operator::lease::{self, LeaseSettings};
 use taskcluster_operator::metrics::Metrics;
+use taskcluster_operator::scope::Scope;
 use taskcluster_operator::zk::ZkStatusReader;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
@@ -45,9 +47,10 @@ fn settings() -> Settings {
     }
 }
 
-/// Says plainly when the CRD is missing instead of failing on every watch.
-async fn check_crd(client: &Client) -> Result<(), String> {
-    let api: Api<TaskCluster> = Api::all(client.clone());
+/// Says plainly when the CRD is missing instead of failing on every watch. Lists within the
+/// scope, which the operator's Role allows when it watches one namespace.
+async fn check_crd(client: &Client, scope: &Scope) -> Result<(), String> {
+    let api: Api<TaskCluster> = scope.api(client.clone());
     match api.list_metadata(&ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => {
@@ -55,10 +58,9 @@ async fn check_crd(client: &Client) -> Result<(), String> {
              `kubectl apply -f crds/taskcluster.yaml` or the Helm chart, then restart the operator"
                 .into())
         },
-        Err(kube::Error::Api(status)) if status.code == 403 => Err(format!(
-            "the operator may not list TaskClusters ({}); check its ClusterRole and ClusterRoleBinding",
-            status.message
-        )),
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            Err(format!("the operator may not list TaskClusters ({}); check its {}", status.message, scope.rbac()))
+        },
         Err(err) => Err(format!("cannot reach the Kubernetes API server: {err}")),
     }
 }
@@ -90,12 +92,13 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         },
     };
-    if let Err(message) = check_crd(&client).await {
+    let scope = Scope::from_env_value(std::env::var("WATCH_NAMESPACE").ok().as_deref());
+    if let Err(message) = check_crd(&client, &scope).await {
         error!("{message}");
         return ExitCode::FAILURE;
     }
     let settings = settings();
-    info!(version = taskcluster_operator::crd::OPERATOR_VERSION, ?settings, "starting");
+    info!(version = taskcluster_operator::crd::OPERATOR_VERSION, ?scope, ?settings, "starting");
     // A standby replica is healthy too: readiness means the CRD check passed.
     ready.store(true, Ordering::Relaxed);
     let lease = match lease_settings() {
@@ -113,7 +116,7 @@ async fn main() -> ExitCode {
         }
     }
     let zookeeper = Arc::new(ZkStatusReader::new(Duration::from_millis(1500)));
-    let run = controller::run(client.clone(), settings, metrics, zookeeper);
+    let run = controller::run(client.clone(), scope, settings, metrics, zookeeper);
     match &lease {
         None => run.await,
         Some(lease) => {
