@@ -27,6 +27,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 {{- end -}}
 
+{{/* The namespace to watch, rendered from watchNamespace; empty for all namespaces. */}}
+{{- define "taskcluster-operator.watchNamespace" -}}
+{{- tpl (.Values.watchNamespace | default "") . | trim -}}
+{{- end -}}
+
 {{- define "taskcluster-operator.leaderElection" -}}
 {{- if or .Values.leaderElection (gt (int .Values.replicas) 1) -}}true{{- end -}}
 {{- end -}}
