@@ -9,7 +9,7 @@
 #
 #   operator/bench/control-plane.sh [N]       (default 100)
 #
-# Uses the Kubernetes and etcd binaries e2e/cluster/build.sh caches, and the operator's
+# Uses the Kubernetes, etcd and Helm binaries e2e/cluster/build.sh caches, and the operator's
 # release build (`cargo build --release -p taskcluster-operator`).
 set -euo pipefail
 
@@ -18,6 +18,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 CACHE=${TASKCLUSTER_E2E_CACHE:-/var/cache/taskcluster-e2e}
 KUBE_BIN=${KUBE_BIN:-$(ls -d "$CACHE"/bin/kubernetes-*/ 2>/dev/null | head -1)}
 ETCD=${ETCD:-$(ls "$CACHE"/bin/etcd-*/etcd 2>/dev/null | head -1)}
+HELM=${HELM:-$(ls "$CACHE"/bin/helm-*/helm 2>/dev/null | head -1)}
 OPERATOR=${OPERATOR:-${CARGO_TARGET_DIR:-$REPO/target}/release/taskcluster-operator}
 WORK=$(mktemp -d /tmp/taskcluster-operator-bench.XXXXXX)
 ETCD_PORT=23799 API_PORT=16443 METRICS=127.0.0.1:18977
@@ -72,10 +73,8 @@ K apply -f "$REPO/crds/taskcluster.yaml" >/dev/null
 K wait --for condition=established crd/taskclusters.taskcluster.dev >/dev/null
 K create namespace taskcluster-system >/dev/null
 K -n taskcluster-system create serviceaccount taskcluster-operator >/dev/null
-sed -e 's/{{ include "taskcluster-operator.fullname" . }}/taskcluster-operator/g' \
-	-e 's/{{ include "taskcluster-operator.serviceAccountName" . }}/taskcluster-operator/g' \
-	-e 's/{{ .Release.Namespace }}/taskcluster-system/g' -e '/{{-\? *include/d' -e '/^  labels:$/d' \
-	"$REPO/charts/taskcluster-operator/templates/rbac.yaml" | K apply -f - >/dev/null
+"$HELM" template taskcluster-operator "$REPO/charts/taskcluster-operator" --namespace taskcluster-system \
+	--show-only templates/rbac.yaml | K apply -f - >/dev/null
 kubeconfig operator "$(K -n taskcluster-system create token taskcluster-operator --duration 2h)" > operator.kubeconfig
 KUBECONFIG=$WORK/operator.kubeconfig POD_NAMESPACE=taskcluster-system LISTEN=$METRICS MALLOC_ARENA_MAX=2 \
 	RUST_LOG=info "$OPERATOR" >operator.log 2>&1 &
