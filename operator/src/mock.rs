@@ -380,7 +380,7 @@ async fn each_clusters_tasks_are_exported_as_metrics_until_it_is_deleted() {
     let ctx = h.ctx.clone();
     let object = tc.clone();
     let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(object))), ctx).await });
-    h.server.expect(Method::GET, SECRET, Reply::Json(secret_metadata())).await;
+    h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
     reconciling.await.unwrap().unwrap();
     let text = h.ctx.metrics.render().unwrap();
     let series = |state: &str| {
