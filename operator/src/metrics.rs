@@ -35,8 +35,11 @@ pub struct TasksLabel {
     pub state: &'static str,
 }
 
+/// Where one exported count comes from.
+type Count = fn(&ClusterStatus) -> u64;
+
 /// The task states exported per cluster, with where each count comes from.
-const TASK_STATES: [(&str, fn(&ClusterStatus) -> u64); 5] = [
+const TASK_STATES: [(&str, Count); 5] = [
     ("backlog", |s| s.backlog),
     ("running", |s| s.running),
     ("completed", |s| s.completed),
