@@ -182,6 +182,10 @@ impl ZkStatusReader {
     }
 }
 
+fn workers_key(key: &str) -> String {
+    format!("{key} workers")
+}
+
 impl StatusSource for ZkStatusReader {
     fn read<'a>(&'a self, key: &'a str, connect: &'a str) -> BoxFuture<'a, Result<ClusterStatus, ZkStatusError>> {
         Box::pin(self.attempt(key, self.read_inner(key, connect)))
@@ -192,7 +196,9 @@ impl StatusSource for ZkStatusReader {
         key: &'a str,
         connect: &'a str,
     ) -> BoxFuture<'a, Result<Vec<(String, WorkerState)>, ZkStatusError>> {
-        Box::pin(self.attempt(key, self.workers_inner(key, connect)))
+        // Backs off on its own: a failed look at the workers (asked only before a scale-in)
+        // must not make the next status read report a failure it did not have.
+        Box::pin(async move { self.attempt(&workers_key(key), self.workers_inner(key, connect)).await })
     }
 
     fn forget(&self, key: &str) {
@@ -201,6 +207,7 @@ impl StatusSource for ZkStatusReader {
         }
         if let Ok(mut backoffs) = self.backoffs.lock() {
             backoffs.succeeded(key);
+            backoffs.succeeded(&workers_key(key));
         }
     }
 
@@ -251,5 +258,15 @@ mod tests {
             assert_eq!((again.reason(), again.to_string()), (first.reason(), first.to_string()), "no flapping");
         }
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), after_first, "connections while backing off");
+    }
+
+    #[tokio::test]
+    async fn a_failed_look_at_the_workers_does_not_hold_back_the_status_read() {
+        let (addr, accepted) = silent_ensemble().await;
+        let reader = ZkStatusReader::new(Duration::from_millis(300));
+        reader.workers("default/demo", &addr).await.unwrap_err();
+        let after_workers = accepted.load(std::sync::atomic::Ordering::SeqCst);
+        reader.read("default/demo", &addr).await.unwrap_err();
+        assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) > after_workers, "the status read was not tried");
     }
 }
