@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{Job, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
@@ -188,30 +188,33 @@ async fn submit_job(e2e: &E2e, namespace: &str, instance: &str, job: &str, args:
 }
 
 /// `Some(true)` once the Job succeeded, `Some(false)` once it failed.
-async fn job_outcome(e2e: &E2e, namespace: &str, job: &str) -> Result<Option<bool>> {
+async fn job_status(e2e: &E2e, namespace: &str, job: &str) -> Result<JobStatus> {
     let job = Api::<Job>::namespaced(e2e.client.clone(), namespace)
         .get(job)
         .await
         .context(|| format!("reading Job {job}"))?;
-    let status = job.status.unwrap_or_default();
-    Ok(if status.succeeded.unwrap_or(0) > 0 {
+    Ok(job.status.unwrap_or_default())
+}
+
+/// Whether the Job succeeded, failed, or neither yet.
+fn outcome(status: &JobStatus) -> Option<bool> {
+    if status.succeeded.unwrap_or(0) > 0 {
         Some(true)
     } else if status.failed.unwrap_or(0) > 0 {
         Some(false)
     } else {
         None
-    })
+    }
+}
+
+async fn job_outcome(e2e: &E2e, namespace: &str, job: &str) -> Result<Option<bool>> {
+    Ok(outcome(&job_status(e2e, namespace, job).await?))
 }
 
 /// Whether the Job's pod runs (ready; a submit container has no probe): a submit Job with
 /// `--wait` runs until its last result arrives, so its tasks are in flight.
-async fn job_running(e2e: &E2e, namespace: &str, job: &str) -> Result<bool> {
-    let found = Api::<Job>::namespaced(e2e.client.clone(), namespace)
-        .get(job)
-        .await
-        .context(|| format!("reading Job {job}"))?;
-    let status = found.status.unwrap_or_default();
-    Ok(status.ready.unwrap_or(0) > 0 && status.succeeded.unwrap_or(0) == 0 && status.failed.unwrap_or(0) == 0)
+fn running(status: &JobStatus) -> bool {
+    status.ready.unwrap_or(0) > 0 && outcome(status).is_none()
 }
 
 async fn job_logs(e2e: &E2e, namespace: &str, job: &str) -> String {
@@ -392,7 +395,7 @@ async fn leader_moves_within_the_bound_when_its_pod_is_deleted() {
                 })
                 .await?;
             let current = jobs.last().cloned().unwrap_or_default();
-            if !job_running(&e2e, &ns, &current).await? {
+            if !running(&job_status(&e2e, &ns, &current).await?) {
                 let job = format!("submit-{round}");
                 submit_job(&e2e, &ns, name, &job, SUBMIT).await?;
                 jobs.push(job);
@@ -405,7 +408,8 @@ async fn leader_moves_within_the_bound_when_its_pod_is_deleted() {
                 || {
                     let (e2e, ns, job) = (&e2e, &ns, &flowing);
                     async move {
-                        Ok(match (job_running(e2e, ns, job).await?, job_outcome(e2e, ns, job).await?) {
+                        let status = job_status(e2e, ns, job).await?;
+                        Ok(match (running(&status), outcome(&status)) {
                             (true, _) => Poll::Done(()),
                             (false, Some(outcome)) => {
                                 let message = format!("Job {job} ended (succeeded: {outcome}) before the deletion");

@@ -360,11 +360,7 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
     // Status, from the cached children and ZooKeeper.
     let zookeeper = cached(&ctx.stores.stateful_sets, &namespace, &names.zookeeper);
     let reading = read_cluster(tc, &names, zookeeper.as_deref(), &key, ctx).await;
-    let read = match &reading {
-        ZkReading::Read(cluster) => Some(cluster),
-        ZkReading::Skipped | ZkReading::Failed(_) => None,
-    };
-    ctx.metrics.cluster_read(&namespace, &name, read);
+    ctx.metrics.cluster_read(&namespace, &name, reading.cluster());
     let policy = valid.as_ref().ok().and_then(|v| v.autoscaling);
     let autoscaled = match &policy {
         Some(policy) => Some(autoscale_workers(tc, policy, &reading, &names, &reference, &key, ctx).await?),
@@ -546,16 +542,13 @@ async fn autoscale_workers(
     key: &str,
     ctx: &Context,
 ) -> Result<Autoscaled, Error> {
-    let load = match reading {
-        ZkReading::Read(cluster) => Some(Load {
-            backlog: cluster.backlog,
-            running: cluster.running,
-            busy: cluster.workers_busy,
-            // Without a leader nobody assigns tasks, and the counters describe a past term.
-            fresh: cluster.counters_fresh && cluster.leader.is_some(),
-        }),
-        ZkReading::Skipped | ZkReading::Failed(_) => None,
-    };
+    let load = reading.cluster().map(|cluster| Load {
+        backlog: cluster.backlog,
+        running: cluster.running,
+        busy: cluster.workers_busy,
+        // Without a leader nobody assigns tasks, and the counters describe a past term.
+        fresh: cluster.counters_fresh && cluster.leader.is_some(),
+    });
     let current = tc.spec.workers;
     let mut decision = ctx.decide(key, policy, current, load.as_ref(), Instant::now());
     if decision.desired == current {

@@ -38,13 +38,14 @@ pub struct TasksLabel {
 /// Where one exported count comes from.
 type Count = fn(&ClusterStatus) -> u64;
 
-/// The task states exported per cluster, with where each count comes from.
-const TASK_STATES: [(&str, Count); 5] = [
-    ("backlog", |s| s.backlog),
-    ("running", |s| s.running),
-    ("completed", |s| s.completed),
-    ("failed", |s| s.failed),
-    ("dead_lettered", |s| s.dead_lettered),
+/// The task states exported per cluster: where each count comes from, and whether it is
+/// taken only from counters the current leader published (a new leader's zeros are not true).
+const TASK_STATES: [(&str, Count, bool); 5] = [
+    ("backlog", |s| s.backlog, true),
+    ("running", |s| s.running, true),
+    ("completed", |s| s.completed, false),
+    ("failed", |s| s.failed, false),
+    ("dead_lettered", |s| s.dead_lettered, false),
 ];
 
 pub struct Metrics {
@@ -143,9 +144,8 @@ impl Metrics {
         let cluster = ClusterLabel { namespace: namespace.into(), name: name.into() };
         self.cluster_readable.get_or_create(&cluster).set(i64::from(reading.is_some()));
         let Some(status) = reading else { return };
-        let fresh_only = ["backlog", "running"];
-        for (state, count) in TASK_STATES {
-            if status.counters_fresh || !fresh_only.contains(&state) {
+        for (state, count, fresh_only) in TASK_STATES {
+            if status.counters_fresh || !fresh_only {
                 let label = TasksLabel { namespace: namespace.into(), name: name.into(), state };
                 self.cluster_tasks.get_or_create(&label).set(gauge_value(count(status)));
             }
@@ -160,7 +160,7 @@ impl Metrics {
         let cluster = ClusterLabel { namespace: namespace.into(), name: name.into() };
         self.cluster_readable.remove(&cluster);
         self.cluster_workers_busy.remove(&cluster);
-        for (state, _) in TASK_STATES {
+        for (state, _, _) in TASK_STATES {
             self.cluster_tasks.remove(&TasksLabel { namespace: namespace.into(), name: name.into(), state });
         }
     }

@@ -186,6 +186,12 @@ struct Harness {
     server: ApiServer,
 }
 
+/// Runs one reconcile of `tc` against the harness; its requests come to `h.server`.
+fn start(h: &Harness, tc: TaskCluster) -> tokio::task::JoinHandle<Result<Action, crate::controller::Error>> {
+    let ctx = h.ctx.clone();
+    tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await })
+}
+
 fn harness(world: &World, reply: FakeReply) -> Harness {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
@@ -295,10 +301,7 @@ fn settled(mut tc: TaskCluster, world: &World, cluster: &ClusterStatus) -> TaskC
 async fn a_new_cluster_gets_credentials_then_every_child_then_status() {
     let tc = fixtures::example();
     let mut h = harness(&World::empty(), FakeReply::Unreachable);
-    let reconciling = tokio::spawn({
-        let h_ctx = h.ctx.clone();
-        async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), h_ctx).await }
-    });
+    let reconciling = start(&h, tc);
     let s = &mut h.server;
     let secret = s.expect(Method::POST, SECRETS, Reply::Echo).await;
     assert_eq!(secret["immutable"], true);
@@ -347,8 +350,7 @@ async fn a_new_cluster_gets_credentials_then_every_child_then_status() {
     // new children: it must not write them again.
     let mut again = fixtures::example();
     again.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
-    let ctx = h.ctx.clone();
-    let second = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(again))), ctx).await });
+    let second = start(&h, again);
     h.server.expect_nothing_more().await;
     second.await.unwrap().unwrap();
 }
@@ -360,8 +362,7 @@ async fn a_settled_cluster_costs_no_writes() {
     let cluster = leader("demo-master-abc", 3);
     let tc = settled(base, &world, &cluster);
     let mut h = harness(&world, FakeReply::Status(cluster));
-    let ctx = h.ctx.clone();
-    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    let reconciling = start(&h, tc);
     // The credentials are made sure of once per operator start: a create that the API
     // server refuses, since they exist.
     h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
@@ -377,9 +378,7 @@ async fn each_clusters_tasks_are_exported_as_metrics_until_it_is_deleted() {
     let cluster = leader("demo-master-abc", 3);
     let tc = settled(base, &world, &cluster);
     let mut h = harness(&world, FakeReply::Status(cluster));
-    let ctx = h.ctx.clone();
-    let object = tc.clone();
-    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(object))), ctx).await });
+    let reconciling = start(&h, tc.clone());
     h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
     reconciling.await.unwrap().unwrap();
     let text = h.ctx.metrics.render().unwrap();
@@ -406,8 +405,7 @@ async fn a_new_leader_is_written_to_status_and_announced() {
     let world = World::running(&base);
     let tc = settled(base, &world, &leader("demo-master-abc", 3));
     let mut h = harness(&world, FakeReply::Status(leader("demo-master-def", 4)));
-    let ctx = h.ctx.clone();
-    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    let reconciling = start(&h, tc);
     h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
     let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(Box::new(fixtures::example()))).await;
     assert_eq!(status["status"]["leader"], "demo-master-def");
@@ -426,8 +424,7 @@ async fn scaling_workers_rewrites_only_their_deployment() {
     let cluster = leader("demo-master-abc", 3);
     let tc = settled(base, &world, &cluster).with_workers(50).with_generation(2);
     let mut h = harness(&world, FakeReply::Status(cluster));
-    let ctx = h.ctx.clone();
-    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    let reconciling = start(&h, tc);
     h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
     let workers =
         h.server.expect(Method::PATCH, "/apis/apps/v1/namespaces/default/deployments/demo-worker", Reply::Echo).await;
@@ -450,8 +447,7 @@ async fn a_spec_that_cannot_be_honoured_becomes_a_condition_not_a_crash_loop() {
     let mut tc = settled(base, &world, &cluster).with_generation(2);
     tc.spec.zookeeper.replicas = 5;
     let mut h = harness(&world, FakeReply::Status(cluster));
-    let ctx = h.ctx.clone();
-    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    let reconciling = start(&h, tc);
     // No child is touched: the running cluster keeps its last valid spec.
     let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(Box::new(fixtures::example()))).await;
     let conditions = status["status"]["conditions"].as_array().unwrap();
@@ -471,8 +467,7 @@ async fn an_unreachable_zookeeper_is_a_condition_and_keeps_the_last_counters() {
     let world = World::running(&base);
     let tc = settled(base, &world, &leader("demo-master-abc", 3));
     let mut h = harness(&world, FakeReply::Unreachable);
-    let ctx = h.ctx.clone();
-    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    let reconciling = start(&h, tc);
     h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
     let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(Box::new(fixtures::example()))).await;
     let conditions = status["status"]["conditions"].as_array().unwrap();
@@ -495,8 +490,7 @@ async fn retained_data_releases_its_credentials_from_the_taskcluster() {
     let cluster = leader("demo-master-abc", 3);
     let tc = settled(base, &world, &cluster);
     let mut h = harness(&world, FakeReply::Status(cluster));
-    let (ctx, first) = (h.ctx.clone(), tc.clone());
-    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(first))), ctx).await });
+    let reconciling = start(&h, tc.clone());
     // Created while the cluster deleted its data: it exists, owned by the TaskCluster.
     let created = h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
     assert!(created["metadata"].get("ownerReferences").is_none(), "a retained Secret has no owner: {created}");
@@ -506,8 +500,7 @@ async fn retained_data_releases_its_credentials_from_the_taskcluster() {
     assert_eq!(reconciling.await.unwrap().unwrap(), Action::requeue(REFRESH));
 
     // Released once per operator start, not at every reconcile.
-    let ctx = h.ctx.clone();
-    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    let reconciling = start(&h, tc);
     h.server.expect_nothing_more().await;
     reconciling.await.unwrap().unwrap();
 }
@@ -525,8 +518,7 @@ async fn a_hand_edited_deployment_is_put_back() {
     let key = crate::apply::Ledger::key::<Deployment>("default", "demo-worker");
     let ours = kube::core::ObjectMeta { generation: Some(2), ..Default::default() };
     h.ctx.ledger.record(key, "hash of an older spec".into(), &ours);
-    let ctx = h.ctx.clone();
-    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    let reconciling = start(&h, tc);
     h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
     let workers =
         h.server.expect(Method::PATCH, "/apis/apps/v1/namespaces/default/deployments/demo-worker", Reply::Echo).await;
@@ -576,8 +568,7 @@ async fn a_hand_edited_service_is_put_back_but_not_one_nobody_touched() {
         let ours = kube::core::ObjectMeta { resource_version: Some(rv.into()), ..Default::default() };
         h.ctx.ledger.record(key, "an older hash".into(), &ours);
     }
-    let ctx = h.ctx.clone();
-    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    let reconciling = start(&h, tc);
     h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
     h.server.expect(Method::PATCH, "/api/v1/namespaces/default/services/demo-zookeeper-headless", Reply::Echo).await;
     h.server.expect_nothing_more().await;
@@ -603,9 +594,7 @@ async fn a_rejected_child_does_not_stop_the_others_and_is_reported() {
     // Changes the pod templates of all three workloads.
     tc.spec.image_pull_policy = crate::crd::PullPolicy::Always;
     let mut h = harness(&world, FakeReply::Status(cluster));
-    let ctx = h.ctx.clone();
-    let first = tc.clone();
-    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(first))), ctx).await });
+    let reconciling = start(&h, tc.clone());
     let s = &mut h.server;
     s.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
     s.expect(Method::PATCH, "/apis/apps/v1/namespaces/default/statefulsets/demo-zookeeper", Reply::Invalid(FORBIDDEN))
@@ -633,8 +622,7 @@ async fn a_rejected_child_does_not_stop_the_others_and_is_reported() {
     // same, so nothing else is written and nothing announced twice.
     let mut again = tc;
     again.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
-    let ctx = h.ctx.clone();
-    let retry = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(again))), ctx).await });
+    let retry = start(&h, again);
     h.server
         .expect(
             Method::PATCH,
@@ -655,8 +643,7 @@ async fn a_busy_cluster_writes_its_counters_at_most_every_few_seconds() {
     let mut h = harness(&world, FakeReply::Status(busy("demo-master-abc", 3, 40)));
 
     // The first change after a quiet spell is written at once.
-    let ctx = h.ctx.clone();
-    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    let reconciling = start(&h, tc);
     h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
     let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(Box::new(fixtures::example()))).await;
     assert_eq!(status["status"]["backlog"], 40);
@@ -670,15 +657,13 @@ async fn a_busy_cluster_writes_its_counters_at_most_every_few_seconds() {
 
     // A second later only the counters moved again: they wait.
     *h.zk.reply.lock().unwrap() = FakeReply::Status(busy("demo-master-abc", 3, 41));
-    let (ctx, tc) = (h.ctx.clone(), written(&status));
-    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    let reconciling = start(&h, written(&status));
     h.server.expect_nothing_more().await;
     assert_eq!(reconciling.await.unwrap().unwrap(), Action::requeue(REFRESH), "and are looked at again soon");
 
     // Anything else is written at once, with the latest counters.
     *h.zk.reply.lock().unwrap() = FakeReply::Status(busy("demo-master-def", 4, 42));
-    let (ctx, tc) = (h.ctx.clone(), written(&status));
-    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    let reconciling = start(&h, written(&status));
     let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(Box::new(fixtures::example()))).await;
     assert_eq!(
         (status["status"]["leader"].as_str(), status["status"]["backlog"].as_i64()),
@@ -716,8 +701,7 @@ async fn a_burst_scales_the_workers_up_through_the_scale_subresource() {
     let cluster = load(9, 2, 2);
     let (tc, world) = autoscaled("{maxWorkers: 10, tasksPerWorker: 2}", &cluster);
     let mut h = harness(&world, FakeReply::Status(cluster));
-    let ctx = h.ctx.clone();
-    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    let reconciling = start(&h, tc);
     h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
     let scale = h.server.expect(Method::PATCH, SCALE, scale_reply(6)).await;
     assert_eq!(scale["spec"]["replicas"], 6, "(9 + 2) / 2 rounded up");
@@ -747,8 +731,7 @@ async fn an_unreachable_zookeeper_or_a_new_leaders_zeros_scale_nothing() {
     let takeover = ClusterStatus { backlog: 0, running: 0, workers_busy: 0, ..takeover };
     for (reply, reason) in [(FakeReply::Unreachable, "NoReading"), (FakeReply::Status(takeover), "CountersNotFresh")] {
         let mut h = harness(&world, reply);
-        let (ctx, tc) = (h.ctx.clone(), tc.clone());
-        let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+        let reconciling = start(&h, tc.clone());
         h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
         // No scale, no pod annotated: the status (and a LeaderChanged event) only.
         let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(Box::new(fixtures::example()))).await;
@@ -775,8 +758,7 @@ async fn a_scale_in_marks_busy_workers_costly_before_lowering_the_count() {
         ("demo-worker-5f7c-ccccc".into(), WorkerState::Draining),
         ("somebody-elses-worker".into(), WorkerState::Busy),
     ]);
-    let ctx = h.ctx.clone();
-    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    let reconciling = start(&h, tc);
     h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
     for (pod, cost) in [("aaaaa", IDLE_COST), ("bbbbb", BUSY_COST), ("ccccc", IDLE_COST)] {
         let path = format!("/api/v1/namespaces/default/pods/demo-worker-5f7c-{pod}");
@@ -801,8 +783,7 @@ async fn a_scale_in_waits_while_the_busy_workers_cannot_be_told() {
     let (tc, world) = autoscaled("{minWorkers: 0, maxWorkers: 10, scaleDownStabilization: 0s}", &cluster);
     let mut h = harness(&world, FakeReply::Status(cluster));
     *h.zk.workers.lock().unwrap() = None;
-    let ctx = h.ctx.clone();
-    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    let reconciling = start(&h, tc);
     h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
     let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(Box::new(fixtures::example()))).await;
     let autoscaling = &status["status"]["autoscaling"];
@@ -818,8 +799,7 @@ async fn a_settled_autoscaled_cluster_costs_no_writes() {
     let cluster = load(1, 2, 2);
     let (tc, world) = autoscaled("{maxWorkers: 10}", &cluster);
     let mut h = harness(&world, FakeReply::Status(cluster));
-    let (ctx, first) = (h.ctx.clone(), tc.clone());
-    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(first))), ctx).await });
+    let reconciling = start(&h, tc.clone());
     h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
     let status = h.server.expect(Method::PATCH, STATUS, Reply::StatusOf(Box::new(fixtures::example()))).await;
     let autoscaling = &status["status"]["autoscaling"];
@@ -830,8 +810,7 @@ async fn a_settled_autoscaled_cluster_costs_no_writes() {
 
     let mut again = tc;
     again.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
-    let ctx = h.ctx.clone();
-    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(again))), ctx).await });
+    let reconciling = start(&h, again);
     h.server.expect_nothing_more().await;
     assert_eq!(reconciling.await.unwrap().unwrap(), Action::requeue(REFRESH));
 }
@@ -841,8 +820,7 @@ async fn a_decision_made_from_an_older_object_is_not_written() {
     let cluster = load(9, 2, 2);
     let (tc, world) = autoscaled("{maxWorkers: 10}", &cluster);
     let mut h = harness(&world, FakeReply::Status(cluster));
-    let ctx = h.ctx.clone();
-    let reconciling = tokio::spawn(async move { reconcile(Arc::new(DeserializeGuard(Ok(tc))), ctx).await });
+    let reconciling = start(&h, tc);
     h.server.expect(Method::POST, SECRETS, Reply::AlreadyExists).await;
     // Somebody ran `kubectl scale` after the object was read.
     h.server.expect(Method::PATCH, SCALE, Reply::Conflict).await;

@@ -37,6 +37,16 @@ pub enum ZkReading {
     Failed(ZkStatusError),
 }
 
+impl ZkReading {
+    /// What ZooKeeper said, when it was asked and answered.
+    pub fn cluster(&self) -> Option<&ClusterStatus> {
+        match self {
+            ZkReading::Read(cluster) => Some(cluster),
+            ZkReading::Skipped | ZkReading::Failed(_) => None,
+        }
+    }
+}
+
 /// Everything the status is computed from.
 #[derive(Debug)]
 pub struct Observation<'a> {
