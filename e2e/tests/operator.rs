@@ -394,33 +394,24 @@ async fn leader_moves_within_the_bound_when_its_pod_is_deleted() {
                     }
                 })
                 .await?;
-            let current = jobs.last().cloned().unwrap_or_default();
-            if !running(&job_status(&e2e, &ns, &current).await?) {
-                let job = format!("submit-{round}");
-                submit_job(&e2e, &ns, name, &job, SUBMIT).await?;
-                jobs.push(job);
+            // A Job that ends before its pod is seen running is followed by another: the
+            // deletion waits for one whose tasks are in flight.
+            let deadline = Instant::now() + READY_TIMEOUT;
+            loop {
+                let current = jobs.last().cloned().unwrap_or_default();
+                let status = job_status(&e2e, &ns, &current).await?;
+                if running(&status) {
+                    break;
+                }
+                ensure(Instant::now() < deadline, || format!("round {round}: no submit Job running (last {current})"))?;
+                if outcome(&status).is_some() {
+                    let job = format!("submit-{}", jobs.len());
+                    submit_job(&e2e, &ns, name, &job, SUBMIT).await?;
+                    jobs.push(job);
+                } else {
+                    tokio::time::sleep(POLL).await;
+                }
             }
-            let flowing = jobs.last().cloned().unwrap_or_default();
-            wait::until(
-                &format!("round {round}: tasks in flight (Job {flowing} running)"),
-                READY_TIMEOUT,
-                POLL,
-                || {
-                    let (e2e, ns, job) = (&e2e, &ns, &flowing);
-                    async move {
-                        let status = job_status(e2e, ns, job).await?;
-                        Ok(match (running(&status), outcome(&status)) {
-                            (true, _) => Poll::Done(()),
-                            (false, Some(outcome)) => {
-                                let message = format!("Job {job} ended (succeeded: {outcome}) before the deletion");
-                                return Err(Error::Invalid { context: "tasks in flight".into(), message });
-                            },
-                            (false, None) => Poll::NotYet("its pod is starting".into()),
-                        })
-                    }
-                },
-            )
-            .await?;
             pods_api.delete(&old, &DeleteParams::default()).await.context(|| format!("deleting leader pod {old}"))?;
             let deleted_at = Instant::now();
             let new = wait::until(
