@@ -6,7 +6,8 @@
 # a cluster left by a killed run is taken down first; on failure the component logs are kept
 # in target/e2e-logs and the failed tests' messages are printed last.
 #
-#   bash e2e/cluster/ci.sh
+#   bash e2e/cluster/ci.sh            # the whole suite
+#   bash e2e/cluster/ci.sh NAME...    # only the e2e tests whose names contain NAME (cargo test filters)
 #
 # Cold (empty /var/cache/taskcluster-e2e): builds Kubernetes, etcd and CoreDNS from the
 # Go module proxy and the ZooKeeper root filesystem first; see docs/benchmarks.md.
@@ -67,4 +68,4 @@ log "running the e2e suite"
 eval "$("$CLUSTER_DIR/build.sh" paths)"
 TASKCLUSTER_E2E=1 KUBECONFIG="$KUBECONFIG_OUT" \
 	KUBECTL="$KUBERNETES_BIN/kubectl" HELM="$HELM_BIN/helm" \
-	cargo test --locked -p taskcluster-e2e -- --test-threads=1 2>&1 | tee "$E2E_OUTPUT"
+	cargo test --locked -p taskcluster-e2e -- --test-threads=1 "$@" 2>&1 | tee "$E2E_OUTPUT"
