@@ -28,7 +28,7 @@ async fn collect(zk: &support::Inspector, id: &str, what: &str) -> Vec<u8> {
 }
 
 /// The proxy itself: it relays, holds replies (the request is applied, its reply waits), freezes
-/// both directions, resets (the client reconnects through it) and refuses on command.
+/// both directions, holds requests from a chosen one on, resets (the client reconnects through it) and refuses on command.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_relays_holds_freezes_resets_and_refuses_on_command() {
     let tc = TestCluster::new("proxy").await;
@@ -62,6 +62,20 @@ async fn the_proxy_relays_holds_freezes_resets_and_refuses_on_command() {
     assert!(frozen.is_err(), "nothing moves while frozen: {frozen:?}");
     proxy.thaw();
     assert!(via.client.check_stat("/held").await.is_ok_and(|s| s.is_some()), "reads go through after the thaw");
+
+    // A trap on a path: the read of it and everything after wait unsent, earlier ones pass.
+    proxy.hold_requests_from(format!("{}/trapped", tc.chroot).as_bytes());
+    assert!(via.client.check_stat("/held").await.is_ok_and(|s| s.is_some()), "other requests pass");
+    let create = via.client.create(
+        "/trapped",
+        b"",
+        &zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all()),
+    );
+    tokio::pin!(create);
+    assert!(tokio::time::timeout(quiet, &mut create).await.is_err(), "the trapped create should wait");
+    assert!(proxy.trapped() && !direct.exists("/trapped").await, "the trapped create must not reach the server");
+    proxy.thaw();
+    assert!(create.await.is_ok(), "the trapped create goes through after the thaw");
 
     proxy.refuse(true);
     proxy.reset().await;
@@ -225,6 +239,87 @@ async fn a_leader_whose_connection_comes_back_while_it_is_busy_still_hears_of_ne
     assert_heard_every_reconnection(&master);
     master.assert_no_panic();
     worker.assert_no_panic();
+}
+
+/// The request that lists `/workers` (getChildren2, opcode 12, then the path) as it goes on
+/// the wire from a client whose root is `chroot`.
+fn list_workers_request(chroot: &str) -> Vec<u8> {
+    let path = format!("{chroot}/workers");
+    let mut bytes = 12i32.to_be_bytes().to_vec();
+    bytes.extend((path.len() as i32).to_be_bytes());
+    bytes.extend(path.as_bytes());
+    bytes
+}
+
+/// Which of `workers` hold `task` in their znode, and their znodes' versions.
+async fn holders(zk: &support::Inspector, workers: &[&str], task: &str) -> (Vec<String>, Vec<i32>) {
+    let mut held = Vec::new();
+    let mut versions = Vec::new();
+    for wid in workers {
+        let path = format!("/workers/{wid}");
+        if zk.data(&path).await.as_deref() == Some(task.as_bytes()) {
+            held.push(wid.to_string());
+        }
+        versions.push(zk.stat(&path).await.map_or(-1, |s| s.version));
+    }
+    (held, versions)
+}
+
+/// A task finishes, is collected and is submitted again under the same id while the leader
+/// rebuilds its view, between its read of the tasks and its read of the workers: the rebuild
+/// sees the old task unfinished and its worker already free, and the task's three events wait
+/// in the watches. A leader that plans before applying them assigns the new task, then takes
+/// the old task's result and deletion for the new one's and assigns it again. The rebuild is
+/// stopped there by holding its listing of `/workers` at the proxy; the workers are seed-style
+/// ones that this test plays (task id in the znode), so nothing but the leader writes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_finished_and_resubmitted_during_a_rebuild_is_assigned_once() {
+    let tc = TestCluster::new("rebuild-window").await;
+    let zk = tc.inspector().await;
+    let proxy = Proxy::start(&tc.hosts).await;
+    let master = tc.master_at(&tc.zk_via(&proxy), "m1", &MasterOpts::default());
+    wait_single_leader(&[&master], LONG).await;
+    let workers = ["w1", "w2"];
+    for wid in workers {
+        zk.put(&format!("/workers/{wid}"), b"", true).await;
+    }
+    create_task(&zk, "t", "first run").await;
+    let first = eventually_async("the first run of t to be assigned", LONG, || async {
+        let (held, _) = holders(&zk, &workers, "t").await;
+        (held.len() == 1).then(|| held[0].clone())
+    })
+    .await;
+
+    proxy.hold_requests_from(&list_workers_request(&tc.chroot));
+    let accepted = proxy.accepted();
+    proxy.reset().await;
+    eventually_async("the leader's rebuild to reach its listing of /workers", LONG, || async {
+        (proxy.accepted() > accepted && proxy.trapped()).then_some(())
+    })
+    .await;
+    // Within the leader's session timeout (it sends no ping meanwhile): the first run ends as a
+    // seed worker ends it, the client collects it and submits t again.
+    zk.set("/tasks/t", b"first result").await;
+    zk.set(&format!("/workers/{first}"), b"").await;
+    zk.client.delete("/tasks/t", None).await.expect("collect t");
+    zk.client.delete("/data/t", None).await.expect("collect t's payload");
+    create_task(&zk, "t", "second run").await;
+    let (_, before) = holders(&zk, &workers, "t").await;
+    proxy.thaw();
+
+    eventually_async("the second run of t to be assigned", LONG, || async {
+        (!holders(&zk, &workers, "t").await.0.is_empty()).then_some(())
+    })
+    .await;
+    // Long enough for a second assignment to follow the first (the leader turns every 100 ms).
+    for _ in 0..20 {
+        let (held, versions) = holders(&zk, &workers, "t").await;
+        let writes: i32 = versions.iter().zip(&before).map(|(after, before)| after - before).sum();
+        assert!(held.len() <= 1, "the second run of t is held by {held:?} at once");
+        assert_eq!(writes, 1, "one assignment of the second run, not {writes} (versions {before:?} -> {versions:?})");
+        settle(Duration::from_millis(100)).await;
+    }
+    master.assert_no_panic();
 }
 
 const ABANDONED: &str = "taskcluster_worker_tasks_total{outcome=\"abandoned\"}";

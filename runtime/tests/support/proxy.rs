@@ -3,7 +3,9 @@
 //! all (RST on both sides), hold their bytes (a silent network: sockets open, nothing moves),
 //! hold only the replies (a request reaches the server, its reply never comes back), hold the
 //! replies after each connection's first few (the session opens, then a request's reply never
-//! comes back), or refuse new connections.
+//! comes back), hold every request from the first one that carries given bytes (a chosen
+//! request and all after it wait, unsent: the client is stopped at a chosen point of a
+//! sequence of reads), or refuse new connections.
 //!
 //! Everything runs on the test's runtime: one accept task, one task per connection. Dropping
 //! the proxy aborts them all, and their sockets close with them.
@@ -57,6 +59,9 @@ struct Shared {
     target: SocketAddr,
     flow: watch::Sender<Flow>,
     refusing: AtomicBool,
+    /// Bytes whose first appearance in a request holds the requests from there on.
+    trap: Mutex<Option<Vec<u8>>>,
+    trapped: AtomicBool,
     accepted: AtomicU64,
     next_id: AtomicU64,
     live: Mutex<HashMap<u64, Live>>,
@@ -92,6 +97,8 @@ impl Proxy {
             target,
             flow: watch::Sender::new(Flow::default()),
             refusing: AtomicBool::new(false),
+            trap: Mutex::new(None),
+            trapped: AtomicBool::new(false),
             accepted: AtomicU64::new(0),
             next_id: AtomicU64::new(0),
             live: Mutex::new(HashMap::new()),
@@ -146,6 +153,19 @@ impl Proxy {
     /// connected). Connections that passed as many already hold their replies at once.
     pub fn hold_replies_after(&self, chunks: u64) {
         self.shared.flow.send_replace(Flow { down_held_after: Some(chunks), ..Flow::default() });
+    }
+
+    /// From the first chunk a client sends that contains `bytes` (a request's opcode and path,
+    /// say) on, requests wait unsent, on every connection, until [`Proxy::thaw`]; replies and
+    /// notifications still flow. [`Proxy::trapped`] tells when it happened.
+    pub fn hold_requests_from(&self, bytes: &[u8]) {
+        self.shared.trapped.store(false, Ordering::SeqCst);
+        *self.shared.trap.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes.to_vec());
+    }
+
+    /// Whether a request matched [`Proxy::hold_requests_from`] and is held.
+    pub fn trapped(&self) -> bool {
+        self.shared.trapped.load(Ordering::SeqCst)
     }
 
     /// Lets bytes move again; what was held is delivered.
@@ -234,10 +254,24 @@ async fn pump(mut from: ReadHalf<'_>, mut to: WriteHalf<'_>, direction: Directio
             let _ = to.shutdown().await;
             return Ok(());
         }
+        if direction == Direction::Up {
+            spring_trap(shared, &buf[..n]);
+        }
         // Bytes read just before a freeze wait for the thaw too.
         flow.wait_for(|f| !f.holds(direction, passed)).await.map_err(drop)?;
         to.write_all(&buf[..n]).await.map_err(drop)?;
         passed += 1;
+    }
+}
+
+/// Holds the requests once a chunk carries the trap's bytes; the trap fires once.
+fn spring_trap(shared: &Shared, chunk: &[u8]) {
+    let mut trap = shared.trap.lock().unwrap_or_else(|e| e.into_inner());
+    let fired = trap.as_ref().is_some_and(|bytes| chunk.windows(bytes.len()).any(|w| w == bytes.as_slice()));
+    if fired {
+        *trap = None;
+        shared.flow.send_modify(|f| f.up_held = true);
+        shared.trapped.store(true, Ordering::SeqCst);
     }
 }
 
