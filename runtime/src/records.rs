@@ -120,6 +120,11 @@ pub struct StatusRecord {
     pub failed: u64,
     pub dead_lettered: u64,
     pub updated_ms: u64,
+    /// The zxid of the newest result in `completed`: every result written at or before it is
+    /// counted, so the next leader counts the results it finds above it. 0: unknown (a record
+    /// from before this field, or a server that reports no zxid with its events).
+    #[serde(default)]
+    pub counted_through_zxid: i64,
 }
 
 /// Decodes a JSON record, naming the znode in the error.

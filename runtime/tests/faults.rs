@@ -209,6 +209,68 @@ async fn sigterm_to_the_leader_hands_over_to_the_standby() {
     worker.assert_no_panic();
 }
 
+/// Creates task `id` as a foreign client would: the payload first, then the task.
+async fn create_task(zk: &support::Inspector, id: &str, payload: &str) {
+    zk.put(&format!("/data/{id}"), payload.as_bytes(), false).await;
+    zk.put(&format!("/tasks/{id}"), b"", false).await;
+}
+
+/// `completed` in the published status, once the leader `id` published it.
+async fn completed_published_by(tc: &TestCluster, id: &str) -> u64 {
+    eventually_async(&format!("{id} to publish its counters"), LONG, || async {
+        let status = tc.status().await;
+        let by = status["leader"]["id"].as_str() == Some(id) && status["counters_fresh"] == true;
+        by.then(|| status["completed"].as_u64().unwrap_or_default())
+    })
+    .await
+}
+
+/// Results that land while no leader hears them (the leader is stopped, then killed, before it
+/// published them) are counted once by the next leader, from the tree it finds; the results it
+/// finds that the dead leader had published are not counted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_that_land_between_two_leaders_are_counted_once() {
+    let tc = TestCluster::new("count-between-leaders").await;
+    let zk = tc.inspector().await;
+    let mut m1 = tc.master("m1");
+    let mut worker = tc.worker("w1", "sleep");
+    wait_ready(&mut worker).await;
+    wait_single_leader(&[&m1], LONG).await;
+    create_task(&zk, "before", "10").await;
+    eventually_async("the first result", LONG, || async { zk.data("/tasks/before").await.filter(|r| !r.is_empty()) })
+        .await;
+    settle_until_counted(&tc, "m1", 1).await;
+
+    // A task that runs while its leader is stopped: its result is heard by nobody.
+    create_task(&zk, "between", "1500").await;
+    eventually("w1 to run the second task", LONG, || {
+        (scrape(&worker).get("taskcluster_worker_busy") == Some(1.0)).then_some(())
+    })
+    .await;
+    m1.pause();
+    eventually_async("the second result", LONG, || async { zk.data("/tasks/between").await.filter(|r| !r.is_empty()) })
+        .await;
+    m1.kill();
+    let m2 = tc.master("m2");
+    wait_single_leader(&[&m2], LONG).await;
+    assert_eq!(completed_published_by(&tc, "m2").await, 2, "both results, each once");
+
+    create_task(&zk, "after", "10").await;
+    settle_until_counted(&tc, "m2", 3).await;
+    m2.assert_no_panic();
+    worker.assert_no_panic();
+}
+
+/// Waits for leader `id` to publish `completed` = `want`, then checks it stays there.
+async fn settle_until_counted(tc: &TestCluster, id: &str, want: u64) {
+    eventually_async(&format!("{id} to publish completed = {want}"), LONG, || async {
+        (completed_published_by(tc, id).await == want).then_some(())
+    })
+    .await;
+    support::settle(std::time::Duration::from_millis(1_200)).await;
+    assert_eq!(completed_published_by(tc, id).await, want, "completed must stay at {want}");
+}
+
 /// SIGTERM to a busy worker with a long grace period: it finishes its task, then deregisters
 /// and exits cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -447,16 +447,22 @@ impl<'a> Leader<'a> {
             let stats = futures::future::join_all(chunk.iter().map(|id| client.check_stat(&paths::task(id)))).await;
             for (id, stat) in chunk.iter().zip(stats) {
                 match stat? {
-                    Some(stat) if stat.data_length > 0 => finished.push((stat.mtime, id.clone())),
+                    Some(stat) if stat.data_length > 0 => finished.push((stat.mtime, id.clone(), stat.mzxid)),
                     Some(_) => board.task_created(id),
                     None => {},
                 }
             }
         }
         finished.sort();
-        for (mtime, id) in finished {
+        // Results written above the counted zxid landed while no leader heard them (or this one,
+        // disconnected, did not): count each once. Those already counted are at or below it.
+        let counted_through = self.counters.counted_through_zxid;
+        for (mtime, id, written) in finished {
             let age = Duration::from_millis(now_ms.saturating_sub(mtime).max(0) as u64);
             board.task_completed(&id, now.checked_sub(age).unwrap_or(now));
+            if counted_through > 0 && written > counted_through {
+                self.count_result(written);
+            }
         }
         board.completed = self.board.completed;
 
@@ -582,8 +588,7 @@ impl<'a> Leader<'a> {
                 let before = self.board.completed;
                 self.board.task_completed(id, Instant::now());
                 if self.board.completed > before {
-                    self.counters.completed += 1;
-                    self.ctx.metrics.completed.inc();
+                    self.count_result(event.zxid);
                 }
             },
             EventType::NodeDeleted => {
@@ -598,6 +603,14 @@ impl<'a> Leader<'a> {
             },
             _ => {},
         }
+    }
+
+    /// A result counted; `zxid` is its write's (not positive: the server reports none, and the
+    /// record can no longer say which results it holds).
+    fn count_result(&mut self, zxid: i64) {
+        self.counters.completed += 1;
+        self.ctx.metrics.completed.inc();
+        self.counters.counted_through_zxid = if zxid > 0 { self.counters.counted_through_zxid.max(zxid) } else { 0 };
     }
 
     /// A registration or departure under `/workers`: list it again.
