@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
 # Operator benchmark against a real API server without nodes: etcd, kube-apiserver and
-# kube-controller-manager (Deployments, StatefulSets, garbage collection), the operator
-# running under the chart's ClusterRole, N TaskClusters. Pods stay Pending (no kubelet),
-# which is all the operator's own costs need. Prints:
+# kube-controller-manager (Deployments, ReplicaSets, garbage collection), the operator
+# running under the chart's ClusterRole, N TaskClusters. Pods stay Pending (no kubelet).
+# Then their ZooKeeper answers: the bench plays the StatefulSet controller (it marks every
+# ensemble ready; that controller is not run) and starts one real ZooKeeper server (the
+# pinned release) on 127.0.0.1:2181, the operator resolving every cluster's client Service
+# name to it (a hosts file bind-mounted in the operator's own mount namespace, so as root),
+# with a real master, a worker and a client moving the counters there. Prints:
 #   - operator resident memory with N TaskClusters,
 #   - API writes during a quiet window (expected 0) and the reconcile latency p99 there,
+#   - with ZooKeeper answering and counters moving: API writes per cluster per 15 s (target
+#     at most 1), reconciles per second, ZooKeeper sessions opened per minute (target 0 once
+#     each cluster has one), resident memory (target 32 MiB); then writes once the counters
+#     stop (expected 0),
 #   - delay from `kubectl scale` to the operator's patch of the worker Deployment (0→50).
 #
 #   operator/bench/control-plane.sh [N]       (default 100)
 #
-# Uses the Kubernetes, etcd and Helm binaries e2e/cluster/build.sh caches, and the operator's
-# release build (`cargo build --release -p taskcluster-operator`).
+# Uses the Kubernetes, etcd and Helm binaries e2e/cluster/build.sh caches, the ZooKeeper
+# release `zookeeper/install.sh` installs, and the release builds of the operator and of
+# `taskcluster` (`cargo build --release -p taskcluster-operator -p taskcluster`).
 set -euo pipefail
 
 N=${1:-100}
@@ -20,12 +29,24 @@ KUBE_BIN=${KUBE_BIN:-$(ls -d "$CACHE"/bin/kubernetes-*/ 2>/dev/null | head -1)}
 ETCD=${ETCD:-$(ls "$CACHE"/bin/etcd-*/etcd 2>/dev/null | head -1)}
 HELM=${HELM:-$(ls "$CACHE"/bin/helm-*/helm 2>/dev/null | head -1)}
 OPERATOR=${OPERATOR:-${CARGO_TARGET_DIR:-$REPO/target}/release/taskcluster-operator}
+NODE=${NODE:-${CARGO_TARGET_DIR:-$REPO/target}/release/taskcluster}
+ZK_VERSION=$(tr -d '[:space:]' <"$REPO/zookeeper/VERSION")
+ZK_HOME=${TASKCLUSTER_ZOOKEEPER_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/taskcluster/zookeeper-$ZK_VERSION}
 WORK=$(mktemp -d /tmp/taskcluster-operator-bench.XXXXXX)
 ETCD_PORT=23799 API_PORT=16443 METRICS=127.0.0.1:18977
+# The operator reaches every cluster's ZooKeeper on the client port; the bench's server takes it.
+ZK_PORT=2181
 
 [[ -x ${KUBE_BIN}kube-apiserver ]] || { echo "no kube-apiserver under $CACHE/bin: run e2e/cluster/build.sh" >&2; exit 1; }
 [[ -x $ETCD ]] || { echo "no etcd under $CACHE/bin: run e2e/cluster/build.sh" >&2; exit 1; }
 [[ -x $OPERATOR ]] || { echo "no operator at $OPERATOR: cargo build --release -p taskcluster-operator" >&2; exit 1; }
+[[ -x $NODE ]] || { echo "no taskcluster at $NODE: cargo build --release -p taskcluster" >&2; exit 1; }
+[[ -f $ZK_HOME/lib/zookeeper-$ZK_VERSION.jar ]] || { echo "no ZooKeeper in $ZK_HOME: bash zookeeper/install.sh" >&2; exit 1; }
+[[ $(id -u) == 0 ]] || { echo "run as root: the operator gets a hosts file of its own (a mount namespace)" >&2; exit 1; }
+if (: <"/dev/tcp/127.0.0.1/$ZK_PORT") 2>/dev/null; then
+	echo "127.0.0.1:$ZK_PORT is taken; the bench's ZooKeeper needs it" >&2
+	exit 1
+fi
 
 PIDS=()
 cleanup() {
@@ -64,8 +85,9 @@ PIDS+=($!)
 	--client-ca-file ca.crt >apiserver.log 2>&1 &
 PIDS+=($!)
 for _ in $(seq 60); do K get --raw /readyz >/dev/null 2>&1 && break; sleep 1; done
+# Without the StatefulSet controller: the bench writes the ensembles' status itself.
 "${KUBE_BIN}kube-controller-manager" --kubeconfig admin.kubeconfig --service-account-private-key-file sa.key \
-	--root-ca-file ca.crt --leader-elect=false --secure-port 0 >kcm.log 2>&1 &
+	--root-ca-file ca.crt --leader-elect=false --secure-port 0 --controllers='*,-statefulset' >kcm.log 2>&1 &
 PIDS+=($!)
 
 # The operator runs with exactly the chart's permissions.
@@ -76,8 +98,12 @@ K -n taskcluster-system create serviceaccount taskcluster-operator >/dev/null
 "$HELM" template taskcluster-operator "$REPO/charts/taskcluster-operator" --namespace taskcluster-system \
 	--show-only templates/rbac.yaml | K apply -f - >/dev/null
 kubeconfig operator "$(K -n taskcluster-system create token taskcluster-operator --duration 2h)" > operator.kubeconfig
+# Every cluster's client Service name resolves to the bench's ZooKeeper, for the operator only.
+cp /etc/hosts hosts
+for i in $(seq -w 1 "$N"); do echo "127.0.0.1 tc-$i-zookeeper.bench.svc.cluster.local"; done >>hosts
 KUBECONFIG=$WORK/operator.kubeconfig POD_NAMESPACE=taskcluster-system LISTEN=$METRICS MALLOC_ARENA_MAX=2 \
-	RUST_LOG=info "$OPERATOR" >operator.log 2>&1 &
+	RUST_LOG=info unshare --mount --propagation private \
+	sh -c 'mount --bind "$1" /etc/hosts && shift && exec "$@"' sh "$WORK/hosts" "$OPERATOR" >operator.log 2>&1 &
 OPERATOR_PID=$!
 PIDS+=($OPERATOR_PID)
 for _ in $(seq 30); do curl -sf "http://$METRICS/readyz" >/dev/null && break; sleep 1; done
@@ -112,6 +138,57 @@ echo "writes in a 30 s quiet window: $((writes1 - writes0))"
 paste <(echo "$before") <(echo "$after") | awk '
 	{ split($1, a, "\""); le = a[2]; n = $4 - $2; les[++k] = le; cnt[k] = n; total = n }
 	END { for (i = 1; i <= k; i++) if (cnt[i] >= 0.99 * total) { printf "reconciles in the window: %d, p99 <= %s s\n", total, les[i]; exit } }'
+
+# --- ZooKeeper answers, and its counters move -------------------------------------------
+cat >zoo.cfg <<EOZ
+tickTime=2000
+dataDir=$WORK/zk
+clientPort=$ZK_PORT
+clientPortAddress=127.0.0.1
+admin.enableServer=false
+maxClientCnxns=0
+EOZ
+java -Xmx512m -cp "$ZK_HOME/conf:$ZK_HOME/lib/*" org.apache.zookeeper.server.quorum.QuorumPeerMain zoo.cfg >zk.log 2>&1 &
+PIDS+=($!)
+for _ in $(seq 60); do (: <"/dev/tcp/127.0.0.1/$ZK_PORT") 2>/dev/null && break; sleep 1; done
+ZK=127.0.0.1:$ZK_PORT
+"$NODE" master --zk "$ZK" --id bench-master >master.log 2>&1 &
+PIDS+=($!)
+"$NODE" worker --zk "$ZK" --id bench-worker --exec 'sleep 0.2' >worker.log 2>&1 &
+PIDS+=($!)
+"$NODE" submit --zk "$ZK" --count 1000000 --inflight 2 >submit.log 2>&1 &
+SUBMIT_PID=$!
+PIDS+=($SUBMIT_PID)
+# The StatefulSet controller's part: every ensemble ready.
+for i in $(seq -w 1 "$N"); do
+	replicas=$(K -n bench get statefulset "tc-$i-zookeeper" -o jsonpath='{.spec.replicas}')
+	K -n bench patch statefulset "tc-$i-zookeeper" --subresource=status --type=merge -p \
+		"{\"status\": {\"replicas\": $replicas, \"readyReplicas\": $replicas, \"availableReplicas\": $replicas, \"currentReplicas\": $replicas, \"updatedReplicas\": $replicas}}" >/dev/null
+done
+leading() { K -n bench get taskclusters -o jsonpath='{range .items[*]}{.status.leader}{"\n"}{end}' | grep -c '^bench-master$' || true; }
+for _ in $(seq 120); do [[ $(leading) -ge $N ]] && break; sleep 1; done
+echo "with ZooKeeper answering: $(leading) of $N TaskClusters show the leader"
+sleep 20
+sample() { # writes reconciles sessions-opened
+	echo "$(metric '^taskcluster_operator_api_writes_total') $(metric '^taskcluster_operator_reconciliations_total') $(metric '^taskcluster_operator_zookeeper_sessions_opened_total')"
+}
+read -r w0 r0 s0 < <(sample)
+status0=$(metric 'writes_total.kind="TaskCluster/status"')
+sleep 60
+read -r w1 r1 s1 < <(sample)
+status1=$(metric 'writes_total.kind="TaskCluster/status"')
+completed=$("$NODE" status --zk "$ZK" --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["completed"])')
+python3 -c "
+n, w, st, r, s = $N, $w1 - $w0, $status1 - $status0, $r1 - $r0, $s1 - $s0
+print('counters moving (60 s, %s tasks completed so far): %d API writes (%d status) = %.2f per cluster per 15 s; %.1f reconciles/s; %d ZooKeeper sessions opened' % ('$completed', w, st, w / n / 4, r / 60, s))"
+echo "resident memory with ZooKeeper answering: $(($(awk '/VmRSS/ {print $2}' /proc/$OPERATOR_PID/status) / 1024)) MiB"
+kill "$SUBMIT_PID" 2>/dev/null || true
+# The last tasks finish, the leader publishes, the operator writes that once (counters period).
+sleep 25
+writes0=$(metric '^taskcluster_operator_api_writes_total')
+sleep 30
+writes1=$(metric '^taskcluster_operator_api_writes_total')
+echo "writes in a 30 s window once the counters stopped: $((writes1 - writes0))"
 
 t0=$(date +%s.%N)
 K -n bench scale taskcluster tc-001 --replicas=50 >/dev/null

@@ -115,7 +115,9 @@ async fn main() -> ExitCode {
             _ = terminated() => return ExitCode::SUCCESS,
         }
     }
-    let zookeeper = Arc::new(ZkStatusReader::new(Duration::from_millis(1500)));
+    let zookeeper = Arc::new(
+        ZkStatusReader::new(Duration::from_millis(1500)).counting_sessions_in(metrics.zookeeper_sessions_opened.clone()),
+    );
     let run = controller::run(client.clone(), scope, settings, metrics, zookeeper);
     match &lease {
         None => run.await,

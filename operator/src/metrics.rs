@@ -57,6 +57,7 @@ pub struct Metrics {
     pub zookeeper_failures: Family<ReasonLabel, Counter>,
     pub invalid_objects: Counter,
     pub zookeeper_sessions: Gauge,
+    pub zookeeper_sessions_opened: Counter,
     /// Per TaskCluster, refreshed at every reconcile (each second while it has a quorum):
     /// the live feed the status is not.
     cluster_tasks: Family<TasksLabel, Gauge>,
@@ -88,6 +89,12 @@ impl Default for Metrics {
         registry.register("invalid_objects", "TaskClusters that could not be decoded", invalid_objects.clone());
         let zookeeper_sessions = Gauge::default();
         registry.register("zookeeper_sessions", "Open ZooKeeper sessions", zookeeper_sessions.clone());
+        let zookeeper_sessions_opened = Counter::default();
+        registry.register(
+            "zookeeper_sessions_opened",
+            "ZooKeeper sessions opened (one per TaskCluster, again only after ZooKeeper ended one)",
+            zookeeper_sessions_opened.clone(),
+        );
         let cluster_tasks = Family::<TasksLabel, Gauge>::default();
         registry.register(
             "cluster_tasks",
@@ -116,6 +123,7 @@ impl Default for Metrics {
             zookeeper_failures,
             invalid_objects,
             zookeeper_sessions,
+            zookeeper_sessions_opened,
             cluster_tasks,
             cluster_workers_busy,
             cluster_readable,

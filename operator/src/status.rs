@@ -26,7 +26,7 @@ const MAX_MESSAGE: usize = 4096;
 
 /// A change of the task counters alone is written at most this often: they move with every
 /// task, and a busy cluster would otherwise cost one status write per refresh.
-pub const COUNTERS_PERIOD: Duration = Duration::from_secs(10);
+pub const COUNTERS_PERIOD: Duration = Duration::from_secs(15);
 
 /// What ZooKeeper said this time.
 #[derive(Debug)]

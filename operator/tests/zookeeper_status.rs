@@ -59,7 +59,8 @@ async fn read_until(
 async fn status_follows_the_real_leader_and_survives_losing_zookeeper() {
     let zk = LocalZk::start().unwrap_or_else(|e| panic!("{e}"));
     let connect = zk.connect_string();
-    let reader = ZkStatusReader::new(Duration::from_millis(1500));
+    let opened = prometheus_client::metrics::counter::Counter::<u64>::default();
+    let reader = ZkStatusReader::new(Duration::from_millis(1500)).counting_sessions_in(opened.clone());
 
     let err = reader.read(KEY, &connect).await.expect_err("no master has created the tree yet");
     assert_eq!(err.reason(), "TaskTreeMissing", "{err}");
@@ -83,6 +84,7 @@ async fn status_follows_the_real_leader_and_survives_losing_zookeeper() {
     .await;
     assert_eq!(second.masters, 1);
     assert_eq!(reader.sessions(), 1, "the same session served every read");
+    assert_eq!(opened.get(), 1, "sessions opened");
 
     stop_b.cancel();
     master_b.await.expect("master b stops");

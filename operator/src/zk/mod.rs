@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use prometheus_client::metrics::counter::Counter;
 use taskcluster::{paths, ClusterStatus, ConnectError, StatusError, ZkTarget};
 use zookeeper_client::{Client, Error as ZkError, SessionState};
 
@@ -76,6 +77,8 @@ pub struct ZkStatusReader {
     timeout: Duration,
     /// Sessions unused this long are closed (their TaskCluster was probably deleted).
     idle: Duration,
+    /// Counts every session opened: churn shows as a rate.
+    opened: Counter,
 }
 
 impl ZkStatusReader {
@@ -85,7 +88,14 @@ impl ZkStatusReader {
             backoffs: Mutex::new(Backoffs::default()),
             timeout,
             idle: Duration::from_secs(120),
+            opened: Counter::default(),
         }
+    }
+
+    /// Counts the sessions it opens in `opened` (a metric's counter).
+    pub fn counting_sessions_in(mut self, opened: Counter) -> Self {
+        self.opened = opened;
+        self
     }
 
     /// Runs `attempt` for `key` unless the cluster is backing off from its last failure, and
@@ -146,6 +156,7 @@ impl ZkStatusReader {
         let client = tokio::time::timeout(self.timeout, target.connect())
             .await
             .map_err(|_| ZkStatusError::Timeout { connect: connect.to_string(), timeout: self.timeout })??;
+        self.opened.inc();
         self.store(key, connect, client.clone());
         Ok(client)
     }
