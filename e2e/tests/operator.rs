@@ -321,27 +321,27 @@ async fn example_becomes_ready_and_its_leader_is_a_running_master() {
     .await;
 }
 
-// Scenario 2: 1,000 tasks from a Job all come back; the backlog rises and drains to 0.
+// Scenario 2: 1,000 tasks from a Job all come back; the backlog rises and drains to 0. The
+// workers come only once the status shows every task queued: the counters are written at most
+// every 15 s, and 1,000 tasks of the built-in handler can all be done in less.
 #[tokio::test]
 async fn thousand_tasks_all_complete_and_the_backlog_drains() {
     scenario("thousand-tasks", |e2e, ns| async move {
         let name = "load";
-        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster_manifest(&e2e, &ns, name, 2, 3, 1)).await?;
+        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster_manifest(&e2e, &ns, name, 2, 0, 1)).await?;
         let before = status_i64(&wait_ready(&e2e, &ns, name).await?, "completed");
 
-        // All 1,000 in flight at once, so the backlog is visibly above zero for a while.
         submit_job(&e2e, &ns, name, "submit", &["--count", "1000", "--inflight", "1000", "--wait"]).await?;
-        let peak_backlog = std::cell::Cell::new(0);
-        let succeeded =
-            wait::until("the submit Job to finish", Duration::from_secs(600), Duration::from_millis(500), || async {
-                let object = get(&e2e, &ns, name).await?;
-                peak_backlog.set(peak_backlog.get().max(status_i64(&object, "backlog")));
-                Ok(match job_outcome(&e2e, &ns, "submit").await? {
-                    Some(outcome) => Poll::Done(outcome),
-                    None => Poll::NotYet(summary(&object)),
-                })
+        wait::until("status.backlog to show 1,000 queued tasks", READY_TIMEOUT, POLL, || async {
+            let object = get(&e2e, &ns, name).await?;
+            Ok(match status_i64(&object, "backlog") {
+                1000 => Poll::Done(()),
+                _ => Poll::NotYet(summary(&object)),
             })
-            .await?;
+        })
+        .await?;
+        patch_spec(&e2e, &ns, name, json!({"workers": 3})).await?;
+        let succeeded = job_succeeded(&e2e, &ns, "submit", Duration::from_secs(600)).await?;
         ensure(succeeded, || "`taskcluster submit --wait` failed: not every result came back".into())?;
 
         let object = wait::until("the backlog to drain", Duration::from_secs(120), POLL, || async {
@@ -354,9 +354,6 @@ async fn thousand_tasks_all_complete_and_the_backlog_drains() {
             }
         })
         .await?;
-        ensure(peak_backlog.get() > 0, || {
-            format!("status.backlog never rose above 0 while 1,000 tasks were queued ({})", summary(&object))
-        })?;
         ensure(status_i64(&object, "deadLettered") == 0, || format!("tasks were dead-lettered: {}", summary(&object)))?;
         let logs = job_logs(&e2e, &ns, "submit").await;
         eprintln!("submit Job output (tail):\n{logs}");

@@ -116,7 +116,8 @@ async fn main() -> ExitCode {
         }
     }
     let zookeeper = Arc::new(
-        ZkStatusReader::new(Duration::from_millis(1500)).counting_sessions_in(metrics.zookeeper_sessions_opened.clone()),
+        ZkStatusReader::new(Duration::from_millis(1500))
+            .counting_sessions_in(metrics.zookeeper_sessions_opened.clone()),
     );
     let run = controller::run(client.clone(), scope, settings, metrics, zookeeper);
     match &lease {
