@@ -143,7 +143,8 @@ pub struct SubmitArgs {
     /// Wait for every result, print them, and exit non-zero if any task failed.
     #[arg(long)]
     pub wait: bool,
-    /// Tasks in flight at once.
+    /// Tasks in flight at once: being created, and with --wait also until answered (without
+    /// it, a large --count queues tasks as fast as ZooKeeper takes them).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub inflight: u32,
     /// Give up waiting for a result after this long.
