@@ -11,6 +11,10 @@
 # Usage: images/build.sh [--cargo] [all|node|operator|zookeeper]...
 #   --cargo   build the release binaries first (cargo build --release -p ...)
 #
+# TASKCLUSTER_RELEASE=V tags the node and operator images V instead of the crate's version
+# and names their archives <name>-V.tar; with --cargo the operator binary is stamped V too
+# (the e2e suite's upgrade scenario starts from such a build).
+#
 # Archives go to target/images/ (IMAGES_OUT overrides). Import them with
 #   ctr -n k8s.io images import target/images/<name>.tar
 # or `docker load` / `kind load image-archive`. The Dockerfiles beside this script build
@@ -25,7 +29,9 @@ REPO_ROOT="$(cd "$IMAGES_DIR/.." && pwd)"
 CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 IMAGES_OUT="${IMAGES_OUT:-$REPO_ROOT/target/images}"
 CACHE_DIR="${TASKCLUSTER_E2E_CACHE:-/var/cache/taskcluster-e2e}"
-VERSION="$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' "$REPO_ROOT/Cargo.toml")"
+VERSION="${TASKCLUSTER_RELEASE:-$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' "$REPO_ROOT/Cargo.toml")}"
+# Archives of a stamped release sit beside the crate's own.
+ARCHIVE_SUFFIX="${TASKCLUSTER_RELEASE:+-$TASKCLUSTER_RELEASE}"
 ZOOKEEPER_VERSION="$(tr -d '[:space:]' <"$REPO_ROOT/zookeeper/VERSION")"
 DEBIAN_SUITE=bookworm
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
@@ -98,9 +104,10 @@ build_binary_image() {
 		Env: ["PATH=/usr/local/bin:/usr/bin:/bin"],
 		Labels: {"org.opencontainers.image.source": "taskcluster"}
 	}')
-	oci_archive "$IMAGES_OUT/$name.tar" "$ref" "$config" "$work/layer.tar"
+	local archive="$IMAGES_OUT/$name$ARCHIVE_SUFFIX.tar"
+	oci_archive "$archive" "$ref" "$config" "$work/layer.tar"
 	rm -rf "$work"
-	log "wrote $IMAGES_OUT/$name.tar ($(du -h "$IMAGES_OUT/$name.tar" | cut -f1))"
+	log "wrote $archive ($(du -h "$archive" | cut -f1))"
 }
 
 # The ZooKeeper image: a Debian root filesystem with the JRE (mmdebstrap, a minute), the

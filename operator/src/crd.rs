@@ -13,8 +13,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::build::labels::{self, Component};
 
-/// Version of this operator; the default node image carries the same tag.
-pub const OPERATOR_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Release of this operator; the default node image carries the same tag. The crate's
+/// version unless the build stamps another (`TASKCLUSTER_RELEASE=1.2.3-rc.1 cargo build`),
+/// as a packager does for a release candidate and the e2e suite for its upgrade scenario.
+pub const OPERATOR_VERSION: &str = match option_env!("TASKCLUSTER_RELEASE") {
+    Some(release) if !release.is_empty() => release,
+    _ => env!("CARGO_PKG_VERSION"),
+};
 /// Image repository of the master/worker binary.
 pub const NODE_IMAGE_REPOSITORY: &str = "taskcluster/node";
 /// Image repository of the ZooKeeper servers.
