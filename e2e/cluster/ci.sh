@@ -52,6 +52,11 @@ ensure_host_packages
 log "building the release binaries and the images"
 cargo build --release --locked -p taskcluster
 if grep -q '^name = "taskcluster-operator"' operator/Cargo.toml 2>/dev/null; then
+	# The upgrade scenario starts from an older release: this operator stamped with another
+	# version, its images tagged with it. Built first, so the last build is this release's.
+	export TASKCLUSTER_E2E_UPGRADE_FROM=0.0.0-e2e.previous
+	TASKCLUSTER_RELEASE=$TASKCLUSTER_E2E_UPGRADE_FROM cargo build --release --locked -p taskcluster-operator
+	TASKCLUSTER_RELEASE=$TASKCLUSTER_E2E_UPGRADE_FROM "$REPO_ROOT/images/build.sh" node operator
 	cargo build --release --locked -p taskcluster-operator
 fi
 "$REPO_ROOT/images/build.sh" node operator zookeeper

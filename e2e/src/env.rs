@@ -14,6 +14,11 @@ pub const ENABLE_VAR: &str = "TASKCLUSTER_E2E";
 /// does not: TaskClusters then get the CRD's ephemeral ZooKeeper storage.
 pub const EPHEMERAL_STORAGE_VAR: &str = "TASKCLUSTER_E2E_EPHEMERAL_STORAGE";
 
+/// The release of an operator build, loaded on the cluster's node beside the current one,
+/// that the upgrade scenario installs first (e2e/cluster/ci.sh builds it); unset, that
+/// scenario is skipped and says so.
+pub const UPGRADE_FROM_VAR: &str = "TASKCLUSTER_E2E_UPGRADE_FROM";
+
 /// One test's view of the cluster.
 #[derive(Clone)]
 pub struct E2e {
@@ -21,6 +26,7 @@ pub struct E2e {
     pub tools: Tools,
     pub repo_root: PathBuf,
     pub ephemeral_storage: bool,
+    pub upgrade_from: Option<String>,
 }
 
 impl E2e {
@@ -51,6 +57,7 @@ impl E2e {
             tools: Tools::from_env(),
             repo_root,
             ephemeral_storage: std::env::var_os(EPHEMERAL_STORAGE_VAR).is_some_and(|v| !v.is_empty()),
+            upgrade_from: std::env::var(UPGRADE_FROM_VAR).ok().filter(|v| !v.is_empty()),
         })
     }
 }

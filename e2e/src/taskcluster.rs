@@ -103,7 +103,14 @@ impl E2e {
             },
         )
         .await?;
+        self.install_operator_release(None).await
+    }
+
+    /// `helm upgrade --install` of the chart, with the operator image of `release` (the
+    /// chart's appVersion when `None`), waiting until the new operator pod is available.
+    pub async fn install_operator_release(&self, release: Option<&str>) -> Result<()> {
         let chart = self.repo_root.join("charts/taskcluster-operator");
+        let tag = format!("image.tag={}", release.unwrap_or_default());
         self.tools
             .helm(&[
                 "upgrade",
@@ -116,6 +123,8 @@ impl E2e {
                 // Both providers put the images on the node; nothing is ever pulled.
                 "--set",
                 "image.pullPolicy=Never",
+                "--set",
+                &tag,
                 "--wait",
                 "--timeout",
                 "5m",

@@ -2,6 +2,7 @@
 //! of its own and checks invariants of the objects and of the status, not just that
 //! nothing failed. Without TASKCLUSTER_E2E they skip; with it they fail loudly.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -10,6 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use serde_json::{json, Value};
+use taskcluster_e2e::env::UPGRADE_FROM_VAR;
 use taskcluster_e2e::error::KubeContext;
 use taskcluster_e2e::taskcluster::{self, component_selector, condition, leader, status, status_i64};
 use taskcluster_e2e::wait::{self, Poll};
@@ -724,36 +726,41 @@ async fn retained_data_survives_deleting_and_recreating_the_taskcluster() {
     .await;
 }
 
-// Scenario 4: deleting worker pods while tasks flow loses nothing (their tasks are
+// Scenario 4: deleting worker pods while they execute tasks loses nothing (their tasks are
 // retried elsewhere), and deleting one ZooKeeper server of three does not stop the work.
+// Each task takes 0.2 s, so the work outlasts every disruption, each victim is a worker
+// that its own metrics show executing a task, and the Job must still run after the last one.
 #[tokio::test]
 async fn work_survives_deleted_workers_and_a_deleted_zookeeper_server() {
     scenario("disruptions", |e2e, ns| async move {
         let name = "sturdy";
-        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster_manifest(&e2e, &ns, name, 2, 3, 3)).await?;
+        let mut object: Value = serde_yaml::from_str(&taskcluster_manifest(&e2e, &ns, name, 2, 3, 3))
+            .map_err(|e| Error::Invalid { context: "manifest".into(), message: e.to_string() })?;
+        object["spec"]["exec"] = json!(r#"read -r p; sleep 0.2; echo "$p""#);
+        let manifest = serde_yaml::to_string(&object).unwrap_or_default();
+        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &manifest).await?;
         let before = status_i64(&wait_ready(&e2e, &ns, name).await?, "completed");
         one_eviction_allowed(&e2e, &ns, name).await?;
-        submit_job(&e2e, &ns, name, "submit", &["--count", "3000", "--inflight", "64", "--wait"]).await?;
+        const TASKS: usize = 1500;
+        let count = TASKS.to_string();
+        submit_job(&e2e, &ns, name, "submit", &["--count", &count, "--inflight", "64", "--wait"]).await?;
 
-        // Two workers, each deleted while tasks are assigned to it.
+        // Two workers, each deleted while it executes a task.
+        let workers = component_selector(name, "worker");
         for round in 1..=2 {
             let victim = wait::until(
-                &format!("round {round}: a busy worker"),
+                &format!("round {round}: a worker executing a task"),
                 Duration::from_secs(300),
-                Duration::from_millis(250),
+                Duration::from_millis(500),
                 || async {
-                    let object = get(&e2e, &ns, name).await?;
-                    let busy = status(&object)["workers"]["busy"].as_i64().unwrap_or(0);
-                    let workers = pods(&e2e, &ns, &component_selector(name, "worker")).await?;
-                    let running: Vec<_> = workers
-                        .iter()
-                        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-                        .filter_map(|p| p.metadata.name.clone())
-                        .collect();
-                    match running.first() {
-                        Some(pod) if busy > 0 => Ok(Poll::Done(pod.clone())),
-                        _ => Ok(Poll::NotYet(format!("busy {busy}, running workers {running:?}"))),
+                    let mut idle = Vec::new();
+                    for pod in ready_pod_names(&e2e, &ns, &workers).await? {
+                        if pod_metric(&e2e, &ns, &pod, "taskcluster_worker_busy").await.unwrap_or(0.0) >= 1.0 {
+                            return Ok(Poll::Done(pod));
+                        }
+                        idle.push(pod);
                     }
+                    Ok(Poll::NotYet(format!("no ready worker busy: {idle:?}")))
                 },
             )
             .await?;
@@ -771,14 +778,18 @@ async fn work_survives_deleted_workers_and_a_deleted_zookeeper_server() {
             .delete(&zk_pod, &DeleteParams::default())
             .await
             .context(|| format!("deleting ZooKeeper pod {zk_pod}"))?;
+        ensure(job_outcome(&e2e, &ns, "submit").await?.is_none(), || {
+            "the submit Job ended before the last disruption: the disruptions did not meet running work".into()
+        })?;
 
         let succeeded = job_succeeded(&e2e, &ns, "submit", Duration::from_secs(900)).await?;
         ensure(succeeded, || "some task was lost to the deleted workers or the ZooKeeper restart".into())?;
         // The client's own accounting is the proof that nothing was lost: it waited for
-        // every one of its 3,000 results.
+        // every one of its results.
         let logs = job_logs(&e2e, &ns, "submit").await;
-        ensure(logs.lines().any(|l| l.trim() == "3000 submitted, 3000 succeeded, 0 failed"), || {
-            format!("the submit Job does not report 3000 of 3000 succeeded:\n{logs}")
+        let summary_line = format!("{TASKS} submitted, {TASKS} succeeded, 0 failed");
+        ensure(logs.lines().any(|l| l.trim() == summary_line), || {
+            format!("the submit Job does not report {summary_line:?}:\n{logs}")
         })?;
         let object = wait::until("Ready again with three ZooKeeper servers", READY_TIMEOUT, POLL, || async {
             let object = get(&e2e, &ns, name).await?;
@@ -797,9 +808,9 @@ async fn work_survives_deleted_workers_and_a_deleted_zookeeper_server() {
         // written and collected while its worker pod was being killed can be missed.
         // Report a shortfall, but judge loss by the client's results above.
         let counted = status_i64(&object, "completed") - before;
-        if counted < 3000 {
+        if counted < TASKS as i64 {
             eprintln!(
-                "note: status.completed rose by {counted}, not 3000, across the disruptions ({})",
+                "note: status.completed rose by {counted}, not {TASKS}, across the disruptions ({})",
                 summary(&object)
             );
         }
@@ -809,8 +820,8 @@ async fn work_survives_deleted_workers_and_a_deleted_zookeeper_server() {
     .await;
 }
 
-/// A counter of the master pod `pod`'s own Prometheus metrics (0 when not exported yet).
-async fn master_counter(e2e: &E2e, ns: &str, pod: &str, metric: &str) -> Result<f64> {
+/// A sample of the pod `pod`'s own Prometheus metrics (0 when not exported yet).
+async fn pod_metric(e2e: &E2e, ns: &str, pod: &str, metric: &str) -> Result<f64> {
     let url = format!("http://127.0.0.1:{}/metrics", taskcluster::NODE_HTTP_PORT);
     let metrics = e2e.tools.kubectl(&["exec", "-n", ns, pod, "--", "wget", "-q", "-O", "-", &url]).await?;
     let value = metrics
@@ -861,8 +872,8 @@ async fn workers_follow_a_burst_and_scale_in_interrupts_no_task() {
         let ready = wait_ready(&e2e, &ns, name).await?;
         follow(&e2e, &ns, name, "workers", 1).await?;
         let master = leader(&ready).unwrap_or_default();
-        let assigned_before = master_counter(&e2e, &ns, &master, "taskcluster_master_assignments_total").await?;
-        let failed_before = master_counter(&e2e, &ns, &master, "taskcluster_tasks_failed_attempts_total").await?;
+        let assigned_before = pod_metric(&e2e, &ns, &master, "taskcluster_master_assignments_total").await?;
+        let failed_before = pod_metric(&e2e, &ns, &master, "taskcluster_tasks_failed_attempts_total").await?;
 
         const BURST: usize = 120;
         const LONG: usize = 2;
@@ -919,10 +930,8 @@ async fn workers_follow_a_burst_and_scale_in_interrupts_no_task() {
         let fell_back = scaled_in.elapsed();
 
         let tasks = (BURST + LONG) as f64;
-        let assigned =
-            master_counter(&e2e, &ns, &master, "taskcluster_master_assignments_total").await? - assigned_before;
-        let failed =
-            master_counter(&e2e, &ns, &master, "taskcluster_tasks_failed_attempts_total").await? - failed_before;
+        let assigned = pod_metric(&e2e, &ns, &master, "taskcluster_master_assignments_total").await? - assigned_before;
+        let failed = pod_metric(&e2e, &ns, &master, "taskcluster_tasks_failed_attempts_total").await? - failed_before;
         eprintln!(
             "autoscaling: {BURST} tasks of 1 s and {LONG} of 90 s; first new worker Ready {:?} after the burst, \
              burst drained in {drained:?}, peak {peak} workers, scaled in to the {LONG} busy workers, 1 worker \
@@ -944,4 +953,237 @@ async fn workers_follow_a_burst_and_scale_in_interrupts_no_task() {
         Ok(())
     })
     .await;
+}
+
+/// `kind/name=version` of each StatefulSet and Deployment of the TaskCluster `name`: the
+/// operator release that last applied it.
+async fn child_versions(e2e: &E2e, ns: &str, name: &str) -> Result<Vec<String>> {
+    let selector = format!("app.kubernetes.io/instance={name}");
+    let template = r#"jsonpath={range .items[*]}{.kind}/{.metadata.name}={.metadata.labels.app\.kubernetes\.io/version}{"\n"}{end}"#;
+    let out =
+        e2e.tools.kubectl(&["get", "statefulsets,deployments", "-n", ns, "-l", &selector, "-o", template]).await?;
+    Ok(out.lines().filter(|l| !l.is_empty()).map(str::to_string).collect())
+}
+
+/// Waits until the StatefulSet and both Deployments of `name` were applied by `release`.
+async fn applied_by(e2e: &E2e, ns: &str, name: &str, release: &str) -> Result<()> {
+    wait::until(&format!("operator {release} to apply every child"), Duration::from_secs(240), POLL, || async {
+        let versions = child_versions(e2e, ns, name).await?;
+        let done = versions.len() == 3 && versions.iter().all(|v| v.ends_with(&format!("={release}")));
+        Ok(if done { Poll::Done(()) } else { Poll::NotYet(format!("{versions:?}")) })
+    })
+    .await
+}
+
+/// Name and uid of each ZooKeeper pod of `name`.
+async fn zookeeper_pod_uids(e2e: &E2e, ns: &str, name: &str) -> Result<BTreeMap<String, String>> {
+    Ok(pods(e2e, ns, &component_selector(name, "zookeeper"))
+        .await?
+        .into_iter()
+        .filter_map(|p| Some((p.metadata.name?, p.metadata.uid?)))
+        .collect())
+}
+
+// Scenario 8: an operator upgrade strands nothing. The chart is installed with an older
+// release (this operator stamped with another version by e2e/cluster/ci.sh), a TaskCluster
+// with volume-backed ZooKeeper runs slow tasks, and the chart is upgraded while they flow:
+// the new operator applies the StatefulSet and both Deployments (an immutable field it
+// changed would stop it), restarts no ZooKeeper server (their pod template does not carry
+// the version), applies a later scale and spec edit, and every task succeeds once.
+#[tokio::test]
+async fn an_operator_upgrade_under_load_restarts_no_zookeeper_server_and_applies_later_edits() {
+    scenario("upgrade", |e2e, ns| async move {
+        let Some(previous) = e2e.upgrade_from.clone() else {
+            eprintln!("skipped: no older operator build on the node ({UPGRADE_FROM_VAR} is unset; ci.sh sets it)");
+            return Ok(());
+        };
+        let upgraded = upgrade_under_load(&e2e, &ns, &previous).await;
+        // The suite's other scenarios expect this release's operator, whatever happened.
+        let restored = e2e.install_operator_release(None).await;
+        upgraded.and(restored)
+    })
+    .await;
+}
+
+async fn upgrade_under_load(e2e: &E2e, ns: &str, previous: &str) -> Result<()> {
+    let current = env!("CARGO_PKG_VERSION");
+    ensure(previous != current, || format!("{UPGRADE_FROM_VAR}={previous} is this release"))?;
+    e2e.install_operator_release(Some(previous)).await?;
+    let name = "upgraded";
+    let mut object: Value = serde_yaml::from_str(&taskcluster_manifest(e2e, ns, name, 2, 2, 3))
+        .map_err(|e| Error::Invalid { context: "manifest".into(), message: e.to_string() })?;
+    object["spec"]["exec"] = json!(r#"read -r p; sleep 0.1; echo "$p""#);
+    let manifest = serde_yaml::to_string(&object).unwrap_or_default();
+    e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &manifest).await?;
+    wait_ready(e2e, ns, name).await?;
+    applied_by(e2e, ns, name, previous).await?;
+    let servers = zookeeper_pod_uids(e2e, ns, name).await?;
+
+    const TASKS: usize = 2000;
+    let count = TASKS.to_string();
+    submit_job(e2e, ns, name, "stream", &["--count", &count, "--inflight", "32", "--wait"]).await?;
+    wait::until("the stream Job to run", Duration::from_secs(120), Duration::from_millis(500), || async {
+        let status = job_status(e2e, ns, "stream").await?;
+        Ok(if running(&status) { Poll::Done(()) } else { Poll::NotYet(format!("{status:?}")) })
+    })
+    .await?;
+
+    let upgrade = Instant::now();
+    e2e.install_operator_release(None).await?;
+    applied_by(e2e, ns, name, current).await?;
+    eprintln!(
+        "upgrade: operator {previous} -> {current}; every child applied {:?} after helm upgrade",
+        upgrade.elapsed()
+    );
+    ensure(job_outcome(e2e, ns, "stream").await?.is_none(), || {
+        "the stream Job ended before the new operator took over: the upgrade did not meet running work".into()
+    })?;
+
+    // Later edits reach the children: a scale and a task setting.
+    patch_spec(e2e, ns, name, json!({"workers": 3, "tasks": {"maxAttempts": 5}})).await?;
+    let deployments = Api::<Deployment>::namespaced(e2e.client.clone(), ns);
+    wait::until("the scale and the edit to be applied", Duration::from_secs(180), POLL, || async {
+        let workers =
+            deployments.get(&format!("{name}-worker")).await.context(|| "reading the worker Deployment".into())?;
+        let master =
+            deployments.get(&format!("{name}-master")).await.context(|| "reading the master Deployment".into())?;
+        let replicas = workers.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+        let args = master
+            .spec
+            .and_then(|s| s.template.spec)
+            .and_then(|s| s.containers.into_iter().next())
+            .and_then(|c| c.args)
+            .unwrap_or_default();
+        let attempts = args.windows(2).find(|w| w[0] == "--max-attempts").map(|w| w[1].clone()).unwrap_or_default();
+        Ok(if replicas == 3 && attempts == "5" {
+            Poll::Done(())
+        } else {
+            Poll::NotYet(format!("worker replicas {replicas}, master --max-attempts {attempts:?}"))
+        })
+    })
+    .await?;
+    follow(e2e, ns, name, "workers", 3).await?;
+
+    let succeeded = job_succeeded(e2e, ns, "stream", Duration::from_secs(900)).await?;
+    let logs = job_logs(e2e, ns, "stream").await;
+    let summary_line = format!("{TASKS} submitted, {TASKS} succeeded, 0 failed");
+    ensure(succeeded && logs.lines().any(|l| l.trim() == summary_line), || {
+        format!("the tasks streamed across the upgrade did not all succeed ({summary_line:?} expected):\n{logs}")
+    })?;
+    let after = zookeeper_pod_uids(e2e, ns, name).await?;
+    ensure(after == servers, || {
+        format!("ZooKeeper servers were restarted by the upgrade: before {servers:?}, after {after:?}")
+    })?;
+    let object = get(e2e, ns, name).await?;
+    ensure(condition(&object, "Reconciled").as_deref() == Some("True"), || {
+        format!("Reconciled is not True after the upgrade: {}", status(&object))
+    })?;
+    Ok(())
+}
+
+/// Scales the suite's cluster-wide operator to `replicas` and waits until exactly that many
+/// of its pods exist (a terminating one still reconciles) and, above 0, the rollout is done.
+async fn scale_suite_operator(e2e: &E2e, replicas: u32) -> Result<()> {
+    let deployment = format!("deployment/{}", taskcluster::OPERATOR_RELEASE);
+    let namespace = taskcluster::OPERATOR_NAMESPACE;
+    e2e.tools.kubectl(&["scale", "-n", namespace, &deployment, &format!("--replicas={replicas}")]).await?;
+    let selector = format!(
+        "app.kubernetes.io/name=taskcluster-operator,app.kubernetes.io/instance={}",
+        taskcluster::OPERATOR_RELEASE
+    );
+    let api = Api::<Pod>::namespaced(e2e.client.clone(), namespace);
+    wait::until(&format!("{replicas} pods of the suite's operator"), Duration::from_secs(180), POLL, || async {
+        let all =
+            api.list(&ListParams::default().labels(&selector)).await.context(|| "listing operator pods".into())?;
+        let count = all.items.len() as u32;
+        Ok(if count == replicas { Poll::Done(()) } else { Poll::NotYet(format!("{count} pods")) })
+    })
+    .await?;
+    if replicas > 0 {
+        e2e.tools.kubectl(&["rollout", "status", "-n", namespace, &deployment, "--timeout=180s"]).await?;
+    }
+    Ok(())
+}
+
+// Scenario 9: an operator installed for one namespace (`watchNamespace`: a Role there
+// instead of the ClusterRole) runs a TaskCluster in it and leaves one in another namespace
+// alone. The suite's cluster-wide operator is scaled to 0 meanwhile and back to 1 whatever
+// happened; it then makes the other TaskCluster Ready, so that one was valid all along.
+#[tokio::test]
+async fn a_namespace_scoped_operator_runs_its_namespace_only() {
+    scenario("scoped", |e2e, ns| async move {
+        let outside = e2e.create_namespace("scoped-outside").await?;
+        let scoped = match scale_suite_operator(&e2e, 0).await {
+            Ok(()) => scoped_operator_runs(&e2e, &ns, &outside).await,
+            Err(err) => Err(err),
+        };
+        // Gone before the suite's operator returns, so the two never share a TaskCluster.
+        let uninstalled = e2e.tools.helm(&["uninstall", SCOPED_RELEASE, "-n", &ns, "--wait", "--timeout", "2m"]).await;
+        let restored = scale_suite_operator(&e2e, 1).await;
+        let adopted = match (&scoped, &restored) {
+            (Ok(()), Ok(())) => wait_ready(&e2e, &outside, "outside").await.map(|_| ()),
+            _ => Ok(()),
+        };
+        let cleaned = e2e.delete_namespace(&outside).await;
+        scoped.and(uninstalled.map(|_| ())).and(restored).and(adopted).and(cleaned)
+    })
+    .await;
+}
+
+const SCOPED_RELEASE: &str = "scoped";
+
+async fn scoped_operator_runs(e2e: &E2e, ns: &str, outside: &str) -> Result<()> {
+    let chart = e2e.repo_root.join("charts/taskcluster-operator");
+    let release = SCOPED_RELEASE;
+    e2e.tools
+        .helm(&[
+            "upgrade",
+            "--install",
+            release,
+            chart.to_str().unwrap_or_default(),
+            "--namespace",
+            ns,
+            "--set",
+            "image.pullPolicy=Never",
+            "--set",
+            &format!("watchNamespace={ns}"),
+            "--wait",
+            "--timeout",
+            "3m",
+        ])
+        .await?;
+    let cluster_wide = e2e.tools.kubectl(&["get", "clusterrolebindings", "-o", "name"]).await?;
+    ensure(!cluster_wide.contains(&format!("{release}-taskcluster-operator")), || {
+        format!("the namespace-scoped release bound a ClusterRole: {cluster_wide}")
+    })?;
+    e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster_manifest(e2e, ns, "inside", 1, 1, 1)).await?;
+    e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster_manifest(e2e, outside, "outside", 1, 1, 1)).await?;
+    wait_ready(e2e, ns, "inside").await?;
+    submit_job(e2e, ns, "inside", "scoped-submit", &["--count", "50", "--inflight", "8", "--wait"]).await?;
+    let succeeded = job_succeeded(e2e, ns, "scoped-submit", Duration::from_secs(300)).await?;
+    let logs = job_logs(e2e, ns, "scoped-submit").await;
+    ensure(succeeded && logs.lines().any(|l| l.trim() == "50 submitted, 50 succeeded, 0 failed"), || {
+        format!("the TaskCluster of the scoped operator did not run its tasks:\n{logs}")
+    })?;
+
+    // By now the scoped operator has had a minute or more with both objects.
+    let other = get(e2e, outside, "outside").await?;
+    let children = Api::<Deployment>::namespaced(e2e.client.clone(), outside)
+        .list(&ListParams::default())
+        .await
+        .context(|| format!("listing Deployments in {outside}"))?;
+    ensure(other.data.get("status").is_none_or(Value::is_null) && children.items.is_empty(), || {
+        format!(
+            "the namespace-scoped operator reconciled a TaskCluster in {outside}: status {}, {} Deployments",
+            status(&other),
+            children.items.len()
+        )
+    })?;
+    let operator_logs = e2e
+        .tools
+        .kubectl(&["logs", "-n", ns, "-l", &format!("app.kubernetes.io/instance={release}"), "--tail=-1"])
+        .await?;
+    let refused: Vec<&str> = operator_logs.lines().filter(|l| l.to_lowercase().contains("forbidden")).take(5).collect();
+    ensure(refused.is_empty(), || format!("its Role lacks a permission the operator uses: {refused:#?}"))?;
+    Ok(())
 }
