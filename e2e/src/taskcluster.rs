@@ -60,6 +60,11 @@ pub fn leader(object: &DynamicObject) -> Option<String> {
     status(object).get("leader").and_then(Value::as_str).filter(|s| !s.is_empty()).map(String::from)
 }
 
+/// Label selector of the operator pods of the chart release `release`.
+pub fn operator_selector(release: &str) -> String {
+    format!("app.kubernetes.io/name=taskcluster-operator,app.kubernetes.io/instance={release}")
+}
+
 /// Label selector of one component's pods, as the operator labels them.
 pub fn component_selector(instance: &str, component: &str) -> String {
     format!(
@@ -106,30 +111,26 @@ impl E2e {
         self.install_operator_release(None).await
     }
 
-    /// `helm upgrade --install` of the chart, with the operator image of `release` (the
-    /// chart's appVersion when `None`), waiting until the new operator pod is available.
+    /// `helm upgrade --install` of the suite's operator, with the operator image of `release`
+    /// (the chart's appVersion when `None`), waiting until the new operator pod is available.
     pub async fn install_operator_release(&self, release: Option<&str>) -> Result<()> {
-        let chart = self.repo_root.join("charts/taskcluster-operator");
         let tag = format!("image.tag={}", release.unwrap_or_default());
-        self.tools
-            .helm(&[
-                "upgrade",
-                "--install",
-                OPERATOR_RELEASE,
-                &path_str(&chart)?,
-                "--namespace",
-                OPERATOR_NAMESPACE,
-                "--create-namespace",
-                // Both providers put the images on the node; nothing is ever pulled.
-                "--set",
-                "image.pullPolicy=Never",
-                "--set",
-                &tag,
-                "--wait",
-                "--timeout",
-                "5m",
-            ])
-            .await?;
+        self.install_chart(OPERATOR_RELEASE, OPERATOR_NAMESPACE, &[&tag], "5m").await
+    }
+
+    /// `helm upgrade --install` of charts/taskcluster-operator as `release` in `namespace`
+    /// with extra `--set` values, waiting up to `timeout` for it to be available.
+    pub async fn install_chart(&self, release: &str, namespace: &str, sets: &[&str], timeout: &str) -> Result<()> {
+        let chart = self.repo_root.join("charts/taskcluster-operator");
+        let chart = path_str(&chart)?;
+        let mut args = vec!["upgrade", "--install", release, &chart, "--namespace", namespace, "--create-namespace"];
+        // Both providers put the images on the node; nothing is ever pulled.
+        args.extend(["--set", "image.pullPolicy=Never"]);
+        for set in sets {
+            args.extend(["--set", set]);
+        }
+        args.extend(["--wait", "--timeout", timeout]);
+        self.tools.helm(&args).await?;
         Ok(())
     }
 

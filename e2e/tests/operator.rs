@@ -500,10 +500,7 @@ async fn an_exec_change_rolls_out_and_tasks_run_through_it() {
 async fn an_operator_killed_mid_reconcile_converges_after_restart() {
     scenario("restart", |e2e, ns| async move {
         let name = "restarted";
-        let operator = format!(
-            "app.kubernetes.io/name=taskcluster-operator,app.kubernetes.io/instance={}",
-            taskcluster::OPERATOR_RELEASE
-        );
+        let operator = taskcluster::operator_selector(taskcluster::OPERATOR_RELEASE);
         e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster_manifest(&e2e, &ns, name, 2, 2, 1)).await?;
         // Right after the first children appear, the reconcile is under way: kill it there.
         wait::until("the first child objects", Duration::from_secs(60), Duration::from_millis(200), || async {
@@ -1087,10 +1084,7 @@ async fn scale_suite_operator(e2e: &E2e, replicas: u32) -> Result<()> {
     let deployment = format!("deployment/{}", taskcluster::OPERATOR_RELEASE);
     let namespace = taskcluster::OPERATOR_NAMESPACE;
     e2e.tools.kubectl(&["scale", "-n", namespace, &deployment, &format!("--replicas={replicas}")]).await?;
-    let selector = format!(
-        "app.kubernetes.io/name=taskcluster-operator,app.kubernetes.io/instance={}",
-        taskcluster::OPERATOR_RELEASE
-    );
+    let selector = taskcluster::operator_selector(taskcluster::OPERATOR_RELEASE);
     let api = Api::<Pod>::namespaced(e2e.client.clone(), namespace);
     wait::until(&format!("{replicas} pods of the suite's operator"), Duration::from_secs(180), POLL, || async {
         let all =
@@ -1133,25 +1127,8 @@ async fn a_namespace_scoped_operator_runs_its_namespace_only() {
 const SCOPED_RELEASE: &str = "scoped";
 
 async fn scoped_operator_runs(e2e: &E2e, ns: &str, outside: &str) -> Result<()> {
-    let chart = e2e.repo_root.join("charts/taskcluster-operator");
     let release = SCOPED_RELEASE;
-    e2e.tools
-        .helm(&[
-            "upgrade",
-            "--install",
-            release,
-            chart.to_str().unwrap_or_default(),
-            "--namespace",
-            ns,
-            "--set",
-            "image.pullPolicy=Never",
-            "--set",
-            &format!("watchNamespace={ns}"),
-            "--wait",
-            "--timeout",
-            "3m",
-        ])
-        .await?;
+    e2e.install_chart(release, ns, &[&format!("watchNamespace={ns}")], "3m").await?;
     let cluster_wide = e2e.tools.kubectl(&["get", "clusterrolebindings", "-o", "name"]).await?;
     ensure(!cluster_wide.contains(&format!("{release}-taskcluster-operator")), || {
         format!("the namespace-scoped release bound a ClusterRole: {cluster_wide}")
@@ -1179,10 +1156,8 @@ async fn scoped_operator_runs(e2e: &E2e, ns: &str, outside: &str) -> Result<()> 
             children.items.len()
         )
     })?;
-    let operator_logs = e2e
-        .tools
-        .kubectl(&["logs", "-n", ns, "-l", &format!("app.kubernetes.io/instance={release}"), "--tail=-1"])
-        .await?;
+    let operator_logs =
+        e2e.tools.kubectl(&["logs", "-n", ns, "-l", &taskcluster::operator_selector(release), "--tail=-1"]).await?;
     let refused: Vec<&str> = operator_logs.lines().filter(|l| l.to_lowercase().contains("forbidden")).take(5).collect();
     ensure(refused.is_empty(), || format!("its Role lacks a permission the operator uses: {refused:#?}"))?;
     Ok(())
