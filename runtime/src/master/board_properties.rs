@@ -1,7 +1,8 @@
-//! Property tests of [`Board`] over random interleavings of clients, workers, the leader's
-//! requests and their replies, and connection losses.
+//! Property tests of the leader's core ([`Core`](super::core::Core): the board and every decision
+//! around it) over random interleavings of clients, workers, the leader's requests and their
+//! replies, and connection losses.
 //!
-//! The board is driven the way the leader loop (`leader.rs`) drives it, against a small model of
+//! The core is driven the way the leader loop (`leader.rs`) drives it, against a small model of
 //! ZooKeeper's truth: the tasks (pending, with a result, collected; an id may be used again), the
 //! worker znodes (name, creation zxid, version, data, inbox or not) and the attempts records. What
 //! sits between the two is modelled after ZooKeeper and zookeeper-client 0.11, since the board's
@@ -44,11 +45,11 @@
 //! 5. At quiescence each task's state and the counts agree with ZooKeeper (backlog: pending
 //!    tasks that no worker holds).
 //!
-//! Failures found so far are reduced to tests in `known_failures`; runs that meet them are
-//! discarded until they are fixed. A counterexample is a list of steps; names are indexes
-//! (`name: 1` is worker `w1`, `id: 2` is task `t2`). `PROPTEST_CASES=20000` hunts longer.
+//! Failures found so far are reduced to tests in `regressions`. A counterexample is a list of
+//! steps; names are indexes (`name: 1` is worker `w1`, `id: 2` is task `t2`).
+//! `PROPTEST_CASES=20000` hunts longer.
 
-mod known_failures;
+mod regressions;
 mod world;
 
 use proptest::prelude::*;
@@ -105,29 +106,18 @@ fn steps() -> impl Strategy<Value = Vec<Step>> {
 }
 
 /// Runs the steps, checking `between` after each one, then `after` on the world they left.
-/// A run that meets a known failure of the board is discarded, not failed: the failure has a
-/// test of its own in `known_failures`, and a fix makes the discarding stop by itself.
 fn run(
     steps: &[Step],
     between: impl Fn(&mut World) -> Result<(), String>,
     after: impl FnOnce(&mut World) -> Result<(), String>,
 ) -> Result<(), TestCaseError> {
     let mut world = World::new();
-    let mut outcome = Ok(());
     for (index, step) in steps.iter().enumerate() {
         world.step(step);
-        if let Err(broken) = between(&mut world) {
-            outcome = Err(format!("after step {index} ({step:?}): {broken}"));
-            break;
-        }
+        between(&mut world)
+            .map_err(|broken| TestCaseError::fail(format!("after step {index} ({step:?}): {broken}")))?;
     }
-    if outcome.is_ok() {
-        outcome = after(&mut world);
-    }
-    match (world.known_failure, outcome) {
-        (Some(known), Err(_)) => Err(TestCaseError::reject(known)),
-        (_, outcome) => outcome.map_err(TestCaseError::fail),
-    }
+    after(&mut world).map_err(TestCaseError::fail)
 }
 
 fn config() -> ProptestConfig {

@@ -3,6 +3,7 @@
 pub mod board;
 #[cfg(test)]
 mod board_properties;
+mod core;
 mod leader;
 mod writes;
 
@@ -12,12 +13,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use zookeeper_client::{Client, Error as ZkError, LockOptions, LockPrefix};
 
+use self::core::LeadEnd;
 use crate::connect::{self, ConnectError, ZkTarget};
 use crate::paths;
 use crate::records::{self, ContenderRecord, TaskSettings};
 use crate::telemetry::http::Probes;
 use crate::telemetry::metrics::MasterMetrics;
-use leader::LeadEnd;
 
 pub struct MasterContext {
     pub id: String,

@@ -1,12 +1,20 @@
-//! The world the board lives in, modelled for the properties: ZooKeeper's truth, the session
-//! between it and the leader, and the leader loop around the board (what `leader.rs` does with
-//! each event and reply, call for call). See the parent module for what is modelled and why.
+//! The world the leader's core lives in, modelled for the properties: ZooKeeper's truth, and the
+//! session between it and the leader, whose loop (`leader.rs`) is played here around the same
+//! [`Core`]: events and replies go in as the driver hands them over, effects come out as the
+//! requests it sends. See the parent module for what is modelled and why.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::master::board::{Action, Assignment, Board, Counts, Resolution, ReturnReason, TaskState};
+use zookeeper_client::{Error as ZkError, SessionState};
+
+use crate::master::board::{Assignment, Counts, Resolution, ReturnReason, TaskState};
+use crate::master::core::{Core, Effect, ListedTask, Snapshot, TaskChange, WorkerRead};
+use crate::master::writes::WriteError;
 use crate::paths;
+use crate::records::{StatusRecord, TaskSettings};
+use crate::telemetry::http::Probes;
+use crate::telemetry::metrics::MasterMetrics;
 
 /// Task ids in use: few, so that ids are used again once collected.
 pub(super) const TASK_IDS: u8 = 5;
@@ -20,13 +28,6 @@ pub(super) const PERIOD: Duration = Duration::from_secs(3600);
 const DRAIN_ROUNDS: usize = 40;
 /// Rounds of delivering everything in flight before the model must be quiescent.
 const QUIESCE_ROUNDS: usize = 60;
-
-/// The board lists workers in its maps' order, which differs from one board to the next; the
-/// model sorts them so that a run, and a counterexample, can be replayed.
-fn sorted(mut names: Vec<String>) -> Vec<String> {
-    names.sort();
-    names
-}
 
 fn task_id(id: u8) -> String {
     format!("t{}", id % TASK_IDS)
@@ -207,6 +208,16 @@ enum WriteFailure {
     Lost,
 }
 
+impl WriteFailure {
+    /// The error the leader's writes report for it.
+    fn error(self) -> WriteError {
+        match self {
+            WriteFailure::Rejected => WriteError::Conflict { index: 0, source: ZkError::BadVersion },
+            WriteFailure::Lost => WriteError::Unknown,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 enum Reply {
     Assigned {
@@ -351,18 +362,12 @@ pub(super) enum Step {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The world: ZooKeeper, the session, and the leader loop around the board
+// The world: ZooKeeper, the session, and the leader loop around the core
 
 pub(super) struct World {
     zk: Zk,
-    board: Board,
-    /// Bumped at every rebuild; replies of older generations are dropped.
-    generation: u64,
+    core: Core,
     link: Link,
-    /// Workers with a watched read or a kept watch (the leader's `watched`).
-    watched: HashSet<String>,
-    listing: bool,
-    relist: bool,
     /// Sent, not yet served, in the session's order.
     requests: VecDeque<(u64, Request)>,
     /// Asked while disconnected: sent once connected again, before the rebuild's own.
@@ -377,39 +382,21 @@ pub(super) struct World {
     deletions_unheard: usize,
     /// Broken invariants noticed while acting (checked after each step).
     violations: Vec<String>,
-    /// Revocations in flight, by task, to recognise a known failure.
-    revocations: BTreeMap<String, Revocation>,
-    /// The newest registration of each worker the board was told of, and the assignments that
-    /// landed on a later registration than the one they were planned for (the ABA case), to
-    /// recognise a known failure (see `retried_after_landing_on_a_later_registration`).
-    told_created: BTreeMap<String, i64>,
-    planned_for: BTreeMap<(String, String), (Option<i64>, i32)>,
-    landed_on_a_later_registration: BTreeSet<(String, String)>,
-    /// The run met a known failure of the board (see `known_failures`): the case is discarded.
-    pub(super) known_failure: Option<&'static str>,
-}
-
-/// A revocation the leader asked for, and whether the board has since applied a read showing
-/// the worker changed (which makes `revocation_failed` misplace the task: see
-/// `known_failures::a_revocation_that_fails_after_a_read_showed_the_worker_free_loses_the_task`).
-#[derive(Clone, Debug)]
-struct Revocation {
-    worker: String,
-    version: i32,
-    created: Option<i64>,
-    changed_since: bool,
 }
 
 impl World {
     pub(super) fn new() -> Self {
+        let period = PERIOD.as_millis() as u64;
+        let settings = TaskSettings {
+            max_attempts: MAX_ATTEMPTS,
+            task_timeout_ms: period,
+            retention_ms: period,
+            ..TaskSettings::default()
+        };
         World {
             zk: Zk::default(),
-            board: Board::new(),
-            generation: 0,
+            core: Core::new(&settings, StatusRecord::default(), MasterMetrics::default(), Probes::new()),
             link: Link::Connected,
-            watched: HashSet::new(),
-            listing: false,
-            relist: false,
             requests: VecDeque::new(),
             queued: VecDeque::new(),
             wire: VecDeque::new(),
@@ -417,11 +404,6 @@ impl World {
             started: Vec::new(),
             deletions_unheard: 0,
             violations: Vec::new(),
-            revocations: BTreeMap::new(),
-            told_created: BTreeMap::new(),
-            planned_for: BTreeMap::new(),
-            landed_on_a_later_registration: BTreeSet::new(),
-            known_failure: None,
         }
     }
 
@@ -712,10 +694,6 @@ impl World {
                     a.task, a.worker, a.version, registration.holds
                 ));
             }
-            let key = (a.task.clone(), a.worker.clone());
-            if self.planned_for.get(&key).and_then(|(created, _)| *created).is_some_and(|c| c < registration.created) {
-                self.landed_on_a_later_registration.insert(key);
-            }
             registration.holds = Holds::Task(a.task.clone(), task.incarnation);
             registration.version += 1;
             versions.push((registration.version, registration.created));
@@ -781,6 +759,7 @@ impl World {
         }
         // A rebuild under way is abandoned; the old board stays until the next one.
         self.link = Link::Disconnected;
+        self.core.session(SessionState::Disconnected);
         let in_transit = self.wire.split_off(received.min(self.wire.len()));
         let mut errors: Vec<(u64, Reply)> = Vec::new();
         for message in in_transit {
@@ -822,7 +801,10 @@ impl World {
                     let reply = self.serve(generation, request, Fault::None);
                     self.wire.push_back(Message::Reply { generation, reply });
                 }
-                // New watches, then the listing of the tasks.
+                // Connected: the core wants its resync. New watches, then the listing of the tasks.
+                self.core.session(SessionState::SyncConnected);
+                assert!(self.core.resync_wanted(), "a reconnection after a disconnection resyncs");
+                self.core.resync_started();
                 self.armed.clear();
                 self.deletions_unheard = 0;
                 let tasks = self.zk.tasks.iter().map(|(id, t)| (id.clone(), t.result_at)).collect();
@@ -832,46 +814,29 @@ impl World {
         }
     }
 
-    /// `Leader::rebuild`: a fresh board from the tasks listed at the start and the workers read
-    /// now, then the records; the generation changes, and every worker is watched if it must be.
+    /// `Leader::resync`: a snapshot of the tasks listed at the start and the workers read now,
+    /// then the records, for the core's rebuild.
     fn finish_rebuild(&mut self, tasks: Vec<(String, Option<Instant>)>) {
-        let mut board = Board::new();
-        let mut finished = Vec::new();
-        for (id, result_at) in tasks {
-            match result_at {
-                Some(at) => finished.push((at, id)),
-                None => board.task_created(&id),
-            }
-        }
-        finished.sort();
-        for (at, id) in finished {
-            board.task_completed(&id, at);
-        }
-        for (wid, registration) in &self.zk.workers {
-            self.told_created.insert(wid.clone(), registration.created);
-            let read = registration.read(wid);
-            board.worker_read(wid, &read.data, read.version, read.created);
-            board.set_inbox(wid, read.created, read.inbox);
-        }
-        let mut stray_records = Vec::new();
-        for task in self.zk.attempts.keys() {
-            if board.task_state(task).is_some() {
-                board.mark_records(task);
-            } else {
-                stray_records.push(task.clone());
-            }
-        }
-        self.board = board;
-        self.generation += 1;
-        self.watched.clear();
-        self.revocations.clear();
+        let tasks = tasks.into_iter().map(|(id, at)| ListedTask { id, finished: at.map(|at| (at, 0)) }).collect();
+        let workers = self
+            .zk
+            .workers
+            .iter()
+            .map(|(wid, registration)| {
+                let read = registration.read(wid);
+                let read = WorkerRead {
+                    data: read.data,
+                    version: read.version,
+                    created: read.created,
+                    inbox: Some(read.inbox),
+                };
+                (wid.clone(), read)
+            })
+            .collect();
+        let records = self.zk.attempts.keys().cloned().collect();
         self.link = Link::Connected;
-        for task in stray_records {
-            self.send(Request::Cleanup { task, with_task: false });
-        }
-        for wid in self.zk.workers.keys().cloned().collect::<Vec<_>>() {
-            self.ensure_watched(&wid);
-        }
+        self.core.rebuilt(Snapshot { tasks, workers, records, ..Snapshot::default() });
+        self.carry_out();
         // `Leader::apply_delivered` after the rebuild: the notifications of its window precede
         // its last reply, so all have arrived, and they are applied before anything is planned.
         while let Some(index) = self.wire.iter().position(|m| matches!(m, Message::Note(_))) {
@@ -883,8 +848,36 @@ impl World {
 
     // --- the leader loop -----------------------------------------------------------------------
 
-    fn send(&mut self, request: Request) {
-        self.send_as(self.generation, request);
+    /// `Leader::carry_out`: the core's effects become requests, in order. What the model leaves
+    /// out (the inbox sweep, the view check, the status record) is answered at once.
+    fn carry_out(&mut self) {
+        loop {
+            let effects = self.core.take_effects();
+            if effects.is_empty() {
+                return;
+            }
+            for effect in effects {
+                match effect {
+                    Effect::ReadWorker { generation, wid, watch, known } => {
+                        self.send_as(generation, Request::Read { wid, watch, known })
+                    },
+                    Effect::ListWorkers { generation } => self.send_as(generation, Request::List),
+                    Effect::Assign { generation, batch } => {
+                        self.check_plan(&batch);
+                        self.send_as(generation, Request::Assign(batch));
+                    },
+                    Effect::Resolve { generation, task, reason } => {
+                        self.send_as(generation, Request::Resolve { task, reason })
+                    },
+                    Effect::Cleanup { task, with_task } => {
+                        self.send_as(self.core.generation(), Request::Cleanup { task, with_task })
+                    },
+                    Effect::SweepInboxes => self.core.inboxes_swept(Ok(0)),
+                    Effect::CheckView { generation } => self.core.view_checked(generation, Ok((None, None))),
+                    Effect::Publish(_) => self.core.status_written(Ok(())),
+                }
+            }
+        }
     }
 
     fn send_as(&mut self, generation: u64, request: Request) {
@@ -895,71 +888,14 @@ impl World {
         }
     }
 
-    fn act(&mut self, action: Action) {
-        match action {
-            Action::Resolve { task, reason } => {
-                if let ReturnReason::TimedOut { worker, version, .. } = &reason {
-                    let created = self.board.incarnation(worker).map(|(created, _)| created);
-                    let revocation =
-                        Revocation { worker: worker.clone(), version: *version, created, changed_since: false };
-                    self.revocations.insert(task.clone(), revocation);
-                }
-                self.send(Request::Resolve { task, reason })
-            },
-            Action::DeleteRecords { task } => self.send(Request::Cleanup { task, with_task: false }),
-        }
-    }
-
     fn read_worker(&mut self, wid: &str) {
-        let known = self.board.incarnation(wid);
-        self.send(Request::Read { wid: wid.to_string(), watch: false, known });
-    }
-
-    fn ensure_watched(&mut self, wid: &str) {
-        if !self.board.needs_watch(wid) || !self.watched.insert(wid.to_string()) {
-            return;
-        }
-        let known = self.board.incarnation(wid);
-        self.send(Request::Read { wid: wid.to_string(), watch: true, known });
-    }
-
-    fn list_workers(&mut self) {
-        if self.listing {
-            self.relist = true;
-            return;
-        }
-        self.listing = true;
-        self.send(Request::List);
-    }
-
-    fn workers_listed(&mut self, names: Vec<String>) {
-        let listed: HashSet<&str> = names.iter().map(String::as_str).collect();
-        for wid in sorted(self.board.workers_not_in(&listed)) {
-            if let Some(action) = self.board.worker_deleted(&wid) {
-                self.act(action);
-            }
-        }
-        for wid in &names {
-            self.read_worker(wid);
-        }
+        self.core.read_worker(wid.to_string());
+        self.carry_out();
     }
 
     fn plan(&mut self, limit: usize) {
-        if !self.connected() {
-            return;
-        }
-        loop {
-            let batch = self.board.plan(limit);
-            if batch.is_empty() {
-                return;
-            }
-            self.check_plan(&batch);
-            for a in &batch {
-                let created = self.told_created.get(&a.worker).copied();
-                self.planned_for.insert((a.task.clone(), a.worker.clone()), (created, a.version));
-            }
-            self.send(Request::Assign(batch));
-        }
+        self.core.assign(limit);
+        self.carry_out();
     }
 
     /// Invariants 1 and 2 at planning: no planned task runs anywhere (assigned, or withdrawn
@@ -980,28 +916,16 @@ impl World {
         }
     }
 
+    /// The leader's tick, with the cutoffs of expiry and retention named (each optional).
     fn tick(&mut self, expire: Option<Instant>, retention: Option<Instant>) {
-        if !self.connected() {
-            return;
-        }
         if let Some(cutoff) = expire {
-            let mut expired = self.board.expired(PERIOD, cutoff + PERIOD);
-            expired.sort_by_key(|action| format!("{action:?}"));
-            for action in expired {
-                self.act(action);
-            }
+            self.core.expire(cutoff + PERIOD);
         }
         if let Some(cutoff) = retention {
-            for task in self.board.past_retention(PERIOD, cutoff + PERIOD) {
-                self.send(Request::Cleanup { task, with_task: true });
-            }
+            self.core.retire(cutoff + PERIOD);
         }
-        for wid in sorted(self.board.workers_needing_read()) {
-            self.read_worker(&wid);
-        }
-        for wid in sorted(self.board.workers_needing_watch()) {
-            self.ensure_watched(&wid);
-        }
+        self.core.housekeep(self.now());
+        self.carry_out();
     }
 
     fn settle(&mut self) {
@@ -1033,142 +957,55 @@ impl World {
         }
     }
 
+    /// `Leader::on_task_event` and its siblings. The model reports no zxids.
     fn on_note(&mut self, note: Note) {
         match note {
-            Note::TaskCreated(task) => self.board.task_created(&task),
-            Note::TaskCompleted(task) => {
-                if self.board.task_state(&task).is_some() {
-                    self.board.task_completed(&task, Instant::now());
-                }
-            },
+            Note::TaskCreated(task) => self.core.task_changed(&task, TaskChange::Created, 0),
+            Note::TaskCompleted(task) => self.core.task_changed(&task, TaskChange::Written, 0),
             Note::TaskDeleted(task) => {
                 self.deletions_unheard = self.deletions_unheard.saturating_sub(1);
-                let holder = self.board.holder_of(&task).map(str::to_string);
-                if let Some(action) = self.board.task_deleted(&task) {
-                    self.act(action);
-                }
-                if let Some(wid) = holder {
-                    self.ensure_watched(&wid);
-                }
+                self.core.task_changed(&task, TaskChange::Deleted, 0);
             },
-            Note::Membership => self.list_workers(),
-            Note::Attempts(task) => {
-                if let Some(wid) = self.board.holder_of(&task).map(str::to_string) {
-                    self.read_worker(&wid);
-                }
-            },
+            Note::Membership => self.core.membership_changed(0),
+            Note::Attempts(task) => self.core.attempts_written(&task),
         }
+        self.carry_out();
     }
 
+    /// `Leader::on_completion`.
     fn on_reply(&mut self, generation: u64, reply: Reply) {
-        let current = generation == self.generation;
+        let current = generation == self.core.generation();
         match reply {
             // The read's future sends its inbox look whatever the generation.
             Reply::ReadHalf { wid, watch, read } => self.send_as(generation, Request::InboxLook { wid, watch, read }),
             Reply::Read { wid, watch, result, .. } => {
-                if !current {
-                    return;
-                }
                 let found = matches!(result, Ok(Some(_)));
-                match result {
+                let result = match result {
                     Ok(Some((read, inbox))) => {
-                        for revocation in self.revocations.values_mut().filter(|r| r.worker == wid) {
-                            let other_incarnation = revocation.created.is_some_and(|c| c != read.created);
-                            revocation.changed_since |= read.version != revocation.version || other_incarnation;
-                        }
-                        let told = self.told_created.entry(wid.clone()).or_insert(read.created);
-                        *told = (*told).max(read.created);
-                        let action = self.board.worker_read(&wid, &read.data, read.version, read.created);
-                        if let Some(inbox) = inbox {
-                            self.board.set_inbox(&wid, read.created, inbox);
-                        }
-                        if let Some(action) = action {
-                            self.act(action);
-                        }
+                        Ok(WorkerRead { data: read.data, version: read.version, created: read.created, inbox })
                     },
-                    Ok(None) => {
-                        if let Some(action) = self.board.worker_deleted(&wid) {
-                            self.act(action);
-                        }
-                    },
-                    Err(()) => {},
-                }
-                match (watch, found) {
-                    (true, true) if self.board.needs_watch(&wid) => self.keep_watch(&wid),
-                    (true, true) => {
-                        self.watched.remove(&wid);
-                        self.armed.remove(&wid);
-                    },
-                    (true, false) => {
-                        self.watched.remove(&wid);
-                    },
-                    (false, _) => self.ensure_watched(&wid),
+                    Ok(None) => Err(ZkError::NoNode),
+                    Err(()) => Err(ZkError::ConnectionLoss),
+                };
+                let keep = self.core.worker_read(generation, &wid, result, watch);
+                if keep {
+                    self.keep_watch(&wid);
+                } else if current && watch && found {
+                    // A watch no longer needed fires once, unheeded.
+                    self.armed.remove(&wid);
                 }
             },
-            Reply::WorkerChanged(wid) => {
-                if current {
-                    self.watched.remove(&wid);
-                    self.ensure_watched(&wid);
-                    if !self.watched.contains(&wid) {
-                        self.read_worker(&wid);
-                    }
-                }
-            },
-            Reply::Listed(result) => {
-                self.listing = false;
-                if let (Ok(names), true) = (result, current) {
-                    self.workers_listed(names);
-                }
-                if std::mem::take(&mut self.relist) {
-                    self.list_workers();
-                }
-            },
-            Reply::Assigned { batch, result } => match result {
-                Ok(versions) if current => {
-                    for (a, (version, created)) in batch.iter().zip(versions) {
-                        self.board.assigned(a, version, created);
-                    }
-                },
-                // Lost: the link is down and the view is rebuilt before anything is planned.
-                Ok(_) | Err(WriteFailure::Lost) => {},
-                Err(WriteFailure::Rejected) if current => {
-                    for a in batch.iter().rev() {
-                        self.board.assignment_failed(a);
-                    }
-                    for wid in sorted(self.board.workers_needing_read()) {
-                        self.read_worker(&wid);
-                    }
-                },
-                Err(WriteFailure::Rejected) => {},
+            Reply::WorkerChanged(wid) => self.core.worker_changed(generation, &wid),
+            Reply::Listed(result) => self.core.workers_listed(generation, result.map_err(|()| ZkError::ConnectionLoss)),
+            Reply::Assigned { batch, result } => {
+                self.core.assigned(generation, &batch, result.map_err(WriteFailure::error))
             },
             Reply::Resolved { task, reason, result } => {
-                if !current {
-                    return;
-                }
-                let revocation = self.revocations.remove(&task);
-                match result {
-                    Ok(resolution) => self.resolved(&task, &reason, resolution),
-                    Err(_) => match &reason {
-                        ReturnReason::TimedOut { worker, .. } => {
-                            if let Some(action) = self.board.revocation_failed(worker, &task) {
-                                self.act(action);
-                            }
-                            let misplaced = matches!(self.board.task_state(&task), Some(TaskState::Assigned { worker: w, .. }) if w == worker);
-                            if misplaced && revocation.is_some_and(|r| r.changed_since) {
-                                self.known_failure =
-                                    Some("a revocation that fails after a read showed the worker changed");
-                            }
-                            self.read_worker(&worker.clone());
-                        },
-                        _ => {
-                            self.board.requeue(&task);
-                            self.retried_after_landing_on_a_later_registration(&task, &reason);
-                        },
-                    },
-                }
+                self.core.resolved(generation, &task, &reason, result.map_err(WriteFailure::error))
             },
-            Reply::Cleaned => {},
+            Reply::Cleaned => self.core.cleaned(Ok(()), false),
         }
+        self.carry_out();
     }
 
     fn keep_watch(&mut self, wid: &str) {
@@ -1179,28 +1016,6 @@ impl World {
             self.wire.push_back(Message::Reply { generation, reply: Reply::WorkerChanged(wid.to_string()) });
         } else {
             armed.kept = true;
-        }
-    }
-
-    /// Notes a task retried after `WorkerDied` when its write had landed on a later
-    /// registration of that worker (see
-    /// `known_failures::a_task_that_landed_on_a_new_registration_is_not_retried_after_an_older_read_of_it`).
-    fn retried_after_landing_on_a_later_registration(&mut self, task: &str, reason: &ReturnReason) {
-        let ReturnReason::WorkerDied { worker, .. } = reason else { return };
-        let landed = self.landed_on_a_later_registration.contains(&(task.to_string(), worker.clone()));
-        if landed && self.board.task_state(task) == Some(&TaskState::Pending) {
-            self.known_failure = Some("a task retried after its write landed on a new registration of its worker");
-        }
-    }
-
-    /// `Leader::resolved`.
-    fn resolved(&mut self, task: &str, reason: &ReturnReason, resolution: Resolution) {
-        self.board.resolved(task, reason, &resolution, Instant::now());
-        if let Some((worker, _)) = &resolution.revoked {
-            self.ensure_watched(worker);
-        }
-        if !resolution.finished && !resolution.dead_lettered {
-            self.retried_after_landing_on_a_later_registration(task, reason);
         }
     }
 
@@ -1307,7 +1122,7 @@ impl World {
     }
 
     fn board_tasks(&self) -> BTreeSet<String> {
-        (0..TASK_IDS).map(task_id).filter(|id| self.board.task_state(id).is_some()).collect()
+        (0..TASK_IDS).map(task_id).filter(|id| self.core.board().task_state(id).is_some()).collect()
     }
 
     /// Invariant 4 between steps: the board knows no task beyond those in ZooKeeper and those
@@ -1338,7 +1153,7 @@ impl World {
                 self.board_tasks()
             ));
         }
-        let workers: BTreeSet<String> = self.board.workers_not_in(&HashSet::new()).into_iter().collect();
+        let workers: BTreeSet<String> = self.core.board().workers_not_in(&HashSet::new()).into_iter().collect();
         let live: BTreeSet<String> = self.zk.workers.keys().cloned().collect();
         // A read sent before a worker left can complete after the listing that showed it gone
         // (its inbox look delays it): the board then knows a departed worker, free, until a
@@ -1349,7 +1164,7 @@ impl World {
         let mut expected = Counts::default();
         for (id, task) in &self.zk.tasks {
             let runner = self.zk.runner_of(id, None);
-            let state = self.board.task_state(id);
+            let state = self.core.board().task_state(id);
             let agrees = match (task.result_at, runner) {
                 (Some(_), _) => state == Some(&TaskState::Done),
                 (None, Some((wid, Holds::Task(..)))) => {
@@ -1373,8 +1188,8 @@ impl World {
             }
         }
         expected.workers_busy = self.zk.workers.values().filter(|r| r.holds != Holds::Nothing).count() as u64;
-        if self.board.counts() != expected {
-            return Err(format!("invariant 5: counts {:?}, expected {expected:?}", self.board.counts()));
+        if self.core.board().counts() != expected {
+            return Err(format!("invariant 5: counts {:?}, expected {expected:?}", self.core.board().counts()));
         }
         Ok(())
     }
@@ -1382,7 +1197,7 @@ impl World {
     /// Every result not collected is queued for retention exactly once (each task's retention
     /// entry names its incarnation, so a collected task's entry never stands for a later one).
     pub(super) fn check_retention(&mut self) -> Result<(), String> {
-        let mut retained = self.board.past_retention(Duration::ZERO, Instant::now() + PERIOD);
+        let mut retained = self.core.board_mut().past_retention(Duration::ZERO, Instant::now() + PERIOD);
         retained.sort();
         let results: Vec<String> =
             self.zk.tasks.iter().filter(|(_, t)| t.result_at.is_some()).map(|(id, _)| id.clone()).collect();
@@ -1399,7 +1214,7 @@ impl World {
             .iter()
             .map(|(id, t)| {
                 let result = if t.result_at.is_some() { "done" } else { "pending" };
-                format!("{id}#{} {result} board={:?}", t.incarnation, self.board.task_state(id))
+                format!("{id}#{} {result} board={:?}", t.incarnation, self.core.board().task_state(id))
             })
             .collect();
         let workers: Vec<String> = self
@@ -1412,8 +1227,8 @@ impl World {
             "tasks [{}]; workers [{}]; board workers {:?}; counts {:?}; attempts {:?}",
             tasks.join(", "),
             workers.join(", "),
-            self.board.workers_not_in(&HashSet::new()),
-            self.board.counts(),
+            self.core.board().workers_not_in(&HashSet::new()),
+            self.core.board().counts(),
             self.zk.attempts.iter().map(|(t, r)| (t, r.attempts)).collect::<Vec<_>>()
         )
     }

@@ -1,8 +1,5 @@
-//! Failures the properties found, each reduced to the calls the leader makes, ignored until
-//! fixed. Meanwhile a property run that meets one is discarded, not failed (see `run` in the
-//! parent module, and the recognisers in `world.rs` that name these tests), so the properties
-//! keep guarding everything else; once a failure is fixed, its test passes and the
-//! recogniser never fires again.
+//! Failures the properties found, each reduced to the calls the leader makes (or to the steps of
+//! the model), kept as regression tests now that they are fixed.
 
 use std::time::{Duration, Instant};
 
