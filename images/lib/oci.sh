@@ -15,6 +15,18 @@ oci_layer_from_dir() {
 		--numeric-owner --mtime=@0 .
 }
 
+# The OCI name of the host's architecture, the one the images' binaries are built for.
+oci_architecture() {
+	case $(uname -m) in
+	x86_64) echo amd64 ;;
+	aarch64 | arm64) echo arm64 ;;
+	*)
+		echo "oci.sh: no OCI architecture name for $(uname -m)" >&2
+		return 1
+		;;
+	esac
+}
+
 # oci_archive OUT REF CONFIG_JSON LAYER_TAR...
 #   OUT          archive to write
 #   REF          full reference, e.g. docker.io/taskcluster/node:0.1.0
@@ -40,9 +52,11 @@ oci_archive() {
 		layer_paths+=("\"blobs/sha256/$digest\"")
 	done
 
+	local arch
+	arch=$(oci_architecture)
 	local IFS=,
-	jq -cn --argjson config "$run_config" --argjson diff_ids "[${diff_ids[*]}]" '{
-		architecture: "amd64", os: "linux", created: "1970-01-01T00:00:00Z",
+	jq -cn --arg arch "$arch" --argjson config "$run_config" --argjson diff_ids "[${diff_ids[*]}]" '{
+		architecture: $arch, os: "linux", created: "1970-01-01T00:00:00Z",
 		config: $config,
 		rootfs: {type: "layers", diff_ids: $diff_ids}
 	}' >"$work/config.json"
