@@ -898,6 +898,31 @@ mod tests {
     }
 
     #[test]
+    fn every_rebuild_watches_the_workers_that_need_it_again() {
+        // w1 holds the withdrawal mark of t1: only a watch tells when it lets go.
+        let marked = || WorkerRead { data: crate::paths::withdrawal("t1"), version: 3, created: 1, inbox: Some(None) };
+        let view = || Snapshot {
+            tasks: vec![ListedTask { id: "t1".into(), finished: None }],
+            workers: vec![("w1".into(), marked())],
+            ..Snapshot::default()
+        };
+        let watched_reads = |effects: Vec<Effect>| {
+            effects.iter().filter(|e| matches!(e, Effect::ReadWorker { watch: true, wid, .. } if wid == "w1")).count()
+        };
+        let mut core =
+            Core::new(&TaskSettings::default(), StatusRecord::default(), MasterMetrics::default(), Probes::new());
+        core.rebuilt(view());
+        assert_eq!(watched_reads(core.take_effects()), 1);
+        // The connection drops before the watched read completes: that watch belongs to the old
+        // view, whose replies are dropped, so the new view must place its own.
+        core.session(SessionState::Disconnected);
+        core.session(SessionState::SyncConnected);
+        core.resync_started();
+        core.rebuilt(view());
+        assert_eq!(watched_reads(core.take_effects()), 1, "the new view watches w1");
+    }
+
+    #[test]
     fn a_child_change_is_missed_only_when_never_heard_of() {
         let mut children = Children::listed(4, 100);
         assert!(!children.missed(Some(4)), "nothing changed since the listing");
