@@ -8,6 +8,8 @@
 pub mod diagnostics;
 pub mod env;
 pub mod error;
+pub mod jobs;
+pub mod pods;
 pub mod taskcluster;
 pub mod tools;
 pub mod wait;

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, PostParams};
 use kube::core::ObjectMeta;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
 use crate::env::E2e;
@@ -23,6 +23,9 @@ pub const OPERATOR_NAMESPACE: &str = "taskcluster-system";
 pub const OPERATOR_RELEASE: &str = "taskcluster-operator";
 /// Where masters and workers serve /metrics and the probes (operator/src/build/nodes.rs).
 pub const NODE_HTTP_PORT: u16 = 9090;
+
+/// A three-server ensemble starts its JVMs one after another on a 2-core node.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(420);
 
 /// Label on every namespace the suite creates, so a human can find and delete leftovers.
 pub const E2E_LABEL: &str = "taskcluster.dev/e2e";
@@ -75,6 +78,58 @@ pub fn component_selector(instance: &str, component: &str) -> String {
 /// The ZooKeeper client address of a TaskCluster, as its masters and workers use it.
 pub fn zookeeper_client(instance: &str, namespace: &str) -> String {
     format!("{instance}-zookeeper.{namespace}.svc:2181")
+}
+
+/// A TaskCluster with the given shape, as YAML for `kubectl apply`.
+pub fn manifest(e2e: &E2e, namespace: &str, name: &str, masters: i64, workers: i64, zk: i64) -> String {
+    let mut storage = json!({"size": "1Gi"});
+    if e2e.ephemeral_storage {
+        storage = json!({"ephemeral": true});
+    }
+    let object = json!({
+        "apiVersion": format!("{}/{}", GROUP, VERSION),
+        "kind": KIND,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "masters": masters,
+            "workers": workers,
+            "imagePullPolicy": "IfNotPresent",
+            "zookeeper": {"replicas": zk, "heap": "128m", "storage": storage},
+        },
+    });
+    serde_yaml::to_string(&object).unwrap_or_default()
+}
+
+/// The TaskCluster `name`, as the API server has it now.
+pub async fn get(e2e: &E2e, namespace: &str, name: &str) -> Result<DynamicObject> {
+    api(e2e, namespace).get(name).await.context(|| format!("reading TaskCluster {namespace}/{name}"))
+}
+
+/// One line of what the status says, for a wait's "last seen".
+pub fn summary(object: &DynamicObject) -> String {
+    let s = status(object);
+    format!(
+        "Ready={:?} leader={:?} backlog={} zookeeper={} masters={} workers={}",
+        condition(object, "Ready"),
+        leader(object),
+        status_i64(object, "backlog"),
+        s.get("zookeeper").cloned().unwrap_or(Value::Null),
+        s.get("masters").cloned().unwrap_or(Value::Null),
+        s.get("workers").cloned().unwrap_or(Value::Null),
+    )
+}
+
+/// Waits until the TaskCluster is Ready and has a leader.
+pub async fn wait_ready(e2e: &E2e, namespace: &str, name: &str) -> Result<DynamicObject> {
+    crate::wait::until(&format!("TaskCluster {name} to be Ready"), READY_TIMEOUT, crate::wait::POLL, || async {
+        let object = get(e2e, namespace, name).await?;
+        if condition(&object, "Ready").as_deref() == Some("True") && leader(&object).is_some() {
+            Ok(crate::wait::Poll::Done(object))
+        } else {
+            Ok(crate::wait::Poll::NotYet(summary(&object)))
+        }
+    })
+    .await
 }
 
 static OPERATOR_INSTALLED: OnceCell<()> = OnceCell::const_new();

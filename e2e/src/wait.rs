@@ -5,6 +5,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
+/// How often the scenarios look at the cluster while they wait.
+pub const POLL: Duration = Duration::from_secs(2);
+
 /// What one look at the cluster found: done with a value, or not yet and why.
 pub enum Poll<T> {
     Done(T),

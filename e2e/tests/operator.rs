@@ -6,44 +6,23 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::batch::v1::{Job, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::{json, Value};
 use taskcluster_e2e::env::UPGRADE_FROM_VAR;
 use taskcluster_e2e::error::KubeContext;
-use taskcluster_e2e::taskcluster::{self, component_selector, condition, leader, status, status_i64};
-use taskcluster_e2e::wait::{self, Poll};
+use taskcluster_e2e::jobs::{job_logs, job_outcome, job_status, job_succeeded, outcome, running, submit_job};
+use taskcluster_e2e::pods::{pod_once_running, running_pod};
+use taskcluster_e2e::taskcluster::{
+    self, component_selector, condition, get, leader, status, status_i64, summary, wait_ready, READY_TIMEOUT,
+};
+use taskcluster_e2e::wait::{self, Poll, POLL};
 use taskcluster_e2e::{ensure, scenario, E2e, Error, Result};
-
-/// A three-server ensemble starts its JVMs one after another on a 2-core node.
-const READY_TIMEOUT: Duration = Duration::from_secs(420);
-const POLL: Duration = Duration::from_secs(2);
 
 fn failover_bound() -> Duration {
     let seconds = std::env::var("TASKCLUSTER_E2E_FAILOVER_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     Duration::from_secs(seconds)
-}
-
-/// A TaskCluster with the given shape, as YAML for `kubectl apply`.
-fn taskcluster_manifest(e2e: &E2e, namespace: &str, name: &str, masters: i64, workers: i64, zk: i64) -> String {
-    let mut storage = json!({"size": "1Gi"});
-    if e2e.ephemeral_storage {
-        storage = json!({"ephemeral": true});
-    }
-    let object = json!({
-        "apiVersion": format!("{}/{}", taskcluster::GROUP, taskcluster::VERSION),
-        "kind": taskcluster::KIND,
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "masters": masters,
-            "workers": workers,
-            "imagePullPolicy": "IfNotPresent",
-            "zookeeper": {"replicas": zk, "heap": "128m", "storage": storage},
-        },
-    });
-    serde_yaml::to_string(&object).unwrap_or_default()
 }
 
 /// examples/taskcluster.yaml in `namespace`, with ephemeral ZooKeeper storage on
@@ -62,57 +41,6 @@ fn example_manifest(e2e: &E2e, namespace: &str) -> Result<(String, String)> {
     let yaml = serde_yaml::to_string(&object)
         .map_err(|err| Error::Invalid { context: "rendering the example".into(), message: err.to_string() })?;
     Ok((name, yaml))
-}
-
-async fn get(e2e: &E2e, namespace: &str, name: &str) -> Result<DynamicObject> {
-    taskcluster::api(e2e, namespace).get(name).await.context(|| format!("reading TaskCluster {namespace}/{name}"))
-}
-
-fn summary(object: &DynamicObject) -> String {
-    let s = status(object);
-    format!(
-        "Ready={:?} leader={:?} backlog={} zookeeper={} masters={} workers={}",
-        condition(object, "Ready"),
-        leader(object),
-        status_i64(object, "backlog"),
-        s.get("zookeeper").cloned().unwrap_or(Value::Null),
-        s.get("masters").cloned().unwrap_or(Value::Null),
-        s.get("workers").cloned().unwrap_or(Value::Null),
-    )
-}
-
-async fn wait_ready(e2e: &E2e, namespace: &str, name: &str) -> Result<DynamicObject> {
-    wait::until(&format!("TaskCluster {name} to be Ready"), READY_TIMEOUT, POLL, || async {
-        let object = get(e2e, namespace, name).await?;
-        if condition(&object, "Ready").as_deref() == Some("True") && leader(&object).is_some() {
-            Ok(Poll::Done(object))
-        } else {
-            Ok(Poll::NotYet(summary(&object)))
-        }
-    })
-    .await
-}
-
-async fn running_pod(e2e: &E2e, namespace: &str, name: &str) -> Result<Pod> {
-    let pod = Api::<Pod>::namespaced(e2e.client.clone(), namespace)
-        .get(name)
-        .await
-        .context(|| format!("reading pod {name}"))?;
-    let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
-    ensure(phase == "Running", || format!("pod {name} is {phase}, not Running"))?;
-    Ok(pod)
-}
-
-/// The pod `name` once the kubelet reports it Running: a process can win an election before
-/// the kubelet's next look at its containers moves the pod's phase from Pending.
-async fn pod_once_running(e2e: &E2e, namespace: &str, name: &str) -> Result<Pod> {
-    wait::until(&format!("pod {name} to be Running"), Duration::from_secs(30), Duration::from_millis(500), || async {
-        Ok(match running_pod(e2e, namespace, name).await {
-            Ok(pod) => Poll::Done(pod),
-            Err(error) => Poll::NotYet(error.to_string()),
-        })
-    })
-    .await
 }
 
 /// Names of the pods of `selector` that are Ready and not being deleted, as the kubelet
@@ -140,101 +68,6 @@ async fn pods(e2e: &E2e, namespace: &str, selector: &str) -> Result<Vec<Pod>> {
         .await
         .context(|| format!("listing pods {selector}"))?;
     Ok(list.items.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect())
-}
-
-/// A Job that runs `taskcluster submit` against the cluster's ZooKeeper, with the
-/// credentials and the client label the operator's NetworkPolicy admits.
-async fn submit_job(e2e: &E2e, namespace: &str, instance: &str, job: &str, args: &[&str]) -> Result<()> {
-    let image = Api::<Deployment>::namespaced(e2e.client.clone(), namespace)
-        .get(&format!("{instance}-master"))
-        .await
-        .context(|| format!("reading Deployment {instance}-master"))?
-        .spec
-        .and_then(|s| s.template.spec)
-        .and_then(|s| s.containers.into_iter().next())
-        .and_then(|c| c.image)
-        .unwrap_or_else(|| "taskcluster/node:0.1.0".into());
-    let mut command = vec!["submit".to_string(), "--zk".into(), taskcluster::zookeeper_client(instance, namespace)];
-    command.extend(args.iter().map(|s| s.to_string()));
-    let job_object: Job = serde_json::from_value(json!({
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": job, "namespace": namespace},
-        "spec": {
-            "backoffLimit": 0,
-            "template": {
-                "metadata": {"labels": {"taskcluster.dev/client": instance, "taskcluster.dev/e2e-job": job}},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65532},
-                    "containers": [{
-                        "name": "submit",
-                        "image": image,
-                        "imagePullPolicy": "IfNotPresent",
-                        "args": command,
-                        "env": [{
-                            "name": "TASKCLUSTER_ZK_DIGEST",
-                            "valueFrom": {"secretKeyRef": {"name": format!("{instance}-zookeeper-credentials"), "key": "digest"}},
-                        }],
-                    }],
-                },
-            },
-        },
-    }))
-    .map_err(|err| Error::Invalid { context: "building the submit Job".into(), message: err.to_string() })?;
-    Api::<Job>::namespaced(e2e.client.clone(), namespace)
-        .create(&PostParams::default(), &job_object)
-        .await
-        .context(|| format!("creating Job {job}"))?;
-    Ok(())
-}
-
-/// `Some(true)` once the Job succeeded, `Some(false)` once it failed.
-async fn job_status(e2e: &E2e, namespace: &str, job: &str) -> Result<JobStatus> {
-    let job = Api::<Job>::namespaced(e2e.client.clone(), namespace)
-        .get(job)
-        .await
-        .context(|| format!("reading Job {job}"))?;
-    Ok(job.status.unwrap_or_default())
-}
-
-/// Whether the Job succeeded, failed, or neither yet.
-fn outcome(status: &JobStatus) -> Option<bool> {
-    if status.succeeded.unwrap_or(0) > 0 {
-        Some(true)
-    } else if status.failed.unwrap_or(0) > 0 {
-        Some(false)
-    } else {
-        None
-    }
-}
-
-async fn job_outcome(e2e: &E2e, namespace: &str, job: &str) -> Result<Option<bool>> {
-    Ok(outcome(&job_status(e2e, namespace, job).await?))
-}
-
-/// Whether the Job's pod runs (ready; a submit container has no probe): a submit Job with
-/// `--wait` runs until its last result arrives, so its tasks are in flight.
-fn running(status: &JobStatus) -> bool {
-    status.ready.unwrap_or(0) > 0 && outcome(status).is_none()
-}
-
-async fn job_logs(e2e: &E2e, namespace: &str, job: &str) -> String {
-    e2e.tools
-        .kubectl(&["logs", "-n", namespace, &format!("job/{job}"), "--tail=40"])
-        .await
-        .unwrap_or_else(|e| e.to_string())
-}
-
-/// Waits until the Job finished; true when it succeeded.
-async fn job_succeeded(e2e: &E2e, namespace: &str, job: &str, timeout: Duration) -> Result<bool> {
-    wait::until(&format!("Job {job} to finish"), timeout, POLL, || async {
-        Ok(match job_outcome(e2e, namespace, job).await? {
-            Some(outcome) => Poll::Done(outcome),
-            None => Poll::NotYet("running".into()),
-        })
-    })
-    .await
 }
 
 /// Waits until the ensemble's PodDisruptionBudget, with every server healthy, lets exactly
@@ -330,7 +163,7 @@ async fn example_becomes_ready_and_its_leader_is_a_running_master() {
 async fn thousand_tasks_all_complete_and_the_backlog_drains() {
     scenario("thousand-tasks", |e2e, ns| async move {
         let name = "load";
-        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster_manifest(&e2e, &ns, name, 2, 0, 1)).await?;
+        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster::manifest(&e2e, &ns, name, 2, 0, 1)).await?;
         let before = status_i64(&wait_ready(&e2e, &ns, name).await?, "completed");
 
         submit_job(&e2e, &ns, name, "submit", &["--count", "1000", "--inflight", "1000", "--wait"]).await?;
@@ -372,7 +205,7 @@ async fn thousand_tasks_all_complete_and_the_backlog_drains() {
 async fn leader_moves_within_the_bound_when_its_pod_is_deleted() {
     scenario("leader-failover", |e2e, ns| async move {
         let name = "failover";
-        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster_manifest(&e2e, &ns, name, 2, 2, 1)).await?;
+        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster::manifest(&e2e, &ns, name, 2, 2, 1)).await?;
         wait_ready(&e2e, &ns, name).await?;
         const SUBMIT: &[&str] = &["--count", "3000", "--inflight", "32", "--wait"];
         submit_job(&e2e, &ns, name, "submit", SUBMIT).await?;
@@ -450,7 +283,7 @@ async fn leader_moves_within_the_bound_when_its_pod_is_deleted() {
 async fn an_exec_change_rolls_out_and_tasks_run_through_it() {
     scenario("exec", |e2e, ns| async move {
         let name = "exec";
-        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster_manifest(&e2e, &ns, name, 1, 1, 1)).await?;
+        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster::manifest(&e2e, &ns, name, 1, 1, 1)).await?;
         wait_ready(&e2e, &ns, name).await?;
         patch_spec(&e2e, &ns, name, json!({"exec": "tr a-z A-Z"})).await?;
         // Until the new worker pods serve, a task may still meet the seed handler: submit
@@ -501,7 +334,7 @@ async fn an_operator_killed_mid_reconcile_converges_after_restart() {
     scenario("restart", |e2e, ns| async move {
         let name = "restarted";
         let operator = taskcluster::operator_selector(taskcluster::OPERATOR_RELEASE);
-        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster_manifest(&e2e, &ns, name, 2, 2, 1)).await?;
+        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster::manifest(&e2e, &ns, name, 2, 2, 1)).await?;
         // Right after the first children appear, the reconcile is under way: kill it there.
         wait::until("the first child objects", Duration::from_secs(60), Duration::from_millis(200), || async {
             let count = Api::<Deployment>::namespaced(e2e.client.clone(), &ns)
@@ -555,7 +388,7 @@ async fn an_operator_killed_mid_reconcile_converges_after_restart() {
 async fn scale_and_spec_edits_are_followed_by_pods_and_status() {
     scenario("scale", |e2e, ns| async move {
         let name = "scaled";
-        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster_manifest(&e2e, &ns, name, 2, 3, 1)).await?;
+        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster::manifest(&e2e, &ns, name, 2, 3, 1)).await?;
         wait_ready(&e2e, &ns, name).await?;
         one_eviction_allowed(&e2e, &ns, name).await?;
 
@@ -594,7 +427,7 @@ async fn follow(e2e: &E2e, ns: &str, name: &str, component: &str, want: i64) -> 
 #[tokio::test]
 async fn invalid_specs_are_rejected_and_deletion_removes_every_owned_object() {
     scenario("invalid-and-delete", |e2e, ns| async move {
-        let invalid = taskcluster_manifest(&e2e, &ns, "invalid", 2, 2, 2);
+        let invalid = taskcluster::manifest(&e2e, &ns, "invalid", 2, 2, 2);
         match e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &invalid).await {
             Ok(out) => {
                 return Err(Error::Invalid {
@@ -611,7 +444,7 @@ async fn invalid_specs_are_rejected_and_deletion_removes_every_owned_object() {
         }
 
         let name = "doomed";
-        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster_manifest(&e2e, &ns, name, 1, 1, 1)).await?;
+        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster::manifest(&e2e, &ns, name, 1, 1, 1)).await?;
         wait_ready(&e2e, &ns, name).await?;
         let selector = format!("app.kubernetes.io/instance={name}");
         let kinds = "statefulsets,deployments,services,configmaps,secrets,poddisruptionbudgets,networkpolicies,pods";
@@ -667,7 +500,7 @@ async fn retained_data_survives_deleting_and_recreating_the_taskcluster() {
             return Ok(());
         }
         let name = "kept";
-        let mut object: Value = serde_yaml::from_str(&taskcluster_manifest(&e2e, &ns, name, 1, 1, 1))
+        let mut object: Value = serde_yaml::from_str(&taskcluster::manifest(&e2e, &ns, name, 1, 1, 1))
             .map_err(|e| Error::Invalid { context: "manifest".into(), message: e.to_string() })?;
         object["spec"]["zookeeper"]["storage"]["whenDeleted"] = json!("Retain");
         let manifest = serde_yaml::to_string(&object).unwrap_or_default();
@@ -731,7 +564,7 @@ async fn retained_data_survives_deleting_and_recreating_the_taskcluster() {
 async fn work_survives_deleted_workers_and_a_deleted_zookeeper_server() {
     scenario("disruptions", |e2e, ns| async move {
         let name = "sturdy";
-        let mut object: Value = serde_yaml::from_str(&taskcluster_manifest(&e2e, &ns, name, 2, 3, 3))
+        let mut object: Value = serde_yaml::from_str(&taskcluster::manifest(&e2e, &ns, name, 2, 3, 3))
             .map_err(|e| Error::Invalid { context: "manifest".into(), message: e.to_string() })?;
         object["spec"]["exec"] = json!(r#"read -r p; sleep 0.2; echo "$p""#);
         let manifest = serde_yaml::to_string(&object).unwrap_or_default();
@@ -856,7 +689,7 @@ async fn events(e2e: &E2e, ns: &str, name: &str, reason: &str) -> Result<Vec<Str
 async fn workers_follow_a_burst_and_scale_in_interrupts_no_task() {
     scenario("autoscaling", |e2e, ns| async move {
         let name = "elastic";
-        let mut object: Value = serde_yaml::from_str(&taskcluster_manifest(&e2e, &ns, name, 1, 1, 1))
+        let mut object: Value = serde_yaml::from_str(&taskcluster::manifest(&e2e, &ns, name, 1, 1, 1))
             .map_err(|err| Error::Invalid { context: "manifest".into(), message: err.to_string() })?;
         // Burst tasks take a second each, so the burst outlasts the scale-up; tasks named
         // `long…` take 90 s, so they run on through the scale-in after the burst.
@@ -1007,7 +840,7 @@ async fn upgrade_under_load(e2e: &E2e, ns: &str, previous: &str) -> Result<()> {
     ensure(previous != current, || format!("{UPGRADE_FROM_VAR}={previous} is this release"))?;
     e2e.install_operator_release(Some(previous)).await?;
     let name = "upgraded";
-    let mut object: Value = serde_yaml::from_str(&taskcluster_manifest(e2e, ns, name, 2, 2, 3))
+    let mut object: Value = serde_yaml::from_str(&taskcluster::manifest(e2e, ns, name, 2, 2, 3))
         .map_err(|e| Error::Invalid { context: "manifest".into(), message: e.to_string() })?;
     object["spec"]["exec"] = json!(r#"read -r p; sleep 0.1; echo "$p""#);
     let manifest = serde_yaml::to_string(&object).unwrap_or_default();
@@ -1133,8 +966,8 @@ async fn scoped_operator_runs(e2e: &E2e, ns: &str, outside: &str) -> Result<()> 
     ensure(!cluster_wide.contains(&format!("{release}-taskcluster-operator")), || {
         format!("the namespace-scoped release bound a ClusterRole: {cluster_wide}")
     })?;
-    e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster_manifest(e2e, ns, "inside", 1, 1, 1)).await?;
-    e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster_manifest(e2e, outside, "outside", 1, 1, 1)).await?;
+    e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster::manifest(e2e, ns, "inside", 1, 1, 1)).await?;
+    e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster::manifest(e2e, outside, "outside", 1, 1, 1)).await?;
     wait_ready(e2e, ns, "inside").await?;
     submit_job(e2e, ns, "inside", "scoped-submit", &["--count", "50", "--inflight", "8", "--wait"]).await?;
     let succeeded = job_succeeded(e2e, ns, "scoped-submit", Duration::from_secs(300)).await?;
