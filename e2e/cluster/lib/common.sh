@@ -88,7 +88,8 @@ proc_alive() {
 
 # start_proc NAME BINARY ARGS...: runs a component in its own session and in the
 # component cgroup (before it runs, so every socket it opens is the fence's), its output
-# in LOG_DIR/NAME.log; a component already running is left alone.
+# in LOG_DIR/NAME.log; a component already running is left alone. It does not inherit
+# ci.sh's lock (fd 9): a component that outlived its run would hold the next run off.
 start_proc() {
 	local name=$1
 	shift
@@ -103,7 +104,7 @@ start_proc() {
 			echo "$BASHPID" >"$COMPONENT_CGROUP/cgroup.procs"
 		fi
 		exec setsid "$@"
-	) >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
+	) >>"$LOG_DIR/$name.log" 2>&1 </dev/null 9>&- &
 	echo $! >"$PID_DIR/$name.pid"
 	readlink -f "$1" >"$PID_DIR/$name.cmd"
 	log "started $name (pid $!, log $LOG_DIR/$name.log)"
