@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the binaries of the local cluster from the Go module proxy into the cache:
-# Kubernetes components, etcd, CoreDNS and Helm (for the e2e suite's chart install), each keyed by its pinned version and the
-# wrapper module's go.mod/go.sum. A component whose binaries exist is not rebuilt.
+# Kubernetes components, etcd, CoreDNS, Helm (for the e2e suite's chart install),
+# local-path-provisioner and kube-router (the NetworkPolicy engine), each keyed by its pinned
+# version, the wrapper module's go.mod/go.sum and, for kube-router, its Go toolchain. A
+# component whose binaries exist is not rebuilt.
 #
 #   e2e/cluster/build.sh            build what is missing, print the bin directories
 #   BUILD_NICE=0 e2e/cluster/build.sh   build at normal priority
@@ -15,6 +17,9 @@ etcd_bin() { echo "$CACHE_DIR/bin/etcd-$ETCD_VERSION-$(inputs_hash "$CLUSTER_DIR
 coredns_bin() { echo "$CACHE_DIR/bin/coredns-$COREDNS_VERSION-$(inputs_hash "$CLUSTER_DIR"/go/coredns/{go.mod,go.sum,main.go})"; }
 helm_bin() { echo "$CACHE_DIR/bin/helm-$HELM_VERSION-$(inputs_hash "$CLUSTER_DIR"/go/helm/go.{mod,sum})"; }
 localpath_bin() { echo "$CACHE_DIR/bin/local-path-provisioner-$LOCAL_PATH_VERSION-$(inputs_hash "$CLUSTER_DIR"/go/local-path/go.{mod,sum})"; }
+kuberouter_bin() {
+	echo "$CACHE_DIR/bin/kube-router-$KUBE_ROUTER_VERSION-$KUBE_ROUTER_GO_TOOLCHAIN-$(inputs_hash "$CLUSTER_DIR"/go/kube-router/{go.mod,go.sum,tools.go})"
+}
 pause_bin() { echo "$CACHE_DIR/bin/pause-$(inputs_hash "$CLUSTER_DIR/pause/pause.c")"; }
 
 # Moves a finished build into place only when it is complete, so an interrupted build is
@@ -98,6 +103,20 @@ build_localpath() {
 	log "built local-path-provisioner in $((SECONDS - start)) s"
 }
 
+build_kuberouter() {
+	local dest
+	dest=$(kuberouter_bin)
+	[[ -x $dest/kube-router ]] && return 0
+	log "building kube-router $KUBE_ROUTER_VERSION into $dest"
+	local tmp="$dest.partial" start=$SECONDS
+	rm -rf "$tmp" && mkdir -p "$tmp"
+	go_in "$KUBE_ROUTER_GO_TOOLCHAIN" "$CLUSTER_DIR/go/kube-router" build -trimpath \
+		-ldflags "-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$KUBE_ROUTER_VERSION" \
+		-o "$tmp/kube-router" github.com/cloudnativelabs/kube-router/v2/cmd/kube-router
+	publish "$tmp" "$dest"
+	log "built kube-router in $((SECONDS - start)) s"
+}
+
 build_pause() {
 	local dest
 	dest=$(pause_bin)
@@ -115,14 +134,14 @@ main() {
 	mkdir -p "$CACHE_DIR/bin"
 	local only=${1:-all}
 	case $only in
-	all) build_pause && build_etcd && build_coredns && build_kubernetes && build_helm && build_localpath ;;
-	kubernetes | etcd | coredns | pause | helm | localpath) "build_$only" ;;
+	all) build_pause && build_etcd && build_coredns && build_kubernetes && build_helm && build_localpath && build_kuberouter ;;
+	kubernetes | etcd | coredns | pause | helm | localpath | kuberouter) "build_$only" ;;
 	paths)
-		printf 'KUBERNETES_BIN=%s\nETCD_BIN=%s\nCOREDNS_BIN=%s\nPAUSE_BIN=%s\nHELM_BIN=%s\nLOCALPATH_BIN=%s\n' \
-			"$(kubernetes_bin)" "$(etcd_bin)" "$(coredns_bin)" "$(pause_bin)" "$(helm_bin)" "$(localpath_bin)"
+		printf 'KUBERNETES_BIN=%s\nETCD_BIN=%s\nCOREDNS_BIN=%s\nPAUSE_BIN=%s\nHELM_BIN=%s\nLOCALPATH_BIN=%s\nKUBEROUTER_BIN=%s\n' \
+			"$(kubernetes_bin)" "$(etcd_bin)" "$(coredns_bin)" "$(pause_bin)" "$(helm_bin)" "$(localpath_bin)" "$(kuberouter_bin)"
 		return 0
 		;;
-	*) die "unknown component '$only' (all, kubernetes, etcd, coredns, pause, helm, localpath, paths)" ;;
+	*) die "unknown component '$only' (all, kubernetes, etcd, coredns, pause, helm, localpath, kuberouter, paths)" ;;
 	esac
 }
 

@@ -46,7 +46,7 @@ CONF_DIR="$STATE_DIR/config"
 REGISTRY_HOSTS_DIR="$CONF_DIR/certs.d"
 
 # The Debian packages the provider runs; installed on first use.
-HOST_PACKAGES=(containerd runc containernetworking-plugins iproute2 iptables conntrack mmdebstrap jq curl bind9-dnsutils busybox-static)
+HOST_PACKAGES=(containerd runc containernetworking-plugins iproute2 iptables ipset conntrack mmdebstrap jq curl bind9-dnsutils busybox-static)
 CNI_BIN_DIR=/usr/lib/cni
 
 ensure_host_packages() {

@@ -61,7 +61,7 @@ YAML
 			--kubeconfig-dir "$KCFG_DIR" >>"$LOG_DIR/kubeadm.log" 2>&1 ||
 			die "kubeadm init phase kubeconfig failed: see $LOG_DIR/kubeadm.log"
 		local user
-		for user in kube-proxy coredns; do
+		for user in kube-proxy coredns kube-router; do
 			"$kubeadm" kubeconfig user --config "$CONF_DIR/kubeadm.yaml" \
 				--client-name "system:$user" >"$KCFG_DIR/$user.conf" 2>>"$LOG_DIR/kubeadm.log" ||
 				die "kubeadm kubeconfig user system:$user failed: see $LOG_DIR/kubeadm.log"

@@ -2,12 +2,14 @@
 # What the cluster changes on the host outside its own directories: kernel settings that
 # kubelet, kube-proxy and the network set (kernel.panic, vm.overcommit_memory, conntrack
 # limits and timeouts, route_localnet, ...) and host paths the components create whatever
-# their configuration (/opt/containerd, /var/lib/cni, /var/log/pods, ...). `up` records them
-# before anything starts, `down` puts them back, and `leftovers` reports any difference.
+# their configuration (/opt/containerd, /var/lib/cni, /var/log/pods, ...), iptables rules and
+# kube-router's ipsets. `up` records them before anything starts, `down` puts them back, and
+# `leftovers` reports any difference.
 # Sourced, never run.
 
 HOST_STATE_SYSCTLS="$STATE_DIR/sysctl.before"
 HOST_STATE_PATHS="$STATE_DIR/paths.created"
+HOST_STATE_IPSETS="$STATE_DIR/ipsets.before"
 
 # Kernel settings worth comparing: every writable key under these prefixes.
 HOST_SYSCTL_PREFIXES='^(kernel\.|vm\.|net\.core\.|net\.bridge\.|net\.netfilter\.nf_conntrack_|net\.ipv4\.ip_forward|net\.ipv4\.conf\.(all|default)\.|net\.ipv6\.conf\.(all|default)\.)'
@@ -36,6 +38,7 @@ host_state_record() {
 	for cmd in iptables ip6tables; do
 		[[ -f $STATE_DIR/$cmd.before ]] || { $cmd-save 2>/dev/null | grep -v '^#' >"$STATE_DIR/$cmd.before" || true; }
 	done
+	[[ -f $HOST_STATE_IPSETS ]] || our_ipsets >"$HOST_STATE_IPSETS"
 	if [[ ! -f $HOST_STATE_PATHS ]]; then
 		local path
 		for path in "${HOST_PATHS[@]}"; do
@@ -47,7 +50,7 @@ host_state_record() {
 # The record, loaded into memory by `host_state_load` at the start of `down`, which removes
 # the state directory before its leftovers check.
 declare -A HOST_SYSCTL_BEFORE=() HOST_IPTABLES_BEFORE=()
-HOST_PATHS_CREATED=()
+HOST_PATHS_CREATED=() HOST_IPSETS_BEFORE=()
 
 host_state_load() {
 	local key value cmd
@@ -57,6 +60,7 @@ host_state_load() {
 		done <"$HOST_STATE_SYSCTLS"
 	fi
 	[[ -f $HOST_STATE_PATHS ]] && mapfile -t HOST_PATHS_CREATED <"$HOST_STATE_PATHS"
+	[[ -f $HOST_STATE_IPSETS ]] && mapfile -t HOST_IPSETS_BEFORE <"$HOST_STATE_IPSETS"
 	for cmd in iptables ip6tables; do
 		[[ -f $STATE_DIR/$cmd.before ]] && HOST_IPTABLES_BEFORE[$cmd]=$(<"$STATE_DIR/$cmd.before")
 	done
@@ -67,6 +71,15 @@ host_state_load() {
 host_iptables_before() {
 	local cmd=$1 table=$2
 	awk -v t="*$table" '$0 == t {f = 1; next} /^COMMIT/ {f = 0} f' <<<"${HOST_IPTABLES_BEFORE[$cmd]:-}"
+}
+
+# Was the ipset NAME there before `up`?
+host_ipset_before() {
+	local set
+	for set in "${HOST_IPSETS_BEFORE[@]}"; do
+		[[ $set == "$1" ]] && return 0
+	done
+	return 1
 }
 
 # Puts back every recorded setting that changed, removes every recorded path that the
@@ -105,6 +118,10 @@ host_state_leftovers() {
 	done < <(host_sysctls)
 	for path in "${HOST_PATHS_CREATED[@]}"; do
 		[[ -n $path && -e $path ]] && { log "left: $path"; found=1; }
+	done
+	local set
+	for set in $(our_ipsets); do
+		host_ipset_before "$set" || { log "left: ipset $set"; found=1; }
 	done
 	local cmd table before line
 	for cmd in iptables ip6tables; do

@@ -240,9 +240,29 @@ iptables_sweep() {
 	done
 }
 
+# kube-router's ipsets (KUBE-SRC-*, KUBE-DST-*, kube-router-*; `inet6:` before the IPv6
+# ones), once no rule of iptables_sweep's refers to them. Sets of those names that were there
+# before `up` stay.
+IPSET_OURS='^(inet6:)?(KUBE-|kube-router-)'
+
+# The names of the ipsets that are the cluster's kind, one a line.
+our_ipsets() {
+	command -v ipset >/dev/null || return 0
+	ipset list -n 2>/dev/null | grep -E "$IPSET_OURS" || true
+}
+
+ipset_sweep() {
+	local set
+	for set in $(our_ipsets); do
+		host_ipset_before "$set" && continue
+		ipset destroy "$set" 2>/dev/null || log "cannot destroy ipset $set"
+	done
+}
+
 network_down() {
 	fence_down
 	iptables_sweep
+	ipset_sweep
 	component_cgroup_down
 	local ns
 	for ns in $(ip netns list 2>/dev/null | awk '$1 ~ /^cni-/ {print $1}'); do
