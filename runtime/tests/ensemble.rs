@@ -86,7 +86,9 @@ async fn ensemble_survives_one_loss_stalls_without_quorum_and_resumes() {
     let after = payloads("restored", 6);
     assert_client_succeeded(&mut tc.submit_wait("restored", &after), &after).await;
 
-    journal.assert_no_concurrent_runs(&HashMap::new());
+    // A run in flight when the quorum went may be abandoned: its worker, cut off past the limit,
+    // kills the command (which then writes no end line) before its session could expire.
+    journal.assert_no_concurrent_runs_stopped(&HashMap::new(), &support::journal::abandonments(&[&w1, &w2]));
     support::assert_tree_drained(&tc).await;
     for p in [&master, &w1, &w2] {
         p.assert_no_panic();

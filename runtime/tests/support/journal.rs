@@ -6,6 +6,9 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::chaos::logged_tasks;
+use super::process::Proc;
+
 const SCRIPT: &str = r#"#!/bin/sh
 # Exec handler for tests: journals start and end, sleeps $TC_DELAY seconds, and returns the
 # seed result (the payload's words reversed and upper-cased, one space apart).
@@ -17,6 +20,21 @@ result=$(printf '%s' "$payload" | awk '{ for (i = NF; i > 0; i--) { printf "%s",
 echo "end $TASKCLUSTER_TASK_ID $TASKCLUSTER_WORKER_ID $TASKCLUSTER_ATTEMPT $(date +%s%N)" >> "$journal"
 printf '%s' "$result"
 "#;
+
+/// (worker, task) to the moments the worker logged that it abandoned a run of the task.
+pub type Abandoned = HashMap<(String, String), Vec<u128>>;
+
+/// The runs `workers` abandoned (cut off from ZooKeeper past the limit, or withdrawn), from
+/// their logs: such a run is killed with its command, so the journal has no end line for it.
+pub fn abandonments(workers: &[&Proc]) -> Abandoned {
+    let mut abandoned = Abandoned::new();
+    for worker in workers {
+        for (task, at) in logged_tasks(&worker.stderr(), "assignment withdrawn while running; abandoned") {
+            abandoned.entry((worker.name.clone(), task)).or_default().push(at);
+        }
+    }
+    abandoned
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mark {
@@ -87,6 +105,12 @@ impl Journal {
     /// Runs, each ended by its end line or by its worker's death (`deaths`: worker id to the
     /// time the test killed it), whichever came first.
     pub fn runs(&self, deaths: &HashMap<String, u128>) -> Vec<Run> {
+        self.runs_stopped(deaths, &HashMap::new())
+    }
+
+    /// As [`Journal::runs`], and a run its worker abandoned (`abandoned`, see [`abandonments`])
+    /// ends when the worker says so: its command is killed and writes no end line.
+    pub fn runs_stopped(&self, deaths: &HashMap<String, u128>, abandoned: &Abandoned) -> Vec<Run> {
         let mut runs: Vec<Run> = Vec::new();
         let mut open: HashMap<(String, String), usize> = HashMap::new();
         for e in self.entries() {
@@ -107,13 +131,23 @@ impl Journal {
             if let Some(&death) = deaths.get(&run.worker) {
                 run.end = Some(run.end.map_or(death, |end| end.min(death)));
             }
+            let key = (run.worker.clone(), run.task.clone());
+            let stopped = abandoned.get(&key).and_then(|times| times.iter().copied().filter(|t| *t >= run.start).min());
+            if let (None, Some(stopped)) = (run.end, stopped) {
+                run.end = Some(stopped);
+            }
         }
         runs
     }
 
     /// The invariant: no task runs on two live workers at once (nor twice at once on one).
     pub fn assert_no_concurrent_runs(&self, deaths: &HashMap<String, u128>) {
-        let runs = self.runs(deaths);
+        self.assert_no_concurrent_runs_stopped(deaths, &HashMap::new());
+    }
+
+    /// The invariant, counting the runs the workers abandoned as ended when they said so.
+    pub fn assert_no_concurrent_runs_stopped(&self, deaths: &HashMap<String, u128>, abandoned: &Abandoned) {
+        let runs = self.runs_stopped(deaths, abandoned);
         let mut by_task: HashMap<&str, Vec<&Run>> = HashMap::new();
         for run in &runs {
             by_task.entry(run.task.as_str()).or_default().push(run);
@@ -143,5 +177,30 @@ impl Journal {
         workers.sort();
         workers.dedup();
         workers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The false alarm the ensemble test raised in CI: w2's run was killed when w2, cut off with
+    /// the quorum, abandoned it; w1 ran the task again later. Without the abandonment the open
+    /// run looks as if it still ran.
+    #[test]
+    fn a_run_its_worker_abandoned_ends_when_the_worker_said_so() {
+        let dir = std::env::temp_dir().join(format!("journal-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("a scratch directory");
+        let journal = Journal::new(&dir);
+        fs::write(&journal.path, "start t1 w2 1 100\nstart t1 w1 1 500\nend t1 w1 1 600\n").expect("write");
+        let abandoned = Abandoned::from([(("w2".to_string(), "t1".to_string()), vec![150])]);
+        journal.assert_no_concurrent_runs_stopped(&HashMap::new(), &abandoned);
+        let unaccounted = std::panic::catch_unwind(|| journal.assert_no_concurrent_runs(&HashMap::new()));
+        assert!(unaccounted.is_err(), "without the abandonment the runs overlap");
+        // An abandonment logged before the run started is another run's.
+        let earlier = Abandoned::from([(("w2".to_string(), "t1".to_string()), vec![50])]);
+        let stale = std::panic::catch_unwind(|| journal.assert_no_concurrent_runs_stopped(&HashMap::new(), &earlier));
+        assert!(stale.is_err(), "an earlier abandonment does not end this run");
+        let _ = fs::remove_dir_all(&dir);
     }
 }
