@@ -113,3 +113,31 @@ pub async fn job_succeeded(e2e: &E2e, namespace: &str, job: &str, timeout: Durat
     })
     .await
 }
+
+/// Waits until the Job's pod runs (it submits from then on).
+pub async fn wait_running(e2e: &E2e, namespace: &str, job: &str) -> Result<()> {
+    wait::until(&format!("Job {job} to run"), Duration::from_secs(120), Duration::from_millis(500), || async {
+        let status = job_status(e2e, namespace, job).await?;
+        Ok(if running(&status) { Poll::Done(()) } else { Poll::NotYet(format!("{status:?}")) })
+    })
+    .await
+}
+
+/// Waits until the Job finished and fails unless it succeeded with every one of its `tasks`
+/// (`N submitted, N succeeded, 0 failed` is the client's last line); `what` says what the
+/// tasks went through, for the message.
+pub async fn all_succeeded(
+    e2e: &E2e,
+    namespace: &str,
+    job: &str,
+    tasks: usize,
+    timeout: Duration,
+    what: &str,
+) -> Result<()> {
+    let succeeded = job_succeeded(e2e, namespace, job, timeout).await?;
+    let logs = job_logs(e2e, namespace, job).await;
+    let summary = format!("{tasks} submitted, {tasks} succeeded, 0 failed");
+    crate::ensure(succeeded && logs.lines().any(|l| l.trim() == summary), || {
+        format!("the tasks {what} did not all succeed ({summary:?} expected):\n{logs}")
+    })
+}

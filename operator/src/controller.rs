@@ -25,17 +25,20 @@ use tracing::{debug, field, info, info_span, warn, Instrument, Span};
 use crate::apply::{self, Applied, Applier, ApplyError, ApplyFailures, Ledger, FIELD_MANAGER};
 use crate::autoscale::{cost, Decision, Load, Policy, Reason, Recommendations};
 use crate::build::labels::{Names, MANAGED_BY};
-use crate::build::{self, security, BuildError, Settings};
+use crate::build::{self, security, zookeeper, BuildError, Settings};
 use crate::crd::{AutoscalingStatus, TaskCluster, TaskClusterStatus};
+use crate::ensemble;
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::scope::Scope;
 use crate::status::{self, Observation, ZkReading};
 use crate::validate::{self, Observed, ValidSpec};
-use crate::zk::StatusSource;
+use crate::zk::{ReconfigError, StatusSource};
 
 /// How often a running cluster's status is refreshed from ZooKeeper: leader and backlog are
 /// then at most this plus the leader's 500 ms publishing period stale.
 pub const REFRESH: Duration = Duration::from_secs(1);
+/// Between reconfig steps: a joining server takes seconds to start and sync.
+const RESIZE_STEP: Duration = Duration::from_secs(3);
 /// How often a cluster without a ZooKeeper quorum is looked at, besides child changes.
 const WAIT: Duration = Duration::from_secs(10);
 /// Every child is rewritten this often, whatever the hashes say, to undo drift the cheap
@@ -343,10 +346,17 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
     let names = Names::new(&name);
     let reference = tc.object_ref(&());
 
-    // Validate (pure), against what already runs.
+    // Validate (pure), against what already runs: the ensemble's size follows its membership.
     let ensemble = cached(&ctx.stores.stateful_sets, &namespace, &names.zookeeper);
-    let observed = Observed { ensemble_replicas: ensemble.as_ref().and_then(|s| s.spec.as_ref()?.replicas) };
-    let valid = validate::validate(tc, observed);
+    let members = read_members(tc, &names, ensemble.as_deref(), &key, ctx).await;
+    let config = cached(&ctx.stores.config_maps, &namespace, &names.zookeeper_config);
+    let last_members = config.as_ref().and_then(|c| c.annotations().get(zookeeper::MEMBERS_ANNOTATION).cloned());
+    let running = ensemble::Running {
+        replicas: ensemble.as_ref().and_then(|s| s.spec.as_ref()?.replicas),
+        members: members.clone(),
+        last_members: last_members.as_deref().and_then(ensemble::parse_ids),
+    };
+    let valid = validate::validate(tc, Observed { ensemble: running });
 
     // Build (pure) and apply; an invalid spec leaves the running cluster as it is. A child
     // that cannot be applied does not keep the others from it, nor the status from saying so.
@@ -355,7 +365,17 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
         Err(_) => ChildrenApplied::default(),
     };
     let mut writes = applied.writes;
-    let apply_failures: Vec<String> = applied.failures.iter().map(ToString::to_string).collect();
+    let mut apply_failures: Vec<String> = applied.failures.iter().map(ToString::to_string).collect();
+
+    // Resize the ensemble one reconfig at a time; the children follow at the next reconcile.
+    let resizing = match (&valid, &members) {
+        (Ok(valid), Some(members)) => resize_ensemble(tc, valid, members, &names, &reference, ctx).await,
+        _ => Ok(false),
+    };
+    let resizing = resizing.unwrap_or_else(|failure| {
+        apply_failures.push(failure);
+        true
+    });
 
     // Status, from the cached children and ZooKeeper.
     let zookeeper = cached(&ctx.stores.stateful_sets, &namespace, &names.zookeeper);
@@ -420,9 +440,84 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
     }
     ctx.succeeded(&key);
     Ok(match reading {
+        _ if resizing => Action::requeue(RESIZE_STEP),
         ZkReading::Skipped => Action::requeue(WAIT),
         _ => Action::requeue(REFRESH),
     })
+}
+
+/// The committed membership of the ensemble, once any of its servers serves.
+async fn read_members(
+    tc: &TaskCluster,
+    names: &Names,
+    ensemble: Option<&StatefulSet>,
+    key: &str,
+    ctx: &Context,
+) -> Option<ensemble::Members> {
+    let ready_servers = ensemble.and_then(|s| s.status.as_ref()?.ready_replicas).unwrap_or(0);
+    if ready_servers < 1 {
+        return None;
+    }
+    let connect = connect_string(tc, names, ctx);
+    match ctx.zookeeper.members(key, &connect).await {
+        Ok(members) => Some(members),
+        Err(err) => {
+            debug!(error = %err, "cannot read the ensemble's membership");
+            None
+        },
+    }
+}
+
+/// Takes the next reconfig step towards `spec.zookeeper.replicas`. True while the ensemble
+/// is not at its size yet (the next reconcile comes sooner); a failure is a message for the
+/// status.
+async fn resize_ensemble(
+    tc: &TaskCluster,
+    valid: &ValidSpec,
+    members: &ensemble::Members,
+    names: &Names,
+    reference: &ObjectReference,
+    ctx: &Context,
+) -> Result<bool, String> {
+    let desired = valid.spec.zookeeper.replicas;
+    let step = ensemble::next_step(desired, members);
+    if step == ensemble::Step::Steady {
+        return Ok(valid.ensemble.replicas != desired);
+    }
+    let current = ensemble::format_ids(&members.voters);
+    let Some(admin_key) = &ctx.settings.admin_key else {
+        return Err(format!(
+            "cannot resize the ZooKeeper ensemble from {} to {desired} servers: the operator has no administrator key (ZOOKEEPER_ADMIN_KEY, set by the Helm chart)",
+            members.voters.len()
+        ));
+    };
+    let password = security::admin_password(&admin_key.0, &tc.uid().unwrap_or_default());
+    let namespace = tc.namespace().unwrap_or_default();
+    let domain = ctx.settings.cluster_domain.clone();
+    let address = move |id| zookeeper::server_address(names, &namespace, &domain, id);
+    let connect = connect_string(tc, names, ctx);
+    match ctx.zookeeper.reconfigure(&connect, &password, &step, members.version, &address).await {
+        Ok(()) => {
+            let note = match &step {
+                ensemble::Step::Add(ids) => format!("added ZooKeeper servers {ids:?} to the ensemble of {current}"),
+                ensemble::Step::Remove(ids) => {
+                    format!("removed ZooKeeper servers {ids:?} from the ensemble of {current}")
+                },
+                ensemble::Step::Steady => unreachable!("returned above"),
+            };
+            info!("{note}");
+            ctx.publish(reference, EventType::Normal, "Reconfigured", note).await;
+            Ok(true)
+        },
+        Err(ReconfigError::NotYet(why)) => {
+            debug!(?step, why, "the ensemble is not ready for the next reconfig");
+            Ok(true)
+        },
+        Err(ReconfigError::NotAuthorized { .. }) => {
+            Err(ReconfigError::NotAuthorized { secret: names.admin.clone() }.to_string())
+        },
+        Err(err) => Err(format!("cannot resize the ZooKeeper ensemble: {err}")),
+    }
 }
 
 /// What applying the children did: writes made, and the children that could not be applied.
@@ -481,6 +576,22 @@ async fn apply_children(
         .await;
         if applied.count(ctx, "Secret", created).is_some() {
             ctx.remember_credentials(&known);
+        }
+    }
+
+    // The servers' administrator digest, before the StatefulSet whose pods read it.
+    if let Some(admin_key) = &ctx.settings.admin_key {
+        let known = format!("{}/admin", tc.uid().unwrap_or_default());
+        if !ctx.credentials_known(&known) {
+            let owner = build::Owner::of(tc, &ctx.settings)?;
+            let password = security::admin_password(&admin_key.0, &tc.uid().unwrap_or_default());
+            let created = apply::ensure_secret(&ctx.client, &namespace, &names.admin, || {
+                security::admin_credentials(&owner, names, &password)
+            })
+            .await;
+            if applied.count(ctx, "Secret", created).is_some() {
+                ctx.remember_credentials(&known);
+            }
         }
     }
 
@@ -644,7 +755,9 @@ async fn read_cluster(
     ctx: &Context,
 ) -> ZkReading {
     let ready_servers = ensemble.and_then(|s| s.status.as_ref()?.ready_replicas).unwrap_or(0);
-    if ready_servers < build::zookeeper::quorum(tc.spec.zookeeper.replicas) {
+    // While it grows, the smaller size is the one whose majority serves.
+    let size = ensemble.and_then(|s| s.spec.as_ref()?.replicas).unwrap_or(i32::MAX).min(tc.spec.zookeeper.replicas);
+    if ready_servers < build::zookeeper::quorum(size) {
         return ZkReading::Skipped;
     }
     ctx.metrics.zookeeper_reads.inc();

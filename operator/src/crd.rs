@@ -322,13 +322,11 @@ impl Default for TaskSettings {
 #[serde(rename_all = "camelCase")]
 pub struct ZooKeeperSpec {
     /// Servers in the ensemble: 1, 3 or 5. A majority must run for the cluster to work, so 3
-    /// tolerates one failure and 5 two. Fixed after creation.
+    /// tolerates one failure and 5 two. May change while the cluster runs: the operator adds
+    /// or removes servers by ZooKeeper's dynamic reconfiguration, without a restart.
     #[serde(default = "default_zookeeper_replicas")]
     #[x_kube(
-        validation = Rule::new("self == 1 || self == 3 || self == 5").message("zookeeper.replicas must be 1, 3 or 5"),
-        validation = Rule::new("self == oldSelf").message(
-            "zookeeper.replicas cannot change after creation; create a new TaskCluster to resize the ensemble"
-        )
+        validation = Rule::new("self == 1 || self == 3 || self == 5").message("zookeeper.replicas must be 1, 3 or 5")
     )]
     pub replicas: i32,
 

@@ -5,6 +5,7 @@ pub mod autoscale;
 pub mod build;
 pub mod crd;
 pub mod duration;
+pub mod ensemble;
 pub mod validate;
 
 pub mod apply;

@@ -44,6 +44,10 @@ fn settings() -> Settings {
             .map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
             .unwrap_or_default(),
         operator_version: defaults.operator_version,
+        admin_key: std::env::var("ZOOKEEPER_ADMIN_KEY")
+            .ok()
+            .filter(|k| !k.is_empty())
+            .map(|k| taskcluster_operator::build::AdminKey(k.into_bytes())),
     }
 }
 

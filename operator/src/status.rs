@@ -613,7 +613,7 @@ mod tests {
     #[test]
     fn an_invalid_spec_says_why_and_that_the_old_one_keeps_running() {
         let tc = fixtures::example();
-        let err = SpecError::EnsembleResize { running: 3, requested: 5 };
+        let err = SpecError::EnsembleSize(2);
         let reading = ZkReading::Skipped;
         let obs = Observation {
             spec_error: Some(&err),
@@ -625,7 +625,7 @@ mod tests {
         };
         let s = compute(&tc, None, &obs, at(100));
         let ready = cond(&s, READY);
-        assert_eq!(ready.reason, "EnsembleResizeUnsupported");
+        assert_eq!(ready.reason, "InvalidEnsembleSize");
         assert!(ready.message.ends_with("the last valid spec keeps running"));
         assert_eq!(cond(&s, DEGRADED).reason, "InvalidSpec");
     }

@@ -11,6 +11,7 @@ use crate::autoscale::Policy;
 use crate::build::labels::{self, Component};
 use crate::crd::{PodPlacement, TaskCluster, TaskClusterSpec};
 use crate::duration;
+use crate::ensemble::{self, Running, Sizing};
 use crate::quantity;
 
 /// Longest TaskCluster name: `<name>-zookeeper-headless` must stay a 63-character DNS label.
@@ -24,6 +25,8 @@ pub struct ValidSpec {
     pub task_timeout: Duration,
     /// The autoscaling settings, when the operator owns the worker count.
     pub autoscaling: Option<Policy>,
+    /// The ensemble's pods and initial members on the way to `spec.zookeeper.replicas`.
+    pub ensemble: Sizing,
 }
 
 /// Why a spec cannot be honoured. `reason()` is the condition reason, `Display` the message.
@@ -39,8 +42,6 @@ pub enum SpecError {
     OutOfRange { field: &'static str, value: i64, min: i64, max: i64 },
     #[error("zookeeper.replicas is {0}; it must be 1, 3 or 5")]
     EnsembleSize(i32),
-    #[error("zookeeper.replicas changed from {running} to {requested}, but the ensemble size is fixed after creation; set it back to {running}, or create a new TaskCluster")]
-    EnsembleResize { running: i32, requested: i32 },
     #[error("zookeeper.storage.storageClassName cannot be combined with ephemeral: true")]
     EphemeralWithClass,
     #[error("{field} must not be empty")]
@@ -65,7 +66,6 @@ impl SpecError {
             SpecError::BadDuration { .. } | SpecError::DurationOutOfRange { .. } => "InvalidDuration",
             SpecError::OutOfRange { .. } => "OutOfRange",
             SpecError::EnsembleSize(_) => "InvalidEnsembleSize",
-            SpecError::EnsembleResize { .. } => "EnsembleResizeUnsupported",
             SpecError::EphemeralWithClass => "InvalidStorage",
             SpecError::Empty { .. } => "EmptyField",
             SpecError::MinAboveMax { .. } => "InvalidAutoscaling",
@@ -76,11 +76,11 @@ impl SpecError {
     }
 }
 
-/// What the cluster already runs that constrains the spec.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What the cluster already runs that shapes the children.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Observed {
-    /// Replicas of the existing ZooKeeper StatefulSet, if it exists.
-    pub ensemble_replicas: Option<i32>,
+    /// The ZooKeeper ensemble: its pods and membership.
+    pub ensemble: Running,
 }
 
 fn duration_in(field: &'static str, value: &str, min: Duration, max: Duration) -> Result<Duration, SpecError> {
@@ -160,11 +160,6 @@ pub fn validate(tc: &TaskCluster, observed: Observed) -> Result<ValidSpec, SpecE
     if ![1, 3, 5].contains(&replicas) {
         return Err(SpecError::EnsembleSize(replicas));
     }
-    if let Some(running) = observed.ensemble_replicas {
-        if running != replicas {
-            return Err(SpecError::EnsembleResize { running, requested: replicas });
-        }
-    }
     if spec.zookeeper.storage.ephemeral && spec.zookeeper.storage.storage_class_name.is_some() {
         return Err(SpecError::EphemeralWithClass);
     }
@@ -173,7 +168,8 @@ pub fn validate(tc: &TaskCluster, observed: Observed) -> Result<ValidSpec, SpecE
     no_own_labels("pods.workers.labels", &spec.pods.workers, &name, Component::Worker)?;
     no_own_labels("pods.zookeeper.labels", &spec.pods.zookeeper, &name, Component::ZooKeeper)?;
     let autoscaling = spec.autoscaling.as_ref().map(autoscaling_policy).transpose()?;
-    Ok(ValidSpec { spec: spec.clone(), session_timeout, task_timeout, autoscaling })
+    let ensemble = ensemble::sizing(replicas, &observed.ensemble);
+    Ok(ValidSpec { spec: spec.clone(), session_timeout, task_timeout, autoscaling, ensemble })
 }
 
 fn autoscaling_policy(a: &crate::crd::AutoscalingSpec) -> Result<Policy, SpecError> {
@@ -350,12 +346,12 @@ mod tests {
     }
 
     #[test]
-    fn the_ensemble_size_is_fixed_once_it_runs() {
+    fn a_resize_keeps_the_members_pods_until_the_servers_leave() {
         let mut tc = fixtures::example();
-        tc.spec.zookeeper.replicas = 5;
-        let err = validate(&tc, Observed { ensemble_replicas: Some(3) }).unwrap_err();
-        assert_eq!(err, SpecError::EnsembleResize { running: 3, requested: 5 });
-        assert!(err.to_string().contains("set it back to 3"), "{err}");
-        assert!(validate(&tc, Observed { ensemble_replicas: Some(5) }).is_ok());
+        tc.spec.zookeeper.replicas = 1;
+        let members = crate::ensemble::Members { version: 1, voters: [1, 2, 3].into() };
+        let running = Running { replicas: Some(3), members: Some(members), last_members: None };
+        let valid = validate(&tc, Observed { ensemble: running }).unwrap();
+        assert_eq!(valid.ensemble, Sizing { replicas: 3, members: [1, 2, 3].into() });
     }
 }

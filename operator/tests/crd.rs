@@ -81,7 +81,7 @@ fn the_schema_carries_the_rules_users_hit() {
     let text = serde_json::to_string(&schema()).unwrap();
     for rule in [
         "self == 1 || self == 3 || self == 5",
-        "zookeeper.replicas cannot change after creation",
+        "zookeeper.storage cannot change after creation",
         "sessionTimeout must be between 4s and 40s",
         "tasks.timeout must be between 1s and 24h",
         "storageClassName cannot be combined with ephemeral",
@@ -95,6 +95,8 @@ fn the_schema_carries_the_rules_users_hit() {
         assert!(text.contains(rule), "rule {rule:?} missing from the schema");
     }
     let spec = &schema()["properties"]["spec"]["properties"];
+    let replicas = serde_json::to_string(&spec["zookeeper"]["properties"]["replicas"]).unwrap();
+    assert!(!replicas.contains("oldSelf"), "the ensemble may be resized: {replicas}");
     assert_eq!(spec["masters"]["minimum"], 1.0);
     assert_eq!(spec["workers"]["minimum"], 0.0);
     assert_eq!(spec["masters"]["default"], 2);

@@ -75,6 +75,8 @@ pub struct Names {
     pub zookeeper_headless: String,
     pub zookeeper_config: String,
     pub credentials: String,
+    /// The ZooKeeper administrator's digest (reconfiguration).
+    pub admin: String,
     pub masters: String,
     pub workers: String,
 }
@@ -87,6 +89,7 @@ impl Names {
             zookeeper_headless: format!("{instance}-zookeeper-headless"),
             zookeeper_config: format!("{instance}-zookeeper-config"),
             credentials: format!("{instance}-zookeeper-credentials"),
+            admin: format!("{instance}-zookeeper-admin"),
             masters: format!("{instance}-master"),
             workers: format!("{instance}-worker"),
         }

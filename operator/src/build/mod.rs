@@ -33,6 +33,19 @@ pub struct Settings {
     /// The operator's release: the `app.kubernetes.io/version` label of every child and the
     /// tag of the default node image.
     pub operator_version: String,
+    /// The key each cluster's ZooKeeper administrator password is derived from; without it
+    /// the ensembles keep the size they were created with.
+    pub admin_key: Option<AdminKey>,
+}
+
+/// A secret key that never shows in logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminKey(pub Vec<u8>);
+
+impl std::fmt::Debug for AdminKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminKey(..)")
+    }
 }
 
 impl Default for Settings {
@@ -42,6 +55,7 @@ impl Default for Settings {
             operator_namespace: None,
             image_pull_secrets: Vec::new(),
             operator_version: OPERATOR_VERSION.into(),
+            admin_key: None,
         }
     }
 }
@@ -129,11 +143,12 @@ pub struct Children {
 pub fn build(tc: &TaskCluster, valid: &ValidSpec, settings: &Settings) -> Result<Children, BuildError> {
     let owner = Owner::of(tc, settings)?;
     let names = Names::new(&tc.name_any());
-    let cfg = zookeeper::zoo_cfg(&names, &owner.namespace, valid.spec.zookeeper.replicas, &settings.cluster_domain);
+    let cfg = zookeeper::zoo_cfg();
+    let members = &valid.ensemble.members;
     Ok(Children {
         headless_service: zookeeper::headless_service(&owner, &names),
         client_service: zookeeper::client_service(&owner, &names),
-        config_map: zookeeper::config_map(&owner, &names, &cfg),
+        config_map: zookeeper::config_map(&owner, &names, &cfg, members, &settings.cluster_domain),
         stateful_set: zookeeper::stateful_set(&owner, &names, valid, settings, &cfg),
         disruption_budget: zookeeper::disruption_budget(&owner, &names),
         network_policy: security::network_policy(&owner, &names, settings),
@@ -373,17 +388,21 @@ mod tests {
     }
 
     #[test]
-    fn zoo_cfg_names_every_server_by_ordinal_plus_one() {
+    fn the_members_name_every_server_by_ordinal_plus_one_and_the_static_config_none() {
         let c = children(&fixtures::example());
-        let cfg = &c.config_map.data.as_ref().unwrap()["zoo.cfg"];
+        let data = c.config_map.data.as_ref().unwrap();
+        let (cfg, members) = (&data["zoo.cfg"], &data["zoo.cfg.dynamic"]);
         for (id, ordinal) in [(1, 0), (2, 1), (3, 2)] {
             let line = format!(
-                "server.{id}=demo-zookeeper-{ordinal}.demo-zookeeper-headless.default.svc.cluster.local:2888:3888\n"
+                "server.{id}=demo-zookeeper-{ordinal}.demo-zookeeper-headless.default.svc.cluster.local:2888:3888:participant;2181\n"
             );
-            assert!(cfg.contains(&line), "{line} missing from\n{cfg}");
+            assert!(members.contains(&line), "{line} missing from\n{members}");
         }
-        assert!(!cfg.contains("server.4"));
-        assert!(cfg.contains("4lw.commands.whitelist=ruok,srvr,mntr\n"));
+        assert!(!members.contains("server.4") && !cfg.contains("server."), "{cfg}\n{members}");
+        assert!(cfg.contains("reconfigEnabled=true\nstandaloneEnabled=false\n"), "{cfg}");
+        let annotations = c.config_map.metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations[zookeeper::MEMBERS_ANNOTATION], "1,2,3");
+        assert!(cfg.contains("4lw.commands.whitelist=ruok,srvr,mntr,conf\n"));
         assert!(cfg.contains("dataDir=/data\n"));
         assert!(cfg.contains("minSessionTimeout=4000\nmaxSessionTimeout=40000\n"));
         let sts = c.stateful_set.spec.as_ref().unwrap();
@@ -721,11 +740,12 @@ annotations: {{note: {role}}}
             let policy = spec_of(&children(tc).stateful_set).persistent_volume_claim_retention_policy.clone().unwrap();
             (policy.when_deleted.unwrap(), policy.when_scaled.unwrap())
         };
-        assert_eq!(policy(&tc), ("Delete".to_string(), "Retain".to_string()), "the default");
+        // A server removed from the ensemble has nothing the others lack: its claim goes.
+        assert_eq!(policy(&tc), ("Delete".to_string(), "Delete".to_string()), "the default");
         assert!(security::credentials(&owner, &Names::new("demo"), "p", false).metadata.owner_references.is_some());
 
         tc.spec.zookeeper.storage.when_deleted = crate::crd::VolumeRetention::Retain;
-        assert_eq!(policy(&tc), ("Retain".to_string(), "Retain".to_string()));
+        assert_eq!(policy(&tc), ("Retain".to_string(), "Delete".to_string()));
         let secret = security::credentials(&owner, &Names::new("demo"), "p", true);
         assert!(secret.metadata.owner_references.is_none(), "garbage collection would take it with the cluster");
     }

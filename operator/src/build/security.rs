@@ -19,6 +19,44 @@ use super::{Owner, Settings};
 /// ZooKeeper digest user of every TaskCluster; the password is what differs.
 pub const DIGEST_USER: &str = "taskcluster";
 
+/// ZooKeeper's super user, the only one that may reconfigure the ensemble.
+pub const SUPER_USER: &str = "super";
+/// Key of the administrator Secret: `super:<digest>`, what the servers compare against.
+pub const SUPER_DIGEST_KEY: &str = "superDigest";
+
+/// The operator's ZooKeeper administrator password for one TaskCluster: derived from the
+/// operator's key and the TaskCluster's uid, so it is the same after every restart of the
+/// operator without the operator reading any Secret, and differs for every cluster.
+pub fn admin_password(key: &[u8], uid: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(b"taskcluster zookeeper admin\0");
+    mac.update(uid.as_bytes());
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `user:base64(sha1(user:password))`, ZooKeeper's digest form.
+pub fn digest(user: &str, password: &str) -> String {
+    use base64::Engine;
+    use sha1::Digest;
+    let hash = sha1::Sha1::digest(format!("{user}:{password}").as_bytes());
+    format!("{user}:{}", base64::engine::general_purpose::STANDARD.encode(hash))
+}
+
+/// The Secret the servers read their super user's digest from (never the password). Owned by
+/// the TaskCluster: it can be derived again whenever it is needed.
+pub fn admin_credentials(owner: &Owner, names: &Names, password: &str) -> Secret {
+    Secret {
+        metadata: owner.meta(&names.admin, Component::ZooKeeper),
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(
+            SUPER_DIGEST_KEY.to_string(),
+            ByteString(digest(SUPER_USER, password).into_bytes()),
+        )])),
+        ..Default::default()
+    }
+}
+
 /// A fresh password; 32 alphanumerics carry about 190 bits.
 pub fn generate_password() -> String {
     Alphanumeric.sample_string(&mut rand::rng(), 32)
@@ -98,5 +136,25 @@ pub fn network_policy(owner: &Owner, names: &Names, settings: &Settings) -> Netw
             ]),
             ..Default::default()
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_digest_is_zookeepers() {
+        // What a server started with this superDigest accepted for `super:secret`.
+        assert_eq!(digest("super", "secret"), "super:lK75jTNcA+U9vtVEw5vB51mj/w4=");
+    }
+
+    #[test]
+    fn admin_passwords_differ_per_cluster_and_key_and_repeat_otherwise() {
+        let a = admin_password(b"key", "uid-1");
+        assert_eq!(a, admin_password(b"key", "uid-1"));
+        assert_ne!(a, admin_password(b"key", "uid-2"));
+        assert_ne!(a, admin_password(b"other", "uid-1"));
+        assert_eq!(a.len(), 64);
     }
 }

@@ -1,12 +1,12 @@
 //! The ZooKeeper ensemble: peer and client Services, `zoo.cfg`, StatefulSet, disruption budget.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, ExecAction,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe,
+    SecretKeySelector, Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -14,7 +14,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::labels::{self, Component, Names, CONFIG_HASH};
-use super::{container_security, placement, pod_security, resources, Owner, Settings};
+use super::{container_security, placement, pod_security, resources, security, Owner, Settings};
+use crate::ensemble;
 use crate::validate::ValidSpec;
 
 pub const CLIENT_PORT: i32 = 2181;
@@ -72,12 +73,14 @@ pub fn client_service(owner: &Owner, names: &Names) -> Service {
     }
 }
 
-/// `zoo.cfg` listing every server by its stable DNS name; server ids are ordinal + 1, which
-/// the image writes to /data/myid from the pod's host name. Four-letter words: `ruok` for the
-/// liveness probe, `srvr` for the readiness probe (and people), `mntr` for people. The admin server stays off (the metrics provider's
-/// Jetty would otherwise start it on 8080); reconfiguration is off, the server list is fixed.
-pub fn zoo_cfg(names: &Names, namespace: &str, replicas: i32, cluster_domain: &str) -> String {
-    let mut cfg = format!(
+/// The static part of `zoo.cfg`: everything but the members, which are dynamic (ZooKeeper's
+/// reconfig; the image keeps the configuration ZooKeeper rewrites in the data directory).
+/// `standaloneEnabled=false` runs even one server as an ensemble, so it can grow. Four-letter
+/// words: `ruok` for the liveness probe, `srvr` for the readiness probe (and people), `mntr`
+/// for people. The admin server stays off (the metrics provider's Jetty would otherwise start
+/// it on 8080).
+pub fn zoo_cfg() -> String {
+    format!(
         "tickTime={TICK_MS}\n\
          initLimit=10\n\
          syncLimit=5\n\
@@ -88,9 +91,10 @@ pub fn zoo_cfg(names: &Names, namespace: &str, replicas: i32, cluster_domain: &s
          maxSessionTimeout={}\n\
          autopurge.snapRetainCount=3\n\
          autopurge.purgeInterval=1\n\
-         4lw.commands.whitelist=ruok,srvr,mntr\n\
+         4lw.commands.whitelist=ruok,srvr,mntr,conf\n\
          admin.enableServer=false\n\
-         reconfigEnabled=false\n\
+         reconfigEnabled=true\n\
+         standaloneEnabled=false\n\
          quorumListenOnAllIPs=true\n\
          metricsProvider.className={METRICS_PROVIDER}\n\
          metricsProvider.httpHost=0.0.0.0\n\
@@ -98,22 +102,40 @@ pub fn zoo_cfg(names: &Names, namespace: &str, replicas: i32, cluster_domain: &s
          metricsProvider.exportJvmInfo=true\n",
         TICK_MS * 2,
         TICK_MS * 20,
-    );
-    for ordinal in 0..replicas {
-        cfg.push_str(&format!(
-            "server.{id}={sts}-{ordinal}.{headless}.{namespace}.svc.{cluster_domain}:{PEER_PORT}:{ELECTION_PORT}\n",
-            id = ordinal + 1,
-            sts = names.zookeeper,
-            headless = names.zookeeper_headless,
-        ));
-    }
-    cfg
+    )
 }
 
-pub fn config_map(owner: &Owner, names: &Names, cfg: &str) -> ConfigMap {
+/// Server `id`'s address in the members list, after `server.<id>=`: its stable DNS name
+/// (server ids are ordinal + 1, which the image writes to /data/myid from the host name).
+pub fn server_address(names: &Names, namespace: &str, cluster_domain: &str, id: i32) -> String {
+    format!(
+        "{sts}-{ordinal}.{headless}.{namespace}.svc.{cluster_domain}:{PEER_PORT}:{ELECTION_PORT}:participant;{CLIENT_PORT}",
+        sts = names.zookeeper,
+        ordinal = id - 1,
+        headless = names.zookeeper_headless,
+    )
+}
+
+/// The members a server without a configuration of its own starts from (`zoo.cfg.dynamic`).
+pub fn members_cfg(names: &Names, namespace: &str, cluster_domain: &str, members: &BTreeSet<i32>) -> String {
+    members
+        .iter()
+        .map(|id| format!("server.{id}={}\n", server_address(names, namespace, cluster_domain, *id)))
+        .collect()
+}
+
+/// Annotation of the ConfigMap: the members it lists, read back when the servers cannot be.
+pub const MEMBERS_ANNOTATION: &str = "taskcluster.dev/zookeeper-members";
+
+pub fn config_map(owner: &Owner, names: &Names, cfg: &str, members: &BTreeSet<i32>, cluster_domain: &str) -> ConfigMap {
+    let mut metadata = owner.meta(&names.zookeeper_config, Component::ZooKeeper);
+    metadata.annotations = Some(BTreeMap::from([(MEMBERS_ANNOTATION.to_string(), ensemble::format_ids(members))]));
     ConfigMap {
-        metadata: owner.meta(&names.zookeeper_config, Component::ZooKeeper),
-        data: Some(BTreeMap::from([("zoo.cfg".to_string(), cfg.to_string())])),
+        metadata,
+        data: Some(BTreeMap::from([
+            ("zoo.cfg".to_string(), cfg.to_string()),
+            ("zoo.cfg.dynamic".to_string(), members_cfg(names, &owner.namespace, cluster_domain, members)),
+        ])),
         ..Default::default()
     }
 }
@@ -175,7 +197,40 @@ pub fn stateful_set(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &
         name: "zookeeper".into(),
         image: Some(valid.spec.zookeeper_image()),
         image_pull_policy: Some(valid.spec.image_pull_policy.as_str().into()),
-        env: Some(vec![EnvVar { name: "ZK_HEAP".into(), value: Some(zk.heap.clone()), ..Default::default() }]),
+        env: Some(vec![
+            EnvVar { name: "ZK_HEAP".into(), value: Some(zk.heap.clone()), ..Default::default() },
+            EnvVar {
+                name: "POD_NAME".into(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector { field_path: "metadata.name".into(), ..Default::default() }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            // How a server that is not a member yet adds itself to the members it starts from.
+            EnvVar {
+                name: "ZK_SERVER".into(),
+                value: Some(format!(
+                    "$(POD_NAME).{}.{}.svc.{}:{PEER_PORT}:{ELECTION_PORT}:participant;{CLIENT_PORT}",
+                    names.zookeeper_headless, owner.namespace, settings.cluster_domain
+                )),
+                ..Default::default()
+            },
+            // The administrator that may reconfigure: the operator. Optional, so a cluster
+            // whose operator has no administrator key still runs (at a fixed size).
+            EnvVar {
+                name: "ZK_SUPER_DIGEST".into(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: names.admin.clone(),
+                        key: security::SUPER_DIGEST_KEY.into(),
+                        optional: Some(true),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ]),
         ports: Some(vec![
             ContainerPort { name: Some("client".into()), container_port: CLIENT_PORT, ..Default::default() },
             ContainerPort { name: Some("peer".into()), container_port: PEER_PORT, ..Default::default() },
@@ -230,14 +285,16 @@ pub fn stateful_set(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &
     StatefulSet {
         metadata: owner.meta(&names.zookeeper, Component::ZooKeeper),
         spec: Some(StatefulSetSpec {
-            replicas: Some(zk.replicas),
+            replicas: Some(valid.ensemble.replicas),
             service_name: Some(names.zookeeper_headless.clone()),
             // All servers must start for a quorum to form; ordered start would deadlock readiness.
             pod_management_policy: Some("Parallel".into()),
             selector: LabelSelector { match_labels: Some(selector), ..Default::default() },
             persistent_volume_claim_retention_policy: Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
                 when_deleted: Some(zk.storage.when_deleted.as_str().into()),
-                when_scaled: Some("Retain".into()),
+                // A server leaves the membership before its pod goes: its data is of no use,
+                // and a stale copy must not come back when the ensemble grows again.
+                when_scaled: Some("Delete".into()),
             }),
             template,
             volume_claim_templates: claims,

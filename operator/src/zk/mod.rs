@@ -16,6 +16,7 @@ use zookeeper_client::{Client, Error as ZkError, SessionState};
 
 use self::backoff::{Backoffs, Failure};
 use crate::autoscale::cost::WorkerState;
+use crate::ensemble::{Members, Step};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ZkStatusError {
@@ -43,6 +44,19 @@ impl ZkStatusError {
     }
 }
 
+/// Why a reconfig did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconfigError {
+    /// ZooKeeper commits a membership only when a majority of it is in sync: a joining
+    /// server is still starting, or another change is under way. Tried again shortly.
+    #[error("ZooKeeper is not ready for it yet ({0})")]
+    NotYet(String),
+    #[error("ZooKeeper refused the operator's administrator credentials: the servers' {secret} Secret no longer matches the operator's key (a reinstalled operator?); delete that Secret and restart the ZooKeeper pods one at a time")]
+    NotAuthorized { secret: String },
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Where the cluster status comes from; a trait so reconcile tests need no ZooKeeper.
 pub trait StatusSource: Send + Sync {
     /// Reads the status of the cluster `key` (`namespace/name`) from `connect`.
@@ -55,6 +69,24 @@ pub trait StatusSource: Send + Sync {
         key: &'a str,
         connect: &'a str,
     ) -> BoxFuture<'a, Result<Vec<(String, WorkerState)>, ZkStatusError>>;
+    /// The ensemble's committed membership (`/zookeeper/config`, world-readable).
+    fn members<'a>(&'a self, key: &'a str, connect: &'a str) -> BoxFuture<'a, Result<Members, ZkStatusError>> {
+        let _ = (key, connect);
+        Box::pin(async { Err(ZkStatusError::BackingOff { reason: "NotRead", message: "not read".into() }) })
+    }
+    /// Carries out `step` on the membership at `version` as ZooKeeper's super user
+    /// (`password`); `address(id)` is a joining server's entry.
+    fn reconfigure<'a>(
+        &'a self,
+        connect: &'a str,
+        password: &'a str,
+        step: &'a Step,
+        version: i64,
+        address: &'a (dyn Fn(i32) -> String + Send + Sync),
+    ) -> BoxFuture<'a, Result<(), ReconfigError>> {
+        let _ = (connect, password, step, version, address);
+        Box::pin(async { Err(ReconfigError::Failed("reconfiguration is not supported here".into())) })
+    }
     /// Drops whatever is kept for `key` (the TaskCluster is gone).
     fn forget(&self, key: &str);
     /// Sessions currently open.
@@ -191,6 +223,17 @@ impl ZkStatusReader {
             Err(_) => Err(timeout()),
         }
     }
+
+    async fn members_inner(&self, key: &str, connect: &str) -> Result<Members, ZkStatusError> {
+        let client = self.session(key, connect).await?;
+        let read_err = |source| ZkStatusError::Read(StatusError::Read { path: "/zookeeper/config", source });
+        let (data, _) = match tokio::time::timeout(self.timeout, client.get_config()).await {
+            Ok(result) => result.map_err(read_err)?,
+            Err(_) => return Err(ZkStatusError::Timeout { connect: connect.to_string(), timeout: self.timeout }),
+        };
+        Members::parse(&data)
+            .map_err(|err| ZkStatusError::BackingOff { reason: "BadEnsembleConfig", message: err.to_string() })
+    }
 }
 
 fn workers_key(key: &str) -> String {
@@ -210,6 +253,56 @@ impl StatusSource for ZkStatusReader {
         // Backs off on its own: a failed look at the workers (asked only before a scale-in)
         // must not make the next status read report a failure it did not have.
         Box::pin(async move { self.attempt(&workers_key(key), self.workers_inner(key, connect)).await })
+    }
+
+    fn members<'a>(&'a self, key: &'a str, connect: &'a str) -> BoxFuture<'a, Result<Members, ZkStatusError>> {
+        Box::pin(async move {
+            let members_key = format!("{key} members");
+            self.attempt(&members_key, self.members_inner(key, connect)).await
+        })
+    }
+
+    fn reconfigure<'a>(
+        &'a self,
+        connect: &'a str,
+        password: &'a str,
+        step: &'a Step,
+        version: i64,
+        address: &'a (dyn Fn(i32) -> String + Send + Sync),
+    ) -> BoxFuture<'a, Result<(), ReconfigError>> {
+        Box::pin(async move {
+            let digest = format!("{}:{password}", crate::build::security::SUPER_USER);
+            let target = ZkTarget::new(connect).with_session_timeout(Duration::from_secs(10)).with_digest(Some(digest));
+            let client = match tokio::time::timeout(self.timeout, target.connect()).await {
+                Ok(Ok(client)) => client,
+                Ok(Err(err)) => return Err(ReconfigError::NotYet(err.to_string())),
+                Err(_) => return Err(ReconfigError::NotYet(format!("no session within {:?}", self.timeout))),
+            };
+            let (joining, leaving): (Vec<String>, Vec<String>) = match step {
+                Step::Steady => return Ok(()),
+                Step::Add(ids) => (ids.iter().map(|id| format!("server.{id}={}", address(*id))).collect(), vec![]),
+                Step::Remove(ids) => (vec![], ids.iter().map(ToString::to_string).collect()),
+            };
+            let update = zookeeper_client::EnsembleUpdate::Incremental {
+                joinings: joining.iter().map(String::as_str),
+                leavings: leaving.iter().map(String::as_str),
+            };
+            // A reconfig waits for the new membership to commit: longer than a read.
+            let result = tokio::time::timeout(self.timeout * 3, client.update_ensemble(update, Some(version))).await;
+            taskcluster::connect::close(client).await;
+            match result {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(ZkError::NoAuth | ZkError::AuthFailed)) => {
+                    Err(ReconfigError::NotAuthorized { secret: String::new() })
+                },
+                // -13 NewConfigNoQuorum, -14 ReconfigInProgress; a changed version: read again.
+                Ok(Err(
+                    err @ (ZkError::UnexpectedErrorCode(-13 | -14) | ZkError::BadVersion | ZkError::ConnectionLoss),
+                )) => Err(ReconfigError::NotYet(err.to_string())),
+                Ok(Err(err)) => Err(ReconfigError::Failed(format!("reconfig refused: {err}"))),
+                Err(_) => Err(ReconfigError::NotYet(format!("no answer within {:?}", self.timeout * 3))),
+            }
+        })
     }
 
     fn forget(&self, key: &str) {
