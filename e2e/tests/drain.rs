@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, EvictParams};
 use serde_json::{json, Value};
 use taskcluster_e2e::error::KubeContext;
-use taskcluster_e2e::jobs::{job_logs, job_outcome, job_status, job_succeeded, running, submit_job};
+use taskcluster_e2e::jobs::{all_succeeded, job_outcome, submit_job, wait_running};
 use taskcluster_e2e::taskcluster::{self, status_i64, summary, wait_ready, READY_TIMEOUT};
 use taskcluster_e2e::wait::{self, Poll, POLL};
 use taskcluster_e2e::{ensure, scenario, Error, Result};
@@ -30,11 +30,7 @@ async fn a_drain_evicts_zookeeper_servers_one_at_a_time_and_loses_no_task() {
         wait_ready(&e2e, &ns, name).await?;
         let count = TASKS.to_string();
         submit_job(&e2e, &ns, name, "drain-submit", &["--count", &count, "--inflight", "32", "--wait"]).await?;
-        wait::until("the submit Job to run", Duration::from_secs(120), Duration::from_millis(500), || async {
-            let status = job_status(&e2e, &ns, "drain-submit").await?;
-            Ok(if running(&status) { Poll::Done(()) } else { Poll::NotYet(format!("{status:?}")) })
-        })
-        .await?;
+        wait_running(&e2e, &ns, "drain-submit").await?;
 
         let pods = Api::<Pod>::namespaced(client_without_retries().await?, &ns);
         let servers: Vec<String> = (0..SERVERS).map(|i| format!("{name}-zookeeper-{i}")).collect();
@@ -71,12 +67,7 @@ async fn a_drain_evicts_zookeeper_servers_one_at_a_time_and_loses_no_task() {
             "the submit Job ended before the drain did: the drain did not meet running work".into()
         })?;
 
-        let succeeded = job_succeeded(&e2e, &ns, "drain-submit", Duration::from_secs(900)).await?;
-        let logs = job_logs(&e2e, &ns, "drain-submit").await;
-        let summary_line = format!("{TASKS} submitted, {TASKS} succeeded, 0 failed");
-        ensure(succeeded && logs.lines().any(|l| l.trim() == summary_line), || {
-            format!("the tasks streamed across the drain did not all succeed ({summary_line:?} expected):\n{logs}")
-        })?;
+        all_succeeded(&e2e, &ns, "drain-submit", TASKS, Duration::from_secs(900), "streamed across the drain").await?;
         let object = taskcluster::get(&e2e, &ns, name).await?;
         ensure(status_i64(&object, "deadLettered") == 0, || format!("tasks were dead-lettered: {}", summary(&object)))?;
         Ok(())

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use taskcluster_e2e::error::KubeContext;
-use taskcluster_e2e::jobs::{job_logs, job_succeeded, node_image, submit_job};
+use taskcluster_e2e::jobs::{all_succeeded, node_image, submit_job};
 use taskcluster_e2e::pods::pod_once_running;
 use taskcluster_e2e::taskcluster::{self, wait_ready};
 use taskcluster_e2e::wait::{self, Poll};
@@ -111,11 +111,15 @@ async fn network_policy_admits_clients_of_zookeeper_and_shuts_out_other_pods() {
         shut_out(&e2e, &ns, &service, &server).await?;
 
         submit_job(&e2e, &ns, name, "client-job", &["--count", "100", "--inflight", "16", "--wait"]).await?;
-        let succeeded = job_succeeded(&e2e, &ns, "client-job", Duration::from_secs(300)).await?;
-        let logs = job_logs(&e2e, &ns, "client-job").await;
-        ensure(succeeded && logs.lines().any(|l| l.trim() == "100 submitted, 100 succeeded, 0 failed"), || {
-            format!("the labelled client's tasks did not all succeed under the policy:\n{logs}")
-        })?;
+        all_succeeded(
+            &e2e,
+            &ns,
+            "client-job",
+            100,
+            Duration::from_secs(300),
+            "of the labelled client under the policy",
+        )
+        .await?;
         wait_ready(&e2e, &ns, name).await?;
         shut_out(&e2e, &ns, &service, &server).await
     })

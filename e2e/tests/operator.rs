@@ -12,7 +12,9 @@ use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::{json, Value};
 use taskcluster_e2e::env::UPGRADE_FROM_VAR;
 use taskcluster_e2e::error::KubeContext;
-use taskcluster_e2e::jobs::{job_logs, job_outcome, job_status, job_succeeded, outcome, running, submit_job};
+use taskcluster_e2e::jobs::{
+    all_succeeded, job_logs, job_outcome, job_status, job_succeeded, outcome, running, submit_job, wait_running,
+};
 use taskcluster_e2e::pods::{pod_once_running, running_pod};
 use taskcluster_e2e::taskcluster::{
     self, component_selector, condition, get, leader, status, status_i64, summary, wait_ready, READY_TIMEOUT,
@@ -612,15 +614,10 @@ async fn work_survives_deleted_workers_and_a_deleted_zookeeper_server() {
             "the submit Job ended before the last disruption: the disruptions did not meet running work".into()
         })?;
 
-        let succeeded = job_succeeded(&e2e, &ns, "submit", Duration::from_secs(900)).await?;
-        ensure(succeeded, || "some task was lost to the deleted workers or the ZooKeeper restart".into())?;
         // The client's own accounting is the proof that nothing was lost: it waited for
         // every one of its results.
-        let logs = job_logs(&e2e, &ns, "submit").await;
-        let summary_line = format!("{TASKS} submitted, {TASKS} succeeded, 0 failed");
-        ensure(logs.lines().any(|l| l.trim() == summary_line), || {
-            format!("the submit Job does not report {summary_line:?}:\n{logs}")
-        })?;
+        let what = "across the deleted workers and the ZooKeeper restart";
+        all_succeeded(&e2e, &ns, "submit", TASKS, Duration::from_secs(900), what).await?;
         let object = wait::until("Ready again with three ZooKeeper servers", READY_TIMEOUT, POLL, || async {
             let object = get(&e2e, &ns, name).await?;
             let servers = status(&object)["zookeeper"]["readyReplicas"].as_i64().unwrap_or(0);
@@ -852,11 +849,7 @@ async fn upgrade_under_load(e2e: &E2e, ns: &str, previous: &str) -> Result<()> {
     const TASKS: usize = 2000;
     let count = TASKS.to_string();
     submit_job(e2e, ns, name, "stream", &["--count", &count, "--inflight", "32", "--wait"]).await?;
-    wait::until("the stream Job to run", Duration::from_secs(120), Duration::from_millis(500), || async {
-        let status = job_status(e2e, ns, "stream").await?;
-        Ok(if running(&status) { Poll::Done(()) } else { Poll::NotYet(format!("{status:?}")) })
-    })
-    .await?;
+    wait_running(e2e, ns, "stream").await?;
 
     let upgrade = Instant::now();
     e2e.install_operator_release(None).await?;
@@ -894,12 +887,7 @@ async fn upgrade_under_load(e2e: &E2e, ns: &str, previous: &str) -> Result<()> {
     .await?;
     follow(e2e, ns, name, "workers", 3).await?;
 
-    let succeeded = job_succeeded(e2e, ns, "stream", Duration::from_secs(900)).await?;
-    let logs = job_logs(e2e, ns, "stream").await;
-    let summary_line = format!("{TASKS} submitted, {TASKS} succeeded, 0 failed");
-    ensure(succeeded && logs.lines().any(|l| l.trim() == summary_line), || {
-        format!("the tasks streamed across the upgrade did not all succeed ({summary_line:?} expected):\n{logs}")
-    })?;
+    all_succeeded(e2e, ns, "stream", TASKS, Duration::from_secs(900), "streamed across the upgrade").await?;
     let after = zookeeper_pod_uids(e2e, ns, name).await?;
     ensure(after == servers, || {
         format!("ZooKeeper servers were restarted by the upgrade: before {servers:?}, after {after:?}")
@@ -970,11 +958,8 @@ async fn scoped_operator_runs(e2e: &E2e, ns: &str, outside: &str) -> Result<()> 
     e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &taskcluster::manifest(e2e, outside, "outside", 1, 1, 1)).await?;
     wait_ready(e2e, ns, "inside").await?;
     submit_job(e2e, ns, "inside", "scoped-submit", &["--count", "50", "--inflight", "8", "--wait"]).await?;
-    let succeeded = job_succeeded(e2e, ns, "scoped-submit", Duration::from_secs(300)).await?;
-    let logs = job_logs(e2e, ns, "scoped-submit").await;
-    ensure(succeeded && logs.lines().any(|l| l.trim() == "50 submitted, 50 succeeded, 0 failed"), || {
-        format!("the TaskCluster of the scoped operator did not run its tasks:\n{logs}")
-    })?;
+    all_succeeded(e2e, ns, "scoped-submit", 50, Duration::from_secs(300), "of the scoped operator's TaskCluster")
+        .await?;
 
     // By now the scoped operator has had a minute or more with both objects.
     let other = get(e2e, outside, "outside").await?;

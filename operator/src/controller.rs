@@ -400,6 +400,7 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
         zookeeper: zookeeper.as_deref(),
         reading: &reading,
         apply_failures: &apply_failures,
+        members: members.as_ref(),
     };
     let previous = tc.status.as_ref();
     let now = Timestamp::now();

@@ -560,6 +560,10 @@ pub struct ZooKeeperStatus {
     pub ready_replicas: i32,
     /// Whether a majority of the servers is ready, so the ensemble can serve.
     pub quorum: bool,
+    /// Voting members of the ensemble's committed configuration, as last read; differs from
+    /// `replicas` while the ensemble is being resized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<i32>,
 }
 
 fn default_masters() -> i32 {

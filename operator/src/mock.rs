@@ -291,6 +291,7 @@ fn settled(mut tc: TaskCluster, world: &World, cluster: &ClusterStatus) -> TaskC
         zookeeper: world.stateful_sets.first(),
         reading: &reading,
         apply_failures: &[],
+        members: None,
     };
     let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap();
     tc.status = Some(compute(&tc, None, &observation, now));

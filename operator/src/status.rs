@@ -12,6 +12,7 @@ use crate::autoscale::Reason;
 use crate::build::labels::{self, Component};
 use crate::build::zookeeper::quorum;
 use crate::crd::{MastersStatus, TaskCluster, TaskClusterStatus, WorkersStatus, ZooKeeperStatus};
+use crate::ensemble::Members;
 use crate::validate::SpecError;
 use crate::zk::ZkStatusError;
 
@@ -57,6 +58,8 @@ pub struct Observation<'a> {
     pub reading: &'a ZkReading,
     /// Why children could not be applied this time (empty when all were, or none was tried).
     pub apply_failures: &'a [String],
+    /// The ensemble's committed membership, when it could be read.
+    pub members: Option<&'a Members>,
 }
 
 fn deployment_counts(d: Option<&Deployment>) -> (i32, i32) {
@@ -105,7 +108,11 @@ pub fn compute(
 
     let zk_replicas = tc.spec.zookeeper.replicas;
     let zk_ready = obs.zookeeper.and_then(|s| s.status.as_ref()).and_then(|s| s.ready_replicas).unwrap_or(0);
-    let has_quorum = zk_ready >= quorum(zk_replicas);
+    let zk_members = obs.members.map(|m| i32::try_from(m.voters.len()).unwrap_or(i32::MAX));
+    let zk_members = zk_members.or(prev.zookeeper.members);
+    // While it is resized, the majority that counts is the committed membership's.
+    let voters = zk_members.unwrap_or(zk_replicas);
+    let has_quorum = zk_ready >= quorum(voters);
     let (_, masters_ready) = deployment_counts(obs.masters);
     let (worker_pods, workers_ready) = deployment_counts(obs.workers);
 
@@ -120,7 +127,12 @@ pub fn compute(
             registered: prev.workers.registered,
             busy: prev.workers.busy,
         },
-        zookeeper: ZooKeeperStatus { replicas: zk_replicas, ready_replicas: zk_ready, quorum: has_quorum },
+        zookeeper: ZooKeeperStatus {
+            replicas: zk_replicas,
+            ready_replicas: zk_ready,
+            quorum: has_quorum,
+            members: zk_members,
+        },
         ..prev.clone()
     };
     status.conditions = Vec::new();
@@ -152,8 +164,13 @@ pub fn compute(
         status.counters_as_of = prev.counters_as_of.clone().or_else(|| whole_seconds(now));
     }
 
+    let resizing = match zk_members {
+        Some(members) if members != zk_replicas => format!("; resizing from {members} to {zk_replicas} members"),
+        _ => String::new(),
+    };
     let zookeeper_ready = if has_quorum {
-        verdict(ZOOKEEPER_READY, true, "QuorumReady", format!("{zk_ready} of {zk_replicas} ZooKeeper servers ready"))
+        let message = format!("{zk_ready} of {zk_replicas} ZooKeeper servers ready{resizing}");
+        verdict(ZOOKEEPER_READY, true, "QuorumReady", message)
     } else if obs.zookeeper.is_none() {
         verdict(ZOOKEEPER_READY, false, "Creating", "the ZooKeeper ensemble does not exist yet")
     } else {
@@ -162,8 +179,8 @@ pub fn compute(
             false,
             "NoQuorum",
             format!(
-                "{zk_ready} of {zk_replicas} ZooKeeper servers ready; {} needed for a majority",
-                quorum(zk_replicas)
+                "{zk_ready} of {zk_replicas} ZooKeeper servers ready; {} needed for a majority{resizing}",
+                quorum(voters)
             ),
         )
     };
@@ -361,13 +378,14 @@ mod tests {
             zookeeper: Some(&z),
             reading: &reading,
             apply_failures: &[],
+            members: None,
         };
         let s = compute(&tc, None, &obs, at(100));
         assert_eq!(s.leader.as_deref(), Some("demo-master-x"));
         assert_eq!(s.leader_since, Some(Time(at(1_700_000_000))), "whole seconds, as the API server stores them");
         assert_eq!((s.backlog, s.epoch, s.replicas), (7, 2, 3));
         assert_eq!(s.workers, WorkersStatus { desired: 3, ready: 3, registered: 3, busy: 0 });
-        assert_eq!(s.zookeeper, ZooKeeperStatus { replicas: 3, ready_replicas: 3, quorum: true });
+        assert_eq!(s.zookeeper, ZooKeeperStatus { replicas: 3, ready_replicas: 3, quorum: true, members: None });
         for (type_, expected) in
             [(READY, "True"), (ZOOKEEPER_READY, "True"), (LEADER_ELECTED, "True"), (DEGRADED, "False")]
         {
@@ -391,6 +409,7 @@ mod tests {
             zookeeper: Some(&z),
             reading,
             apply_failures: &[],
+            members: None,
         };
         let read = compute(&tc, None, &observe(&elected), at(100));
         assert_eq!(read.counters_as_of, None, "current counters carry no date");
@@ -420,6 +439,7 @@ mod tests {
             zookeeper: Some(&z),
             reading: &reading,
             apply_failures: &[],
+            members: None,
         };
         let first = compute(&tc, None, &obs, at(100));
         let again = compute(&tc, Some(&first), &obs, at(200));
@@ -437,6 +457,7 @@ mod tests {
             zookeeper: Some(&z),
             reading: &reading,
             apply_failures: &[],
+            members: None,
         };
         let s = compute(&tc, None, &obs, at(100));
         assert_eq!(cond(&s, READY).status, "True");
@@ -457,6 +478,7 @@ mod tests {
             zookeeper: Some(&z),
             reading: &reading,
             apply_failures: &[],
+            members: None,
         };
         let s = compute(&tc, None, &obs, at(100));
         let ready = cond(&s, READY);
@@ -477,6 +499,7 @@ mod tests {
             zookeeper: Some(&z),
             reading: &elected,
             apply_failures: &[],
+            members: None,
         };
         let first = compute(&tc, None, &obs, at(100));
         let none = ZkReading::Read(ClusterStatus::default());
@@ -503,6 +526,7 @@ mod tests {
             zookeeper: Some(&z),
             reading: &reading,
             apply_failures: &[],
+            members: None,
         };
         let s = compute(&tc, None, &obs, at(100));
         assert_eq!(s.leader.as_deref(), Some("demo-master-y"));
@@ -521,6 +545,7 @@ mod tests {
             zookeeper: Some(&z),
             reading: &reading,
             apply_failures: &refused,
+            members: None,
         };
         let failing = compute(&tc, None, &obs, at(100));
         let reconciled = cond(&failing, RECONCILED);
@@ -552,6 +577,7 @@ mod tests {
             zookeeper: Some(&z),
             reading: &reading,
             apply_failures: &[],
+            members: None,
         };
         let written = compute(&tc, None, &obs, at(100));
         let soon = Some(Duration::from_secs(1));
@@ -622,11 +648,36 @@ mod tests {
             zookeeper: None,
             reading: &reading,
             apply_failures: &[],
+            members: None,
         };
         let s = compute(&tc, None, &obs, at(100));
         let ready = cond(&s, READY);
         assert_eq!(ready.reason, "InvalidEnsembleSize");
         assert!(ready.message.ends_with("the last valid spec keeps running"));
         assert_eq!(cond(&s, DEGRADED).reason, "InvalidSpec");
+    }
+
+    #[test]
+    fn while_the_ensemble_grows_its_majority_is_the_committed_ones() {
+        let tc = fixtures::example();
+        let (m, w, z, reading) = (deployment(2, 2), deployment(3, 3), sts(1), led_by("demo-master-x"));
+        let members = Members { version: 1, voters: [1].into() };
+        let obs = Observation {
+            spec_error: None,
+            masters: Some(&m),
+            workers: Some(&w),
+            zookeeper: Some(&z),
+            reading: &reading,
+            apply_failures: &[],
+            members: Some(&members),
+        };
+        let s = compute(&tc, None, &obs, at(100));
+        assert_eq!(s.zookeeper, ZooKeeperStatus { replicas: 3, ready_replicas: 1, quorum: true, members: Some(1) });
+        let ready = cond(&s, ZOOKEEPER_READY);
+        assert_eq!(ready.status, "True", "one of one member serves: {}", ready.message);
+        assert!(ready.message.ends_with("resizing from 1 to 3 members"), "{}", ready.message);
+        // Unread at the next reconcile: the last membership stays.
+        let unread = Observation { members: None, ..obs };
+        assert_eq!(compute(&tc, Some(&s), &unread, at(101)).zookeeper.members, Some(1));
     }
 }
