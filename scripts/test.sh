@@ -29,5 +29,5 @@ threads="${TEST_THREADS:-2}"
 bounded 2100 cargo test --workspace --locked --exclude taskcluster-e2e -- --test-threads="$threads"
 
 if [ "${TASKCLUSTER_E2E:-1}" != "0" ]; then
-	bounded 2400 bash e2e/cluster/ci.sh
+	bounded 3000 bash e2e/cluster/ci.sh
 fi

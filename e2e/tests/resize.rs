@@ -16,7 +16,7 @@ use taskcluster_e2e::taskcluster::{self, component_selector, status_i64, summary
 use taskcluster_e2e::wait::{self, Poll, POLL};
 use taskcluster_e2e::{ensure, scenario, Error, Result};
 
-const TASKS: usize = 4000;
+const TASKS: usize = 2500;
 /// Each step adds or removes servers that must start, sync and be committed.
 const STEP_TIMEOUT: Duration = Duration::from_secs(300);
 

@@ -231,7 +231,7 @@ iptables_sweep() {
 				eval "$cmd -t $table ${rule/#-A/-D}" 2>/dev/null || true
 			done < <($cmd -t "$table" -S 2>/dev/null | grep -E "^-A ($ours|.*-j $ours)" || true)
 			local chain
-			for chain in $($cmd -t "$table" -S 2>/dev/null | sed -n -E "s/^-N ($ours[^ ]*)\$/\1/p"); do
+			for chain in $($cmd -t "$table" -S 2>/dev/null | sed -n -E "s/^-N (${ours}[^ ]*)\$/\1/p"); do
 				grep -q "^:$chain " <<<"$before" && continue
 				$cmd -t "$table" -F "$chain" 2>/dev/null || true
 				$cmd -t "$table" -X "$chain" 2>/dev/null || true
