@@ -514,8 +514,11 @@ async fn resize_ensemble(
             debug!(?step, why, "the ensemble is not ready for the next reconfig");
             Ok(true)
         },
-        Err(ReconfigError::NotAuthorized { .. }) => {
-            Err(ReconfigError::NotAuthorized { secret: names.admin.clone() }.to_string())
+        Err(err @ ReconfigError::NotAuthorized) => {
+            Err(format!(
+                "{err}: the servers' {} Secret no longer matches the operator's key (a reinstalled operator?); delete that Secret and restart the ZooKeeper pods one at a time",
+                names.admin
+            ))
         },
         Err(err) => Err(format!("cannot resize the ZooKeeper ensemble: {err}")),
     }

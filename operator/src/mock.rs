@@ -22,11 +22,12 @@ use crate::autoscale::cost::{WorkerState, ANNOTATION, BUSY_COST, IDLE_COST};
 use crate::build::{build, Children, Settings};
 use crate::controller::{reconcile, ChildStores, Context, REFRESH};
 use crate::crd::TaskCluster;
+use crate::ensemble::{Members, Step};
 use crate::fixtures;
 use crate::metrics::Metrics;
 use crate::status::{compute, Observation, ZkReading};
 use crate::validate::{validate, Observed};
-use crate::zk::{StatusSource, ZkStatusError};
+use crate::zk::{ReconfigError, StatusSource, ZkStatusError};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
@@ -46,6 +47,23 @@ struct FakeZk {
 }
 
 impl StatusSource for FakeZk {
+    /// Never read here: the operator goes by the ConfigMap's members, as while ZooKeeper is
+    /// unreadable.
+    fn members<'a>(&'a self, _key: &'a str, _connect: &'a str) -> BoxFuture<'a, Result<Members, ZkStatusError>> {
+        Box::pin(async { Err(ZkStatusError::BackingOff { reason: "NotRead", message: "not read".into() }) })
+    }
+
+    fn reconfigure<'a>(
+        &'a self,
+        _connect: &'a str,
+        _password: &'a str,
+        _step: &'a Step,
+        _version: i64,
+        _address: &'a (dyn Fn(i32) -> String + Send + Sync),
+    ) -> BoxFuture<'a, Result<(), ReconfigError>> {
+        Box::pin(async { Err(ReconfigError::Failed("reconfiguration is not part of these tests".into())) })
+    }
+
     fn read<'a>(&'a self, _key: &'a str, connect: &'a str) -> BoxFuture<'a, Result<ClusterStatus, ZkStatusError>> {
         if let Ok(mut reads) = self.reads.lock() {
             reads.push(connect.to_string());

@@ -5,11 +5,13 @@
 //! Needs a JRE and the pinned ZooKeeper that `zookeeper/install.sh` installs (as the runtime's
 //! tests do).
 
-use std::net::TcpListener;
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::{free_port, Ports};
 use taskcluster::localzk::{java, zookeeper_classpath, MAIN_CLASS};
 
 const SERVING: &[&str] = &["--serving"];
@@ -39,24 +41,6 @@ fn await_probe(server: &Server, args: &[&str], want: i32) {
             panic!("zookeeper-ready {args:?} never exited {want}; server log:\n{}", server.log_tail());
         }
         std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
-}
-
-/// Loopback ports of one ensemble member.
-#[derive(Clone, Copy)]
-struct Ports {
-    client: u16,
-    peer: u16,
-    election: u16,
-}
-
-impl Ports {
-    fn new() -> Self {
-        Self { client: free_port(), peer: free_port(), election: free_port() }
     }
 }
 

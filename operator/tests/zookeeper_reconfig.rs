@@ -6,12 +6,15 @@
 //! Needs a JRE and the pinned ZooKeeper that `zookeeper/install.sh` installs (as the runtime's
 //! tests do).
 
+mod support;
+
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::Ports;
 use taskcluster::localzk::{java, zookeeper_classpath, zookeeper_home};
 use taskcluster::ZkTarget;
 use taskcluster_operator::build::security::{digest, SUPER_USER};
@@ -19,24 +22,6 @@ use taskcluster_operator::ensemble::{Members, Step};
 use taskcluster_operator::zk::{ReconfigError, StatusSource, ZkStatusReader};
 
 const PASSWORD: &str = "operator-derived";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
-}
-
-#[derive(Clone, Copy)]
-struct Ports {
-    client: u16,
-    peer: u16,
-    election: u16,
-}
-
-impl Ports {
-    /// Server `id`'s entry after `server.<id>=`, as the operator's `server_address` writes it.
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}:{}:participant;127.0.0.1:{}", self.peer, self.election, self.client)
-    }
-}
 
 /// One server run by the image's start script; killed and its directory removed on drop.
 struct Server {
@@ -210,8 +195,7 @@ async fn reads(server: &Server, path: &str) -> bool {
 
 #[tokio::test]
 async fn one_server_grows_to_three_that_vote_and_shrinks_back_keeping_the_data() {
-    let all: Vec<Ports> =
-        (0..3).map(|_| Ports { client: free_port(), peer: free_port(), election: free_port() }).collect();
+    let all: Vec<Ports> = (0..3).map(|_| Ports::new()).collect();
     let reader = ZkStatusReader::new(Duration::from_secs(10));
     let mut first = Server::start("grow", &all, 1, &[1]);
     until("server 1 to lead alone", &[&first], async || first.mode().as_deref() == Some("leader")).await;
@@ -236,7 +220,7 @@ async fn one_server_grows_to_three_that_vote_and_shrinks_back_keeping_the_data()
     assert_eq!(voters(&reader, &second).await, vec![1], "a newcomer is no member before the reconfig");
     // Only the super user may reconfigure (ZooKeeper checks it once the joiners are in sync).
     let refused = reader.reconfigure(&connect, "wrong", &add, version, &address).await;
-    assert!(matches!(refused, Err(ReconfigError::NotAuthorized { .. })), "a reconfig by anyone: {refused:?}");
+    assert!(matches!(refused, Err(ReconfigError::NotAuthorized)), "a reconfig by anyone: {refused:?}");
     reconfigure(&reader, &all, &first, add, &servers).await;
     for server in servers {
         until(&format!("server {} to see three members", server.id), &servers, async || {

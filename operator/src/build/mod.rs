@@ -10,7 +10,8 @@ pub mod zookeeper;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, LocalObjectReference, PodSecurityContext, SeccompProfile, SecurityContext, Service,
+    Capabilities, ConfigMap, EnvVar, EnvVarSource, LocalObjectReference, ObjectFieldSelector, PodSecurityContext,
+    SeccompProfile, SecretKeySelector, SecurityContext, Service,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -111,6 +112,30 @@ fn pod_security(uid: i64) -> PodSecurityContext {
         run_as_group: Some(uid),
         fs_group: Some(uid),
         seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+/// `POD_NAME` from the downward API (later variables may refer to it as `$(POD_NAME)`).
+fn pod_name_env() -> EnvVar {
+    EnvVar {
+        name: "POD_NAME".into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { field_path: "metadata.name".into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Variable `name` from key `key` of Secret `secret`.
+fn secret_env(name: &str, secret: &str, key: &str, optional: bool) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector { name: secret.into(), key: key.into(), optional: Some(optional) }),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

@@ -5,15 +5,15 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec,
-    PodTemplateSpec, Probe, SecretKeySelector, Volume, VolumeMount,
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::labels::{self, Component, Names, CONFIG_HASH};
-use super::{container_security, placement, pod_security, resources, Owner, Settings};
+use super::{container_security, placement, pod_name_env, pod_security, resources, secret_env, Owner, Settings};
 use crate::crd::PodPlacement;
 use crate::validate::ValidSpec;
 
@@ -101,26 +101,8 @@ fn env(names: &Names) -> Vec<EnvVar> {
     vec![
         // A pod's log is read by collectors: one JSON object per line.
         EnvVar { name: "TASKCLUSTER_LOG_FORMAT".into(), value: Some("json".into()), ..Default::default() },
-        EnvVar {
-            name: "POD_NAME".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector { field_path: "metadata.name".into(), ..Default::default() }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        EnvVar {
-            name: "TASKCLUSTER_ZK_DIGEST".into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: names.credentials.clone(),
-                    key: DIGEST_KEY.into(),
-                    optional: Some(false),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
+        pod_name_env(),
+        secret_env("TASKCLUSTER_ZK_DIGEST", &names.credentials, DIGEST_KEY, false),
     ]
 }
 

@@ -4,9 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
-    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe,
-    SecretKeySelector, Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, ExecAction,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -14,7 +14,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::labels::{self, Component, Names, CONFIG_HASH};
-use super::{container_security, placement, pod_security, resources, security, Owner, Settings};
+use super::{
+    container_security, placement, pod_name_env, pod_security, resources, secret_env, security, Owner, Settings,
+};
 use crate::ensemble;
 use crate::validate::ValidSpec;
 
@@ -199,14 +201,7 @@ pub fn stateful_set(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &
         image_pull_policy: Some(valid.spec.image_pull_policy.as_str().into()),
         env: Some(vec![
             EnvVar { name: "ZK_HEAP".into(), value: Some(zk.heap.clone()), ..Default::default() },
-            EnvVar {
-                name: "POD_NAME".into(),
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector { field_path: "metadata.name".into(), ..Default::default() }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
+            pod_name_env(),
             // How a server that is not a member yet adds itself to the members it starts from.
             EnvVar {
                 name: "ZK_SERVER".into(),
@@ -218,18 +213,7 @@ pub fn stateful_set(owner: &Owner, names: &Names, valid: &ValidSpec, settings: &
             },
             // The administrator that may reconfigure: the operator. Optional, so a cluster
             // whose operator has no administrator key still runs (at a fixed size).
-            EnvVar {
-                name: "ZK_SUPER_DIGEST".into(),
-                value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector {
-                        name: names.admin.clone(),
-                        key: security::SUPER_DIGEST_KEY.into(),
-                        optional: Some(true),
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
+            secret_env("ZK_SUPER_DIGEST", &names.admin, security::SUPER_DIGEST_KEY, true),
         ]),
         ports: Some(vec![
             ContainerPort { name: Some("client".into()), container_port: CLIENT_PORT, ..Default::default() },

@@ -51,8 +51,8 @@ pub enum ReconfigError {
     /// server is still starting, or another change is under way. Tried again shortly.
     #[error("ZooKeeper is not ready for it yet ({0})")]
     NotYet(String),
-    #[error("ZooKeeper refused the operator's administrator credentials: the servers' {secret} Secret no longer matches the operator's key (a reinstalled operator?); delete that Secret and restart the ZooKeeper pods one at a time")]
-    NotAuthorized { secret: String },
+    #[error("ZooKeeper refused the operator's administrator credentials")]
+    NotAuthorized,
     #[error("{0}")]
     Failed(String),
 }
@@ -70,10 +70,7 @@ pub trait StatusSource: Send + Sync {
         connect: &'a str,
     ) -> BoxFuture<'a, Result<Vec<(String, WorkerState)>, ZkStatusError>>;
     /// The ensemble's committed membership (`/zookeeper/config`, world-readable).
-    fn members<'a>(&'a self, key: &'a str, connect: &'a str) -> BoxFuture<'a, Result<Members, ZkStatusError>> {
-        let _ = (key, connect);
-        Box::pin(async { Err(ZkStatusError::BackingOff { reason: "NotRead", message: "not read".into() }) })
-    }
+    fn members<'a>(&'a self, key: &'a str, connect: &'a str) -> BoxFuture<'a, Result<Members, ZkStatusError>>;
     /// Carries out `step` on the membership at `version` as ZooKeeper's super user
     /// (`password`); `address(id)` is a joining server's entry.
     fn reconfigure<'a>(
@@ -83,10 +80,7 @@ pub trait StatusSource: Send + Sync {
         step: &'a Step,
         version: i64,
         address: &'a (dyn Fn(i32) -> String + Send + Sync),
-    ) -> BoxFuture<'a, Result<(), ReconfigError>> {
-        let _ = (connect, password, step, version, address);
-        Box::pin(async { Err(ReconfigError::Failed("reconfiguration is not supported here".into())) })
-    }
+    ) -> BoxFuture<'a, Result<(), ReconfigError>>;
     /// Drops whatever is kept for `key` (the TaskCluster is gone).
     fn forget(&self, key: &str);
     /// Sessions currently open.
@@ -292,9 +286,7 @@ impl StatusSource for ZkStatusReader {
             taskcluster::connect::close(client).await;
             match result {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err(ZkError::NoAuth | ZkError::AuthFailed)) => {
-                    Err(ReconfigError::NotAuthorized { secret: String::new() })
-                },
+                Ok(Err(ZkError::NoAuth | ZkError::AuthFailed)) => Err(ReconfigError::NotAuthorized),
                 // -13 NewConfigNoQuorum, -14 ReconfigInProgress; a changed version: read again.
                 Ok(Err(
                     err @ (ZkError::UnexpectedErrorCode(-13 | -14) | ZkError::BadVersion | ZkError::ConnectionLoss),
