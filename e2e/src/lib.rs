@@ -9,6 +9,7 @@ pub mod diagnostics;
 pub mod env;
 pub mod error;
 pub mod jobs;
+pub mod partition;
 pub mod pods;
 pub mod taskcluster;
 pub mod tools;

@@ -32,3 +32,10 @@ pub async fn pod_once_running(e2e: &E2e, namespace: &str, name: &str) -> Result<
     })
     .await
 }
+
+/// Whether `pod` is Ready and not on its way out.
+pub fn ready(pod: &Pod) -> bool {
+    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+    pod.metadata.deletion_timestamp.is_none()
+        && conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}

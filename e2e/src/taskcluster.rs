@@ -82,11 +82,16 @@ pub fn zookeeper_client(instance: &str, namespace: &str) -> String {
 
 /// A TaskCluster with the given shape, as YAML for `kubectl apply`.
 pub fn manifest(e2e: &E2e, namespace: &str, name: &str, masters: i64, workers: i64, zk: i64) -> String {
+    serde_yaml::to_string(&object(e2e, namespace, name, masters, workers, zk)).unwrap_or_default()
+}
+
+/// A TaskCluster with the given shape, to be changed (its `spec.exec`, say) before [`apply`].
+pub fn object(e2e: &E2e, namespace: &str, name: &str, masters: i64, workers: i64, zk: i64) -> Value {
     let mut storage = json!({"size": "1Gi"});
     if e2e.ephemeral_storage {
         storage = json!({"ephemeral": true});
     }
-    let object = json!({
+    json!({
         "apiVersion": format!("{}/{}", GROUP, VERSION),
         "kind": KIND,
         "metadata": {"name": name, "namespace": namespace},
@@ -96,8 +101,15 @@ pub fn manifest(e2e: &E2e, namespace: &str, name: &str, masters: i64, workers: i
             "imagePullPolicy": "IfNotPresent",
             "zookeeper": {"replicas": zk, "heap": "128m", "storage": storage},
         },
-    });
-    serde_yaml::to_string(&object).unwrap_or_default()
+    })
+}
+
+/// `kubectl apply` of `object`, as a user would.
+pub async fn apply(e2e: &E2e, object: &Value) -> Result<()> {
+    let manifest = serde_yaml::to_string(object)
+        .map_err(|e| Error::Invalid { context: "the TaskCluster manifest".into(), message: e.to_string() })?;
+    e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &manifest).await?;
+    Ok(())
 }
 
 /// The TaskCluster `name`, as the API server has it now.

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, EvictParams};
-use serde_json::{json, Value};
+use serde_json::json;
 use taskcluster_e2e::error::KubeContext;
 use taskcluster_e2e::jobs::{all_succeeded, job_outcome, submit_job, wait_running};
+use taskcluster_e2e::pods::ready;
 use taskcluster_e2e::taskcluster::{self, status_i64, summary, wait_ready, READY_TIMEOUT};
 use taskcluster_e2e::wait::{self, Poll, POLL};
 use taskcluster_e2e::{ensure, scenario, Error, Result};
@@ -21,12 +22,10 @@ const TASKS: usize = 1500;
 async fn a_drain_evicts_zookeeper_servers_one_at_a_time_and_loses_no_task() {
     scenario("drain", |e2e, ns| async move {
         let name = "drained";
-        let mut object: Value = serde_yaml::from_str(&taskcluster::manifest(&e2e, &ns, name, 2, 2, SERVERS as i64))
-            .map_err(|e| Error::Invalid { context: "manifest".into(), message: e.to_string() })?;
+        let mut object = taskcluster::object(&e2e, &ns, name, 2, 2, SERVERS as i64);
         // Slow tasks, so that the work outlasts the drain.
         object["spec"]["exec"] = json!(r#"read -r p; sleep 0.2; echo "$p""#);
-        let manifest = serde_yaml::to_string(&object).unwrap_or_default();
-        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &manifest).await?;
+        taskcluster::apply(&e2e, &object).await?;
         wait_ready(&e2e, &ns, name).await?;
         let count = TASKS.to_string();
         submit_job(&e2e, &ns, name, "drain-submit", &["--count", &count, "--inflight", "32", "--wait"]).await?;
@@ -82,12 +81,6 @@ async fn client_without_retries() -> Result<kube::Client> {
     let mut config = kube::Config::infer().await.map_err(|e| invalid(e.to_string()))?;
     config.default_retry = false;
     kube::Client::try_from(config).map_err(|e| invalid(e.to_string()))
-}
-
-fn ready(pod: &Pod) -> bool {
-    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
-    pod.metadata.deletion_timestamp.is_none()
-        && conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 enum Evicted {

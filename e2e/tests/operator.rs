@@ -502,11 +502,9 @@ async fn retained_data_survives_deleting_and_recreating_the_taskcluster() {
             return Ok(());
         }
         let name = "kept";
-        let mut object: Value = serde_yaml::from_str(&taskcluster::manifest(&e2e, &ns, name, 1, 1, 1))
-            .map_err(|e| Error::Invalid { context: "manifest".into(), message: e.to_string() })?;
+        let mut object = taskcluster::object(&e2e, &ns, name, 1, 1, 1);
         object["spec"]["zookeeper"]["storage"]["whenDeleted"] = json!("Retain");
-        let manifest = serde_yaml::to_string(&object).unwrap_or_default();
-        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &manifest).await?;
+        taskcluster::apply(&e2e, &object).await?;
         wait_ready(&e2e, &ns, name).await?;
         submit_job(&e2e, &ns, name, "before", &["--count", "200", "--inflight", "16", "--wait"]).await?;
         ensure(job_succeeded(&e2e, &ns, "before", Duration::from_secs(300)).await?, || "Job before failed".into())?;
@@ -546,7 +544,7 @@ async fn retained_data_survives_deleting_and_recreating_the_taskcluster() {
         let secret = format!("secret/{name}-zookeeper-credentials");
         ensure(kept.lines().any(|l| l.trim() == secret), || format!("the credentials went: {kept}"))?;
 
-        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &manifest).await?;
+        taskcluster::apply(&e2e, &object).await?;
         wait_ready(&e2e, &ns, name).await?;
         completed(200).await?;
         submit_job(&e2e, &ns, name, "after", &["--count", "50", "--inflight", "8", "--wait"]).await?;
@@ -566,11 +564,9 @@ async fn retained_data_survives_deleting_and_recreating_the_taskcluster() {
 async fn work_survives_deleted_workers_and_a_deleted_zookeeper_server() {
     scenario("disruptions", |e2e, ns| async move {
         let name = "sturdy";
-        let mut object: Value = serde_yaml::from_str(&taskcluster::manifest(&e2e, &ns, name, 2, 3, 3))
-            .map_err(|e| Error::Invalid { context: "manifest".into(), message: e.to_string() })?;
+        let mut object = taskcluster::object(&e2e, &ns, name, 2, 3, 3);
         object["spec"]["exec"] = json!(r#"read -r p; sleep 0.2; echo "$p""#);
-        let manifest = serde_yaml::to_string(&object).unwrap_or_default();
-        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &manifest).await?;
+        taskcluster::apply(&e2e, &object).await?;
         let before = status_i64(&wait_ready(&e2e, &ns, name).await?, "completed");
         one_eviction_allowed(&e2e, &ns, name).await?;
         const TASKS: usize = 1500;
@@ -686,16 +682,14 @@ async fn events(e2e: &E2e, ns: &str, name: &str, reason: &str) -> Result<Vec<Str
 async fn workers_follow_a_burst_and_scale_in_interrupts_no_task() {
     scenario("autoscaling", |e2e, ns| async move {
         let name = "elastic";
-        let mut object: Value = serde_yaml::from_str(&taskcluster::manifest(&e2e, &ns, name, 1, 1, 1))
-            .map_err(|err| Error::Invalid { context: "manifest".into(), message: err.to_string() })?;
+        let mut object = taskcluster::object(&e2e, &ns, name, 1, 1, 1);
         // Burst tasks take a second each, so the burst outlasts the scale-up; tasks named
         // `long…` take 90 s, so they run on through the scale-in after the burst.
         object["spec"]["exec"] = json!(r#"read -r p; case "$p" in long*) sleep 90;; *) sleep 1;; esac; echo "$p""#);
         object["spec"]["tasks"] = json!({"timeout": "180s"});
         object["spec"]["autoscaling"] =
             json!({"minWorkers": 1, "maxWorkers": 6, "tasksPerWorker": 4, "scaleDownStabilization": "15s"});
-        let manifest = serde_yaml::to_string(&object).unwrap_or_default();
-        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &manifest).await?;
+        taskcluster::apply(&e2e, &object).await?;
         let ready = wait_ready(&e2e, &ns, name).await?;
         follow(&e2e, &ns, name, "workers", 1).await?;
         let master = leader(&ready).unwrap_or_default();
@@ -837,11 +831,9 @@ async fn upgrade_under_load(e2e: &E2e, ns: &str, previous: &str) -> Result<()> {
     ensure(previous != current, || format!("{UPGRADE_FROM_VAR}={previous} is this release"))?;
     e2e.install_operator_release(Some(previous)).await?;
     let name = "upgraded";
-    let mut object: Value = serde_yaml::from_str(&taskcluster::manifest(e2e, ns, name, 2, 2, 3))
-        .map_err(|e| Error::Invalid { context: "manifest".into(), message: e.to_string() })?;
+    let mut object = taskcluster::object(e2e, ns, name, 2, 2, 3);
     object["spec"]["exec"] = json!(r#"read -r p; sleep 0.1; echo "$p""#);
-    let manifest = serde_yaml::to_string(&object).unwrap_or_default();
-    e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &manifest).await?;
+    taskcluster::apply(e2e, &object).await?;
     wait_ready(e2e, ns, name).await?;
     applied_by(e2e, ns, name, previous).await?;
     let servers = zookeeper_pod_uids(e2e, ns, name).await?;

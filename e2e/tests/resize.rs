@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
-use serde_json::{json, Value};
+use serde_json::json;
 use taskcluster_e2e::env::E2e;
 use taskcluster_e2e::error::KubeContext;
 use taskcluster_e2e::jobs::{all_succeeded, job_outcome, submit_job, wait_running};
 use taskcluster_e2e::taskcluster::{self, component_selector, status_i64, summary, wait_ready};
 use taskcluster_e2e::wait::{self, Poll, POLL};
-use taskcluster_e2e::{ensure, scenario, Error, Result};
+use taskcluster_e2e::{ensure, scenario, Result};
 
 const TASKS: usize = 2500;
 /// Each step adds or removes servers that must start, sync and be committed.
@@ -24,12 +24,10 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(300);
 async fn the_ensemble_grows_to_five_and_shrinks_to_one_while_tasks_flow() {
     scenario("resize", |e2e, ns| async move {
         let name = "resized";
-        let mut object: Value = serde_yaml::from_str(&taskcluster::manifest(&e2e, &ns, name, 2, 2, 1))
-            .map_err(|e| Error::Invalid { context: "manifest".into(), message: e.to_string() })?;
+        let mut object = taskcluster::object(&e2e, &ns, name, 2, 2, 1);
         // Slow tasks, so that the work outlasts every step.
         object["spec"]["exec"] = json!(r#"read -r p; sleep 0.2; echo "$p""#);
-        let manifest = serde_yaml::to_string(&object).unwrap_or_default();
-        e2e.tools.kubectl_stdin(&["apply", "-f", "-"], &manifest).await?;
+        taskcluster::apply(&e2e, &object).await?;
         wait_ready(&e2e, &ns, name).await?;
         settled(&e2e, &ns, name, 1).await?;
         let count = TASKS.to_string();
