@@ -2,7 +2,8 @@
 # The test suite: unit tests, integration tests against real ZooKeeper servers (started by
 # the tests on free loopback ports), Kazoo interop, the operator's tests, then the end-to-end
 # suite on a local single-node Kubernetes built from upstream components (needs root; skip
-# it with TASKCLUSTER_E2E=0).
+# it with TASKCLUSTER_E2E=0), then the images' Dockerfiles built by a private Docker engine
+# (root; skip with TASKCLUSTER_DOCKER_BUILD=0).
 #
 #   bash scripts/test.sh
 set -euo pipefail
@@ -30,4 +31,9 @@ bounded 2100 cargo test --workspace --locked --exclude taskcluster-e2e -- --test
 
 if [ "${TASKCLUSTER_E2E:-1}" != "0" ]; then
 	bounded 3000 bash e2e/cluster/ci.sh
+fi
+
+# The path a user with Docker takes: `docker build` of every Dockerfile, on bases assembled here.
+if [ "${TASKCLUSTER_DOCKER_BUILD:-1}" != "0" ]; then
+	bounded 1800 bash images/docker-build.sh
 fi
