@@ -69,11 +69,11 @@ fn remove() {
 
 fn iptables(args: &[&str]) -> Result<()> {
     let command = format!("iptables -w -t mangle {}", args.join(" "));
-    let output = Command::new("iptables").args(["-w", "-t", "mangle"]).args(args).output().map_err(|source| Error::Tool {
-        command: command.clone(),
-        variable: "PATH",
-        source,
-    })?;
+    let output = Command::new("iptables")
+        .args(["-w", "-t", "mangle"])
+        .args(args)
+        .output()
+        .map_err(|source| Error::Tool { command: command.clone(), variable: "PATH", source })?;
     if output.status.success() {
         Ok(())
     } else {
