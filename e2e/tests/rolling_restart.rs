@@ -82,14 +82,17 @@ async fn a_rolling_restart_waits_for_each_server_to_rejoin_and_loses_no_task() {
             if let Server::OutOfQuorum(why) = &c {
                 said.clone_from(why);
             }
-            for (server, (uid, _), state) in [(first, &before[0], a), (second, &before[1], b)] {
-                let now = identity(&pods, server).await?.map(|(uid, _)| uid);
-                ensure(now.as_ref() == Some(uid), || {
+            // A restart of either is the cause to report; the other losing the quorum follows from it.
+            let kept = [(first, &before[0], a), (second, &before[1], b)];
+            for (server, (uid, _), _) in &kept {
+                ensure(untouched(&pods, server, uid).await?, || {
                     format!(
                         "{server} was restarted while {last} was out of the quorum (it runs but serves nobody: \
                          {c:?}): the roll did not wait for it to rejoin"
                     )
                 })?;
+            }
+            for (server, _, state) in &kept {
                 ensure(matches!(state, Server::Serving), || {
                     format!("{server} stopped serving while {last} was out of the quorum: {state:?}")
                 })?;
@@ -157,6 +160,13 @@ async fn probe_all(e2e: &E2e, ns: &str, servers: &[String]) -> [Server; SERVERS]
 async fn identity(pods: &Api<Pod>, name: &str) -> Result<Option<(String, String)>> {
     let pod = pods.get_opt(name).await.context(|| format!("reading pod {name}"))?;
     Ok(pod.and_then(|pod| Some((pod.metadata.uid?, pod.status?.pod_ip?))))
+}
+
+/// Whether the pod `name` is still the one with `uid`, and not on its way out (a deleted pod
+/// keeps its uid while its server shuts down).
+async fn untouched(pods: &Api<Pod>, name: &str, uid: &str) -> Result<bool> {
+    let pod = pods.get_opt(name).await.context(|| format!("reading pod {name}"))?;
+    Ok(pod.is_some_and(|pod| pod.metadata.uid.as_deref() == Some(uid) && pod.metadata.deletion_timestamp.is_none()))
 }
 
 /// Done once the StatefulSet's update is complete, every server was replaced and is Ready.
