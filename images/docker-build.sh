@@ -77,7 +77,7 @@ start_engine() {
 		setsid unshare --mount --propagation private -- \
 		sh -c 'mount --bind "$0" /etc/resolv.conf && exec "$@"' "$DOCKER_ROOT/resolv.conf" \
 		"$DOCKERD" --host "$DOCKER_HOST" --data-root "$DOCKER_ROOT/data" --exec-root "$DOCKER_ROOT/exec" \
-		--pidfile "$DOCKER_ROOT/dockerd.pid" --iptables=false --ip6tables=false --ip-masq=false \
+		--pidfile "$DOCKER_ROOT/dockerd.pid" --iptables=false --ip6tables=false --ip-masq=false --ip-forward=false \
 		--bridge=none --dns "$resolver" --cgroup-parent taskcluster-docker --log-level warn \
 		</dev/null >"$DOCKER_ROOT/dockerd.log" 2>&1 &
 	local i
