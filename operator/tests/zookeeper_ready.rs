@@ -95,6 +95,10 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // A failed test shows every server's log, not only the one it waited for.
+        if std::thread::panicking() {
+            eprintln!("---- {} (last lines):\n{}", self.dir.display(), self.log_tail());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -2,9 +2,11 @@
 //! `zookeeper/install.sh` installs (the version in `zookeeper/VERSION`), run directly
 //! (`QuorumPeerMain`) on a free loopback port, in a temporary directory.
 
+use std::collections::HashSet;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub const MAIN_CLASS: &str = "org.apache.zookeeper.server.quorum.QuorumPeerMain";
@@ -64,6 +66,20 @@ pub enum LocalZkError {
     NotServing { port: u16, timeout: Duration, log: String },
 }
 
+/// A loopback port that nothing listens on now and that this process was not handed before.
+/// The kernel gives a port closed after `bind(0)` out again soon (a few hundred times in 2,000
+/// draws here), and two servers, or two members of one ensemble, handed one port never start.
+pub fn free_port() -> std::io::Result<u16> {
+    static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let handed = HANDED_OUT.get_or_init(Default::default);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if handed.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return Ok(port);
+        }
+    }
+}
+
 /// A running server; stopped and its directory removed on drop.
 pub struct LocalZk {
     child: Child,
@@ -74,7 +90,7 @@ pub struct LocalZk {
 impl LocalZk {
     pub fn start() -> Result<Self, LocalZkError> {
         let classpath = zookeeper_classpath()?;
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = free_port()?;
         let dir = std::env::temp_dir().join(format!("taskcluster-zk-{}-{port}", std::process::id()));
         std::fs::create_dir_all(dir.join("data"))?;
         let config = format!(
@@ -131,5 +147,17 @@ impl Drop for LocalZk {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_never_handed_out_twice() {
+        let ports: Vec<u16> = (0..2000).map(|_| free_port().expect("a free loopback port")).collect();
+        let distinct: HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "{} ports handed out twice", ports.len() - distinct.len());
     }
 }

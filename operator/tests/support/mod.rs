@@ -1,10 +1,9 @@
 //! What the tests that run real ZooKeeper servers share: loopback ports.
 #![allow(dead_code)] // each test binary uses its own part
 
-use std::net::TcpListener;
-
+/// A loopback port that this test process was not handed before (`taskcluster::localzk::free_port`).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+    taskcluster::localzk::free_port().expect("a free loopback port")
 }
 
 /// Loopback ports of one ensemble member.

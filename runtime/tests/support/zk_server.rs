@@ -4,7 +4,6 @@
 //! The servers run `QuorumPeerMain` directly; their log (logback, to stdout) lands in
 //! `zk-<id>.log`.
 
-use std::collections::HashSet;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -21,15 +20,7 @@ const TICK_MS: u64 = 500;
 
 /// A loopback port nobody in this process was handed before and nobody listens on now.
 pub fn free_port() -> u16 {
-    static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
-    let handed = HANDED_OUT.get_or_init(Default::default);
-    loop {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
-        let port = listener.local_addr().expect("local address of a bound socket").port();
-        if handed.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
-            return port;
-        }
-    }
+    taskcluster::localzk::free_port().expect("bind an ephemeral loopback port")
 }
 
 fn classpath() -> String {
