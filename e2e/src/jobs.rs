@@ -114,6 +114,14 @@ pub async fn job_succeeded(e2e: &E2e, namespace: &str, job: &str, timeout: Durat
     .await
 }
 
+/// A Job streaming `tasks` tasks into the TaskCluster, 32 in flight, once it runs: the load a
+/// disruption scenario puts its disruption under.
+pub async fn stream_tasks(e2e: &E2e, namespace: &str, instance: &str, job: &str, tasks: usize) -> Result<()> {
+    let count = tasks.to_string();
+    submit_job(e2e, namespace, instance, job, &["--count", &count, "--inflight", "32", "--wait"]).await?;
+    wait_running(e2e, namespace, job).await
+}
+
 /// Waits until the Job's pod runs (it submits from then on).
 pub async fn wait_running(e2e: &E2e, namespace: &str, job: &str) -> Result<()> {
     wait::until(&format!("Job {job} to run"), Duration::from_secs(120), Duration::from_millis(500), || async {

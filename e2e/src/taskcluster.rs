@@ -80,6 +80,9 @@ pub fn zookeeper_client(instance: &str, namespace: &str) -> String {
     format!("{instance}-zookeeper.{namespace}.svc:2181")
 }
 
+/// `spec.exec` of tasks that take 0.2 s each: work that outlasts a disruption.
+pub const SLOW_TASKS: &str = r#"read -r p; sleep 0.2; echo "$p""#;
+
 /// A TaskCluster with the given shape, as YAML for `kubectl apply`.
 pub fn manifest(e2e: &E2e, namespace: &str, name: &str, masters: i64, workers: i64, zk: i64) -> String {
     serde_yaml::to_string(&object(e2e, namespace, name, masters, workers, zk)).unwrap_or_default()

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, EvictParams};
 use serde_json::json;
 use taskcluster_e2e::error::KubeContext;
-use taskcluster_e2e::jobs::{all_succeeded, job_outcome, submit_job, wait_running};
+use taskcluster_e2e::jobs::{all_succeeded, job_outcome, stream_tasks};
 use taskcluster_e2e::pods::ready;
 use taskcluster_e2e::taskcluster::{self, status_i64, summary, wait_ready, READY_TIMEOUT};
 use taskcluster_e2e::wait::{self, Poll, POLL};
@@ -24,12 +24,10 @@ async fn a_drain_evicts_zookeeper_servers_one_at_a_time_and_loses_no_task() {
         let name = "drained";
         let mut object = taskcluster::object(&e2e, &ns, name, 2, 2, SERVERS as i64);
         // Slow tasks, so that the work outlasts the drain.
-        object["spec"]["exec"] = json!(r#"read -r p; sleep 0.2; echo "$p""#);
+        object["spec"]["exec"] = json!(taskcluster::SLOW_TASKS);
         taskcluster::apply(&e2e, &object).await?;
         wait_ready(&e2e, &ns, name).await?;
-        let count = TASKS.to_string();
-        submit_job(&e2e, &ns, name, "drain-submit", &["--count", &count, "--inflight", "32", "--wait"]).await?;
-        wait_running(&e2e, &ns, "drain-submit").await?;
+        stream_tasks(&e2e, &ns, name, "drain-submit", TASKS).await?;
 
         let pods = Api::<Pod>::namespaced(client_without_retries().await?, &ns);
         let servers: Vec<String> = (0..SERVERS).map(|i| format!("{name}-zookeeper-{i}")).collect();

@@ -565,7 +565,7 @@ async fn work_survives_deleted_workers_and_a_deleted_zookeeper_server() {
     scenario("disruptions", |e2e, ns| async move {
         let name = "sturdy";
         let mut object = taskcluster::object(&e2e, &ns, name, 2, 3, 3);
-        object["spec"]["exec"] = json!(r#"read -r p; sleep 0.2; echo "$p""#);
+        object["spec"]["exec"] = json!(taskcluster::SLOW_TASKS);
         taskcluster::apply(&e2e, &object).await?;
         let before = status_i64(&wait_ready(&e2e, &ns, name).await?, "completed");
         one_eviction_allowed(&e2e, &ns, name).await?;

@@ -11,7 +11,7 @@ use kube::api::{Api, ListParams};
 use serde_json::json;
 use taskcluster_e2e::env::E2e;
 use taskcluster_e2e::error::KubeContext;
-use taskcluster_e2e::jobs::{all_succeeded, job_outcome, submit_job, wait_running};
+use taskcluster_e2e::jobs::{all_succeeded, job_outcome, stream_tasks};
 use taskcluster_e2e::taskcluster::{self, component_selector, status_i64, summary, wait_ready};
 use taskcluster_e2e::wait::{self, Poll, POLL};
 use taskcluster_e2e::{ensure, scenario, Result};
@@ -26,13 +26,11 @@ async fn the_ensemble_grows_to_five_and_shrinks_to_one_while_tasks_flow() {
         let name = "resized";
         let mut object = taskcluster::object(&e2e, &ns, name, 2, 2, 1);
         // Slow tasks, so that the work outlasts every step.
-        object["spec"]["exec"] = json!(r#"read -r p; sleep 0.2; echo "$p""#);
+        object["spec"]["exec"] = json!(taskcluster::SLOW_TASKS);
         taskcluster::apply(&e2e, &object).await?;
         wait_ready(&e2e, &ns, name).await?;
         settled(&e2e, &ns, name, 1).await?;
-        let count = TASKS.to_string();
-        submit_job(&e2e, &ns, name, "resize-submit", &["--count", &count, "--inflight", "32", "--wait"]).await?;
-        wait_running(&e2e, &ns, "resize-submit").await?;
+        stream_tasks(&e2e, &ns, name, "resize-submit", TASKS).await?;
 
         for size in [3, 5, 3, 1] {
             let patch = json!({"spec": {"zookeeper": {"replicas": size}}}).to_string();

@@ -16,7 +16,7 @@ use kube::api::Api;
 use serde_json::json;
 use taskcluster_e2e::env::E2e;
 use taskcluster_e2e::error::KubeContext;
-use taskcluster_e2e::jobs::{all_succeeded, job_outcome, submit_job, wait_running};
+use taskcluster_e2e::jobs::{all_succeeded, job_outcome, stream_tasks};
 use taskcluster_e2e::partition::Partition;
 use taskcluster_e2e::pods::ready;
 use taskcluster_e2e::taskcluster::{self, status_i64, summary, wait_ready, READY_TIMEOUT};
@@ -37,12 +37,10 @@ async fn a_rolling_restart_waits_for_each_server_to_rejoin_and_loses_no_task() {
         let name = "rolled";
         let mut object = taskcluster::object(&e2e, &ns, name, 2, 2, SERVERS as i64);
         // Slow tasks, so that the work outlasts the roll.
-        object["spec"]["exec"] = json!(r#"read -r p; sleep 0.2; echo "$p""#);
+        object["spec"]["exec"] = json!(taskcluster::SLOW_TASKS);
         taskcluster::apply(&e2e, &object).await?;
         wait_ready(&e2e, &ns, name).await?;
-        let count = TASKS.to_string();
-        submit_job(&e2e, &ns, name, "roll-submit", &["--count", &count, "--inflight", "32", "--wait"]).await?;
-        wait_running(&e2e, &ns, "roll-submit").await?;
+        stream_tasks(&e2e, &ns, name, "roll-submit", TASKS).await?;
 
         let pods = Api::<Pod>::namespaced(e2e.client.clone(), &ns);
         let servers: Vec<String> = (0..SERVERS).map(|i| format!("{name}-zookeeper-{i}")).collect();

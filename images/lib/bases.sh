@@ -38,7 +38,7 @@ assemble_bases() {
 	local base
 	for base in $(printf '%s\n' "${bases[@]}" | sort -u); do
 		local start=$SECONDS
-		"assemble_$base" | tail -1 >/dev/null
+		"assemble_$base" >/dev/null
 		log "assembled the $base base in $((SECONDS - start)) s"
 	done
 }
@@ -96,14 +96,14 @@ distroless_root() {
 	rm -rf "$work"
 }
 
-assemble_distroless() {
-	distroless_root | "$DOCKER" import --change "USER $NONROOT:$NONROOT" --change 'WORKDIR /home/nonroot' \
-		--change "ENV PATH=$BASE_PATH" --change 'ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt' \
-		- gcr.io/distroless/cc-debian12:nonroot
+# import_distroless TAG [debug]: the root filesystem as gcr.io/distroless/cc-debian12:TAG.
+import_distroless() {
+	local tag=$1 variant=${2:-} path=$BASE_PATH entrypoint=()
+	[[ $variant == debug ]] && path+=:/busybox && entrypoint=(--change 'ENTRYPOINT ["/busybox/sh"]')
+	distroless_root "$variant" | "$DOCKER" import --change "USER $NONROOT:$NONROOT" --change 'WORKDIR /home/nonroot' \
+		--change "ENV PATH=$path" --change 'ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt' \
+		"${entrypoint[@]}" - "gcr.io/distroless/cc-debian12:$tag"
 }
 
-assemble_distroless_debug() {
-	distroless_root debug | "$DOCKER" import --change "USER $NONROOT:$NONROOT" --change 'WORKDIR /home/nonroot' \
-		--change "ENV PATH=$BASE_PATH:/busybox" --change 'ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt' \
-		--change 'ENTRYPOINT ["/busybox/sh"]' - gcr.io/distroless/cc-debian12:debug-nonroot
-}
+assemble_distroless() { import_distroless nonroot; }
+assemble_distroless_debug() { import_distroless debug-nonroot debug; }
